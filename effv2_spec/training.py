@@ -1,0 +1,162 @@
+"""`TrainingConfig`: optimiser, learning-rate schedule, weight decay, label smoothing, EMA.
+
+Defaults are the official EfficientNetV2 ImageNet recipe (google/automl hparams.py):
+RMSProp (decay 0.9, momentum 0.9, eps 1e-3 inside the sqrt, accumulator starting at 1),
+lr 0.016 per 256 images, 5 warm-up epochs, x0.97 every 2.4 epochs, L2 1e-5 on conv and
+dense kernels, label smoothing 0.1, EMA 0.9999.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from .base import SPEC_VERSION, SpecModel
+
+#: Parameter roles (from the resolved parameter table) that weight decay can target.
+ParamRole = Literal[
+    "conv_kernel", "depthwise_kernel", "se_kernel", "se_bias", "dense_kernel", "dense_bias", "bn_gamma", "bn_beta"
+]
+
+
+class SGD(SpecModel):
+    """SGD: v = momentum * v + g; w -= lr * v (nesterov: w -= lr * (g + momentum * v))."""
+
+    type: Literal["sgd"]
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    """Momentum coefficient; 0 is plain gradient descent."""
+    nesterov: bool = False
+    """Nesterov momentum (PyTorch formulation)."""
+
+
+class RMSProp(SpecModel):
+    """RMSProp with the two conventions that differ between TF and PyTorch stated."""
+
+    type: Literal["rmsprop"]
+    decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    """ms = decay * ms + (1 - decay) * g^2 (TF `decay`/`rho`, PyTorch `alpha`)."""
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    """Momentum on the scaled step."""
+    eps: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    """Stability constant."""
+    eps_placement: Literal["inside_sqrt", "outside_sqrt"] = "inside_sqrt"
+    """TF: g / sqrt(ms + eps); PyTorch: g / (sqrt(ms) + eps)."""
+    initial_accumulator: Annotated[float, Field(ge=0.0)] = 1.0
+    """Starting value of ms: TF1 RMSPropOptimizer 1.0; PyTorch and Keras 2+ 0.0."""
+    lr_in_momentum: bool = True
+    """TF: mom = m * mom + lr * g/rms, w -= mom; PyTorch: buf = m * buf + g/rms, w -= lr * buf.
+    Identical for a constant lr, different when the lr changes."""
+
+
+Optimizer = Annotated[Union[SGD, RMSProp], Field(discriminator="type")]
+
+
+class ExponentialDecay(SpecModel):
+    """lr = base * factor ** (epoch / every_epochs), floored when staircase; counted from step 0."""
+
+    type: Literal["exponential"]
+    factor: Annotated[float, Field(gt=0.0, le=1.0)] = 0.97
+    every_epochs: Annotated[float, Field(gt=0.0)] = 2.4
+    staircase: bool = True
+
+
+class CosineDecay(SpecModel):
+    """lr = base * 0.5 * (1 + cos(pi * step / total_steps))."""
+
+    type: Literal["cosine"]
+
+
+class ConstantLR(SpecModel):
+    """lr = base."""
+
+    type: Literal["constant"]
+
+
+LRDecay = Annotated[Union[ExponentialDecay, CosineDecay, ConstantLR], Field(discriminator="type")]
+
+
+class LearningRate(SpecModel):
+    """Peak lr = base * batch_size / reference_batch_size, linear warm-up from 0, then decay."""
+
+    base: Annotated[float, Field(gt=0.0, le=100.0)] = 0.016
+    """Learning rate per `reference_batch_size` images (official: 0.016 per 256)."""
+    reference_batch_size: Annotated[int, Field(ge=1)] = 256
+    """Batch size `base` refers to; the peak lr scales linearly with the real batch size."""
+    warmup_epochs: Annotated[float, Field(ge=0.0)] = 5.0
+    """Linear warm-up from 0 (official: 5 epochs)."""
+    decay: LRDecay = ExponentialDecay(type="exponential")
+    """Decay after (and, for exponential, counted from the start including) warm-up."""
+    minimum: Annotated[float, Field(ge=0.0)] = 0.0
+    """Floor on the learning rate."""
+
+
+class WeightDecay(SpecModel):
+    """Coupled L2 in the loss: rate * sum(w^2) / 2 over the tensors whose role is listed."""
+
+    rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-5
+    """L2 coefficient (official: 1e-5)."""
+    applies_to: tuple[ParamRole, ...] = ("conv_kernel", "depthwise_kernel", "se_kernel", "dense_kernel")
+    """Parameter roles that decay (official: kernels only, no biases, no BN gamma/beta)."""
+
+
+class EMA(SpecModel):
+    """Exponential moving average of weights (and BN running statistics)."""
+
+    decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9999
+    """Target decay (official: 0.9999)."""
+    num_updates_warmup: bool = True
+    """TF ExponentialMovingAverage(num_updates): effective decay min(decay, (1 + t) / (10 + t))."""
+
+
+class TrainingConfig(SpecModel):
+    """How to optimise a network: optimiser, lr schedule, regularisation in the loss, EMA."""
+
+    effv2_spec_version: Literal["1.0"] = SPEC_VERSION
+    """Spec format version."""
+    kind: Literal["training"] = "training"
+    """Document kind."""
+    name: Annotated[str, Field(min_length=1, max_length=200)] = "training"
+    """Name of this recipe."""
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 4096
+    """Global batch size (official: 4096)."""
+    optimizer: Optimizer = RMSProp(type="rmsprop")
+    """Optimiser and its conventions."""
+    learning_rate: LearningRate = LearningRate()
+    """Learning-rate schedule."""
+    weight_decay: WeightDecay = WeightDecay()
+    """Coupled L2 regularisation."""
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    """Targets become y * (1 - s) + s / K."""
+    ema: EMA | None = EMA()
+    """Weight EMA, or null for none."""
+    randaugment_layers: Annotated[int, Field(ge=0, le=16)] = 2
+    """RandAugment ops applied per image (official: 2)."""
+    gradient_clip_norm: Annotated[float, Field(gt=0.0)] | None = None
+    """Clip the global gradient norm to this, or null (official: off)."""
+
+
+def learning_rate_at(config: TrainingConfig, step: int, steps_per_epoch: float, total_steps: int) -> float:
+    """The learning rate for optimisation step `step` (0-based), as the official code computes it.
+
+    Peak = base * batch / reference_batch; warm-up is linear from 0 over warmup_epochs;
+    exponential decay counts from step 0 (so the lr drops at the end of warm-up, as in
+    google/automl utils.WarmupLearningRateSchedule); cosine spans total_steps.
+    """
+    lr_cfg = config.learning_rate
+    peak = lr_cfg.base * config.batch_size / lr_cfg.reference_batch_size
+    decay = lr_cfg.decay
+    if decay.type == "exponential":
+        exponent = step / (decay.every_epochs * steps_per_epoch)
+        if decay.staircase:
+            exponent = float(int(exponent))
+        lr = peak * decay.factor**exponent
+    elif decay.type == "cosine":
+        lr = 0.5 * peak * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    else:
+        lr = peak
+    warmup_steps = int(lr_cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup_steps:
+        lr = peak * step / warmup_steps
+    return max(lr, lr_cfg.minimum)

@@ -1,0 +1,1 @@
+"""effv2 package."""
