@@ -1,0 +1,77 @@
+"""The `effv2` command line: one click group whose subcommands load lazily.
+
+Each subcommand lives in its own module and is imported only when invoked, so
+`effv2 validate` never imports numba, torch or jax. Exit codes: 0 success,
+1 invalid input or failed check, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+#: subcommand name -> "module:attr" of its click command
+COMMANDS: dict[str, str] = {
+    "validate": "effv2_spec.cli.validate_cmd:validate",
+    "schema": "effv2_spec.cli.schema_cmd:schema",
+    "presets": "effv2_spec.cli.presets_cmd:presets",
+    "summary": "effv2_spec.cli.summary_cmd:summary",
+    "schedule": "effv2_spec.cli.schedule_cmd:schedule",
+    "train": "effv2_reference.cli_train:train",
+    "generate": "effv2_adapters.cli:generate",
+    "check": "effv2_adapters.cli:check",
+    "convert": "effv2_adapters.cli:convert",
+}
+
+_HELP = {
+    "validate": "Validate spec, schedule or training JSON files.",
+    "schema": "Print the JSON Schema of a document kind.",
+    "presets": "List the built-in specs, schedules and training configs.",
+    "summary": "Per-block shapes, parameters and MACs of an architecture.",
+    "schedule": "The per-stage table of a progressive schedule (Algorithm 1).",
+    "train": "Train with the reference oracle (NumPy + Numba) on CPU.",
+    "generate": "Emit a standalone PyTorch or JAX model file from a spec.",
+    "check": "Compare a framework model against the oracle, tensor by tensor.",
+    "convert": "Convert peer weights (torchvision, timm, Keras) to canonical safetensors and back.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            missing = exc.name or str(exc)
+
+            @click.command(name=name, help=_HELP.get(name), context_settings={"ignore_unknown_options": True})
+            @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+            def unavailable(args):
+                raise click.ClickException(
+                    f"'effv2 {name}' needs an optional dependency that is not installed ({missing}); "
+                    "install the matching extra, e.g. pip install 'effv2[reference,torch,jax]'"
+                )
+
+            return unavailable
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, _HELP.get(name, "")) for name in COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="effv2")
+def main():
+    """effv2: EfficientNet V1/V2 specs, a NumPy reference oracle, and PyTorch/JAX adapters.
+
+    SPEC arguments take a path to a JSON file or a preset name (see `effv2 presets`).
+    Exit codes: 0 success, 1 invalid input or failed check, 2 usage error.
+    """
