@@ -108,8 +108,8 @@ def load_document(source: str | Path, expected: type[BaseModel] | None = None) -
     from . import presets
 
     p = Path(source)
-    if not p.exists() and presets.is_preset(str(source)):
-        return presets.load(str(source))
+    if not p.exists() and not str(source).endswith(".json") and "/" not in str(source):
+        return presets.load(str(source))  # a preset name, or an error suggesting near names
     return parse_text(read_text(p), expected)
 
 

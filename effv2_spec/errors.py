@@ -74,8 +74,10 @@ def problems_from_validation(err: ValidationError, model_fields: dict[str, list[
         elif kind == "union_tag_invalid":
             tags = e.get("ctx", {}).get("expected_tags", "")
             msg = f"unknown type {e.get('ctx', {}).get('tag')!r}; expected one of {tags}"
+            path = _join(path, e.get("ctx", {}).get("discriminator", "'type'").strip("'"))
         elif kind == "union_tag_not_found":
-            msg = "'type' is required to tell the block kind (fused_mbconv or mbconv)"
+            msg = "required to tell the kind apart; missing"
+            path = _join(path, e.get("ctx", {}).get("discriminator", "'type'").strip("'"))
         if "input" in e and kind not in ("missing", "extra_forbidden", "value_error") and _short(e["input"]):
             msg += f" (got {e['input']!r})"
         problems.append((path, msg))

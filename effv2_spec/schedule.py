@@ -96,7 +96,7 @@ class ProgressiveSchedule(SpecModel):
             )
         if self.image_size.start > self.image_size.end:
             raise ValueError(
-                f"image_size: start ({self.image_size.start}) must not exceed end ({self.image_size.end})"
+                f"image_size.start: must not exceed image_size.end ({self.image_size.start} > {self.image_size.end})"
             )
         for name, ramp in self.regularizers.items():
             lo, hi = REGULARIZER_BOUNDS[name]
@@ -149,6 +149,9 @@ class ProgressiveSchedule(SpecModel):
 
 
 def _linspace(start: float, end: float, i: int, m: int) -> float:
-    if m == 1:
+    # endpoints exactly, as np.linspace gives them; the formula alone can miss `end` by an ulp
+    if i == m - 1:
         return float(end)
+    if i == 0:
+        return float(start)
     return float(start + (end - start) * i / (m - 1))

@@ -1,0 +1,97 @@
+"""Parameter and multiply-accumulate counts, per unit, per block and in total.
+
+Parameters are counted from the resolved parameter table (so the table and the
+count cannot disagree); MACs are those of conv and dense layers (SE's 1x1 convs
+included, on their 1x1 pooled input), at the resolved image size. BN, activations,
+pooling and the residual add are not counted, as torchvision and timm do not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .resolve import ConvBN, Layer, ResolvedModel, SqueezeExcite
+
+
+@dataclass(frozen=True)
+class UnitCount:
+    name: str
+    kind: str
+    params: int
+    macs: int
+    out_shape: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Accounting:
+    units: tuple[UnitCount, ...]
+    params: int
+    buffers: int
+    macs: int
+
+    @property
+    def params_with_buffers(self) -> int:
+        """Trainable parameters plus BN running statistics (Keras `count_params()`)."""
+        return self.params + self.buffers
+
+
+def unit_macs(unit: Layer) -> int:
+    if isinstance(unit, ConvBN):
+        oh, ow = unit.out_size
+        return oh * ow * unit.out_channels * (unit.in_channels // unit.groups) * unit.kernel * unit.kernel
+    if isinstance(unit, SqueezeExcite):
+        return 2 * unit.channels * unit.squeeze_channels
+    raise TypeError(f"unknown unit {unit!r}")
+
+
+def unit_shape(unit: Layer) -> tuple[int, int, int]:
+    if isinstance(unit, ConvBN):
+        return (unit.out_channels, *unit.out_size)
+    return (unit.channels, *unit.size)
+
+
+def count(resolved: ResolvedModel) -> Accounting:
+    """Count parameters (trainable, and BN buffers separately) and MACs of `resolved`."""
+    by_prefix: dict[str, int] = {}
+    for p in resolved.params:
+        if p.trainable:
+            unit = p.name.rsplit(".", 2)[0] if p.name.split(".")[-2] in ("conv", "bn", "reduce", "expand") else p.name.rsplit(".", 1)[0]
+            by_prefix[unit] = by_prefix.get(unit, 0) + p.numel
+    units = []
+    for unit in resolved.units():
+        units.append(UnitCount(unit.name, unit.kind, by_prefix.get(unit.name, 0), unit_macs(unit), unit_shape(unit)))
+    c = resolved.classifier
+    units.append(UnitCount(c.name, "dense", by_prefix.get(c.name, 0), c.in_features * c.out_features, (c.out_features, 1, 1)))
+    params = sum(p.numel for p in resolved.params if p.trainable)
+    buffers = sum(p.numel for p in resolved.params if not p.trainable)
+    total_units = sum(u.params for u in units)
+    if total_units != params:  # a unit prefix rule that misses a tensor would silently skew per-block rows
+        raise AssertionError(f"per-unit parameters {total_units} != table total {params}")
+    return Accounting(tuple(units), params, buffers, sum(u.macs for u in units))
+
+
+def block_rows(resolved: ResolvedModel, acc: Accounting) -> list[dict]:
+    """One row per stem / block / head / classifier with shapes, params and MACs."""
+    per_unit = {u.name: u for u in acc.units}
+    rows = [_row("stem", "conv", resolved.stem.in_size, per_unit["stem"], resolved.input_channels, resolved.stem.out_channels, resolved.stem.stride)]
+    for b in resolved.blocks:
+        params = sum(per_unit[layer.name].params for layer in b.layers)
+        macs = sum(per_unit[layer.name].macs for layer in b.layers)
+        rows.append({
+            "name": b.name, "stage": b.stage, "type": b.type, "kernel": b.kernel, "stride": b.stride,
+            "in_channels": b.in_channels, "out_channels": b.out_channels, "expanded_channels": b.expanded_channels,
+            "se_channels": b.se_channels, "residual": b.residual, "drop_path_rate": b.drop_path_rate,
+            "in_shape": [b.in_channels, *b.in_size], "out_shape": [b.out_channels, *b.out_size],
+            "params": params, "macs": macs,
+        })
+    rows.append(_row("head", "conv", resolved.head.in_size, per_unit["head"], resolved.head.in_channels, resolved.head.out_channels, 1))
+    c = per_unit["classifier"]
+    rows.append({"name": "classifier", "type": "dense", "in_channels": resolved.classifier.in_features,
+                 "out_channels": resolved.classifier.out_features, "params": c.params, "macs": c.macs,
+                 "in_shape": [resolved.classifier.in_features], "out_shape": [resolved.classifier.out_features]})
+    return rows
+
+
+def _row(name, kind, in_size, unit: UnitCount, cin, cout, stride) -> dict:
+    return {"name": name, "type": kind, "kernel": None, "stride": stride, "in_channels": cin, "out_channels": cout,
+            "in_shape": [cin, *in_size], "out_shape": list(unit.out_shape), "params": unit.params, "macs": unit.macs}
