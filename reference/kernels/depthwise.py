@@ -1,0 +1,99 @@
+"""Depthwise convolution kernels (Numba) and their slow, obvious NumPy twins.
+
+Layout: channels last, (N, Hp, Wp, C), already padded; weight (k, k, C); output
+(N, Ho, Wo, C). The rest of the oracle is CNHW, but a depthwise conv has no reduction over
+channels, so with channels innermost every loop body is a contiguous, dependency-free
+sweep over C that LLVM vectorises; in CNHW the inner loops are the (tiny, late-stage)
+output rows and ran ~8x slower even counting the two transposes. Weight gradients
+accumulate per channel (elementwise over C), so no reduction is reassociated and no
+fastmath is needed. Each kernel writes into caller-provided outputs.
+
+Only C-contiguous float32 and float64 arrays are accepted (explicit signatures); anything
+else raises numba's TypeError instead of silently compiling a new specialisation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_FWD_SIGS = [
+    "void(float32[:, :, :, ::1], float32[:, :, ::1], int64, float32[:, :, :, ::1])",
+    "void(float64[:, :, :, ::1], float64[:, :, ::1], int64, float64[:, :, :, ::1])",
+]
+_BWD_SIGS = [
+    "void(float32[:, :, :, ::1], float32[:, :, ::1], float32[:, :, :, ::1], int64,"
+    " float32[:, :, :, ::1], float32[:, :, ::1])",
+    "void(float64[:, :, :, ::1], float64[:, :, ::1], float64[:, :, :, ::1], int64,"
+    " float64[:, :, :, ::1], float64[:, :, ::1])",
+]
+
+
+@njit(_FWD_SIGS, cache=True)
+def depthwise_forward_kernel(xp, w, stride, y):
+    """y[n, oh, ow, c] = sum_ij w[i, j, c] * xp[n, oh*stride + i, ow*stride + j, c]."""
+    N, Ho, Wo, C = y.shape
+    k = w.shape[0]
+    for n in range(N):
+        for oh in range(Ho):
+            for ow in range(Wo):
+                out = y[n, oh, ow]
+                for c in range(C):
+                    out[c] = 0.0
+                for i in range(k):
+                    for j in range(k):
+                        src = xp[n, oh * stride + i, ow * stride + j]
+                        wk = w[i, j]
+                        for c in range(C):
+                            out[c] += wk[c] * src[c]
+
+
+@njit(_BWD_SIGS, cache=True)
+def depthwise_backward_kernel(xp, w, dy, stride, dxp, dw):
+    """One pass over dy: dxp and dw (both zeroed here) get the transposed conv and the correlation."""
+    N, Ho, Wo, C = dy.shape
+    k = w.shape[0]
+    dxp[...] = 0.0
+    dw[...] = 0.0
+    for n in range(N):
+        for oh in range(Ho):
+            for ow in range(Wo):
+                g = dy[n, oh, ow]
+                for i in range(k):
+                    for j in range(k):
+                        src = xp[n, oh * stride + i, ow * stride + j]
+                        dst = dxp[n, oh * stride + i, ow * stride + j]
+                        wk = w[i, j]
+                        dwk = dw[i, j]
+                        for c in range(C):
+                            dst[c] += wk[c] * g[c]
+                            dwk[c] += g[c] * src[c]
+
+
+# ---- NumPy twins (float64 reference for the kernels; slow and obvious on purpose) ----------
+def _taps(xp: np.ndarray, i: int, j: int, stride: int, ho: int, wo: int) -> np.ndarray:
+    return xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+
+
+def depthwise_forward_naive(xp: np.ndarray, w: np.ndarray, stride: int, out_hw: tuple[int, int]) -> np.ndarray:
+    """Same contract as `depthwise_forward_kernel`, by einsum over each kernel tap."""
+    ho, wo = out_hw
+    k = w.shape[0]
+    y = np.zeros((xp.shape[0], ho, wo, xp.shape[3]), dtype=np.float64)
+    for i in range(k):
+        for j in range(k):
+            y += np.einsum("c,nhwc->nhwc", w[i, j], _taps(xp, i, j, stride, ho, wo))
+    return y
+
+
+def depthwise_backward_naive(xp: np.ndarray, w: np.ndarray, dy: np.ndarray, stride: int):
+    """(dxp, dw) for the forward above, tap by tap."""
+    ho, wo = dy.shape[1:3]
+    k = w.shape[0]
+    dxp = np.zeros(xp.shape, dtype=np.float64)
+    dw = np.zeros(w.shape, dtype=np.float64)
+    for i in range(k):
+        for j in range(k):
+            dw[i, j] = np.einsum("nhwc,nhwc->c", dy, _taps(xp, i, j, stride, ho, wo))
+            _taps(dxp, i, j, stride, ho, wo)[...] += np.einsum("c,nhwc->nhwc", w[i, j], dy)
+    return dxp, dw

@@ -1,0 +1,294 @@
+"""`ReferenceModel`: the NumPy/Numba oracle network, built only from the resolved tables.
+
+It walks `effv2_spec.resolve.resolve(spec)` (stem, block layers, head, classifier) and
+implements docs/internals.md exactly: run-time padding from the actual input size, BN
+with biased batch variance and the spec's running-variance convention, SE, residual with
+drop path, pool, dropout, dense. A training forward records a tape of per-op caches
+(plain tuples, no closures); `backward` replays it in reverse and accumulates gradients
+with `+=`. Random masks come from `self.rng` unless given, and are recorded in
+`last_masks` under the canonical mask names so other backends can replay them.
+
+Public tensors use canonical layouts (input NCHW, conv OIHW, dense (out, in)); the
+activations in between are CNHW (see ops/conv.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+
+from effv2_spec.architecture import ArchitectureSpec
+from effv2_spec.resolve import ConvBN, ParamEntry, ResolvedModel, resolve
+from effv2_spec.weights import WeightsError, check_tensors, load_weights, save_weights
+
+from . import ops
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def as_resolved(spec_or_resolved) -> ResolvedModel:
+    """A ResolvedModel from a ResolvedModel, an ArchitectureSpec, or a preset name / spec path."""
+    if isinstance(spec_or_resolved, ResolvedModel):
+        return spec_or_resolved
+    if isinstance(spec_or_resolved, ArchitectureSpec):
+        return resolve(spec_or_resolved)
+    if isinstance(spec_or_resolved, (str, os.PathLike)):
+        from effv2_spec import documents, presets
+
+        name = str(spec_or_resolved)
+        doc = presets.load(name) if presets.is_preset(name) else documents.parse_text(documents.read_text(name))
+        if not isinstance(doc, ArchitectureSpec):
+            raise TypeError(f"{name}: not an architecture spec")
+        return resolve(doc)
+    raise TypeError(f"expected an ArchitectureSpec, ResolvedModel or preset name, got {type(spec_or_resolved).__name__}")
+
+
+def init_tensor(rng: np.random.Generator, entry: ParamEntry, dtype) -> np.ndarray:
+    """Draw one tensor by its init rule (in float64, so both dtypes get the same values)."""
+    kind, scale, shape = entry.init.kind, entry.init.scale, entry.shape
+    if kind == "zeros":
+        return np.zeros(shape, dtype=dtype)
+    if kind == "ones":
+        return np.ones(shape, dtype=dtype)
+    if kind == "normal":
+        return rng.normal(0.0, scale, shape).astype(dtype)
+    if kind == "uniform":
+        return rng.uniform(-scale, scale, shape).astype(dtype)
+    if kind == "truncated_normal":
+        # N(0, scale) truncated at 2 scale: redraw the outliers (what TF and PyTorch's trunc_normal_ mean)
+        z = rng.standard_normal(shape)
+        bad = np.abs(z) > 2.0
+        while bad.any():
+            z[bad] = rng.standard_normal(int(bad.sum()))
+            bad = np.abs(z) > 2.0
+        return (z * scale).astype(dtype)
+    raise ValueError(f"{entry.name}: unknown init kind {kind!r}")
+
+
+class ReferenceModel:
+    """The oracle. `forward(x NCHW) -> logits`; `backward(dlogits) -> {name: grad}` after a training forward."""
+
+    def __init__(self, spec_or_resolved, dtype: str = "float32", seed: int = 0):
+        self.resolved = as_resolved(spec_or_resolved)
+        if str(np.dtype(dtype)) not in _DTYPES:
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.dtype = np.dtype(dtype)
+        self.rng = np.random.default_rng(seed)
+        self.params: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        for entry in self.resolved.params:
+            target = self.params if entry.trainable else self.buffers
+            target[entry.name] = init_tensor(self.rng, entry, self.dtype)
+        self.last_masks: dict[str, np.ndarray] = {}
+        self._tape: list | None = None
+        self.set_resolved(self.resolved)
+
+    def set_resolved(self, resolved: ResolvedModel) -> None:
+        """Use `resolved`, a table that differs from the current one only in dropout / drop-path
+        rates (progressive learning raises them stage by stage); the masks accepted follow it."""
+        if [p.shape for p in resolved.params] != [p.shape for p in self.resolved.params]:
+            raise ValueError("set_resolved: the new table must have the same parameters as the model's")
+        self.resolved = resolved
+        self.mask_names = tuple(
+            [f"{b.name}.drop_path" for b in resolved.blocks if b.residual and b.drop_path_rate > 0]
+            + (["classifier.dropout"] if resolved.classifier.dropout > 0 else []))
+
+    # ---- forward -------------------------------------------------------------------------
+    def forward(self, x: np.ndarray, training: bool = False, masks: Mapping[str, np.ndarray] | None = None):
+        """Logits (N, num_classes) for images x (N, C, H, W).
+
+        training=True: batch statistics (running stats updated in place), dropout and drop
+        path with `masks` (drawn from `self.rng` when missing, recorded in `last_masks`), and a
+        tape for `backward`. training=False keeps nothing.
+        """
+        r = self.resolved
+        x = np.asarray(x)
+        if x.ndim != 4 or x.shape[1] != r.input_channels:
+            raise ValueError(f"forward: expected input (N, {r.input_channels}, H, W), got shape {x.shape}")
+        masks = dict(masks or {})
+        unknown = sorted(set(masks) - set(self.mask_names))
+        if unknown:
+            raise ValueError(f"forward: unknown mask(s) {', '.join(unknown)}; this model takes "
+                             f"{', '.join(self.mask_names) or 'none'}")
+        tape: list | None = [] if training else None
+        self._tape = None
+        self.last_masks = {}
+        x = x.astype(self.dtype)
+        if r.normalize_in_model:
+            norm = r.spec.input.normalization
+            mean = np.asarray(norm.mean, dtype=self.dtype)[None, :, None, None]
+            std = np.asarray(norm.std, dtype=self.dtype)[None, :, None, None]
+            x = (x - mean) / std
+        h = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
+        n = h.shape[1]
+        h = self._conv_bn(r.stem, h, tape)
+        for block in r.blocks:
+            x_in = h
+            if training and block.residual:
+                # replayed in reverse: skip_out stacks the gradient, skip_in adds it at the block input
+                tape.append(("skip_in", block.name, None))
+            for layer in block.layers:
+                h = self._conv_bn(layer, h, tape) if isinstance(layer, ConvBN) else self._se(layer, h, tape)
+            if block.residual:
+                rate = block.drop_path_rate
+                if training and rate > 0:
+                    mask = self._mask(f"{block.name}.drop_path", (n,), rate, masks)
+                    h, scale = ops.drop_path_forward(h, mask, rate)
+                    tape.append(("drop_path", block.name, scale))
+                h = h + x_in
+                if training:
+                    tape.append(("skip_out", block.name, None))
+        h = self._conv_bn(r.head, h, tape)
+        f, pool_shape = ops.global_avg_pool_forward(h)
+        if training:
+            tape.append(("pool", "head", pool_shape))
+        rate = r.classifier.dropout
+        if training and rate > 0:
+            f, scale = ops.dropout_forward(f, self._mask("classifier.dropout", f.shape, rate, masks), rate)
+            tape.append(("dropout", "classifier", scale))
+        w, b = self.params["classifier.weight"], self.params["classifier.bias"]
+        logits, cache = ops.dense_forward(f, w, b)
+        if training:
+            tape.append(("dense", "classifier", cache))
+            self._tape = tape
+        return logits
+
+    __call__ = forward
+
+    def _mask(self, name: str, shape: tuple, rate: float, masks: dict) -> np.ndarray:
+        if name in masks:
+            m = np.asarray(masks[name])
+            if m.shape != tuple(shape):
+                raise ValueError(f"mask {name}: expected shape {tuple(shape)}, got {m.shape}")
+            m = m.astype(self.dtype)
+        else:
+            m = ops.keep_mask(self.rng, shape, rate, self.dtype)
+        self.last_masks[name] = m
+        return m
+
+    def _conv_bn(self, unit: ConvBN, h: np.ndarray, tape: list | None) -> np.ndarray:
+        r, p = self.resolved, unit.name
+        pads = ops.conv_pads(r.padding, h.shape[2:], unit.kernel, unit.stride)
+        w = self.params[f"{p}.conv.weight"]
+        h, conv_cache = ops.conv2d_forward(h, w, stride=unit.stride, pads=pads, groups=unit.groups)
+        gamma, beta = self.params[f"{p}.bn.weight"], self.params[f"{p}.bn.bias"]
+        rm, rv = self.buffers[f"{p}.bn.running_mean"], self.buffers[f"{p}.bn.running_var"]
+        if tape is None:
+            h = ops.batch_norm_eval_forward(h, gamma, beta, rm, rv, eps=r.bn_eps)
+            bn_cache = None
+        else:
+            h, bn_cache, mean, var = ops.batch_norm_train_forward(h, gamma, beta, eps=r.bn_eps)
+            n = h.shape[1] * h.shape[2] * h.shape[3]
+            ops.update_running_stats(rm, rv, mean, var, n, momentum=r.bn_momentum, running_var_kind=r.bn_running_var)
+        act_cache = None
+        if unit.activation:
+            h, act_cache = ops.activation_forward(r.activation, h)
+        if tape is not None:
+            tape.append(("conv_bn", unit, (conv_cache, bn_cache, act_cache)))
+        return h
+
+    def _se(self, unit, h: np.ndarray, tape: list | None) -> np.ndarray:
+        p = self.params
+        y, cache = ops.squeeze_excite_forward(
+            h, p[f"{unit.name}.reduce.weight"], p[f"{unit.name}.reduce.bias"], p[f"{unit.name}.expand.weight"],
+            p[f"{unit.name}.expand.bias"], activation=self.resolved.activation)
+        if tape is not None:
+            tape.append(("se", unit, cache))
+        return y
+
+    # ---- backward ------------------------------------------------------------------------
+    def backward(self, dlogits: np.ndarray, return_input_grad: bool = False):
+        """Gradients of sum(logits * dlogits) for every trainable parameter (canonical names).
+
+        Needs the tape of the last training-mode forward (consumed here). With
+        `return_input_grad`, returns (grads, dx) with dx shaped like the input (N, C, H, W).
+        """
+        if self._tape is None:
+            raise RuntimeError("backward: call forward(x, training=True) first (eval forwards keep no tape, "
+                               "and each tape is used once)")
+        tape, self._tape = self._tape, None
+        r = self.resolved
+        grads = {name: np.zeros_like(v) for name, v in self.params.items()}
+        g = np.asarray(dlogits, dtype=self.dtype)
+        skips: list[np.ndarray] = []
+        for kind, unit, cache in reversed(tape):
+            if kind == "dense":
+                g, dw, db = ops.dense_backward(g, cache)
+                grads["classifier.weight"] += dw
+                grads["classifier.bias"] += db
+            elif kind == "dropout":
+                g = ops.dropout_backward(g, cache)
+            elif kind == "pool":
+                g = ops.global_avg_pool_backward(g, cache)
+            elif kind == "conv_bn":
+                g = self._conv_bn_backward(unit, g, cache, grads)
+            elif kind == "se":
+                g, dwr, dbr, dwe, dbe = ops.squeeze_excite_backward(g, cache, activation=r.activation)
+                for suffix, d in (("reduce.weight", dwr), ("reduce.bias", dbr), ("expand.weight", dwe),
+                                  ("expand.bias", dbe)):
+                    grads[f"{unit.name}.{suffix}"] += d
+            elif kind == "drop_path":
+                g = ops.drop_path_backward(g, cache)
+            elif kind == "skip_out":
+                skips.append(g)
+            elif kind == "skip_in":
+                g = g + skips.pop()
+            else:  # pragma: no cover - the tape only holds the kinds above
+                raise AssertionError(kind)
+        if not return_input_grad:
+            return grads
+        dx = g.transpose(1, 0, 2, 3)
+        if r.normalize_in_model:
+            dx = dx / np.asarray(r.spec.input.normalization.std, dtype=self.dtype)[None, :, None, None]
+        return grads, np.ascontiguousarray(dx)
+
+    def _conv_bn_backward(self, unit: ConvBN, g: np.ndarray, cache, grads: dict) -> np.ndarray:
+        conv_cache, bn_cache, act_cache = cache
+        p = unit.name
+        if unit.activation:
+            g = ops.activation_backward(self.resolved.activation, g, act_cache)
+        g, dgamma, dbeta = ops.batch_norm_backward(g, bn_cache)
+        grads[f"{p}.bn.weight"] += dgamma
+        grads[f"{p}.bn.bias"] += dbeta
+        g, dw = ops.conv2d_backward(g, conv_cache)
+        grads[f"{p}.conv.weight"] += dw
+        return g
+
+    # ---- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer, keyed by canonical name."""
+        return {name: v.copy() for name, v in {**self.params, **self.buffers}.items()}
+
+    def load_state_dict(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Copy canonical tensors in (cast to the model dtype); names and shapes must match exactly."""
+        tensors = {k: np.asarray(v) for k, v in tensors.items()}
+        check_tensors(self.resolved, tensors)
+        for name, v in tensors.items():
+            target = self.params if name in self.params else self.buffers
+            target[name][...] = v.astype(self.dtype)
+
+    def save(self, path) -> None:
+        """Canonical safetensors with the spec JSON in the metadata (atomic)."""
+        save_weights(path, self.resolved.spec, self.state_dict())
+
+    @classmethod
+    def load(cls, path, spec=None, *, dtype: str | None = None, seed: int = 0) -> "ReferenceModel":
+        """A model from a weights file; its spec comes from the file (or `spec`, which must then agree)."""
+        file_spec, tensors = load_weights(path)
+        if spec is not None:
+            resolved = as_resolved(spec)
+            if file_spec is not None and file_spec.model_dump_json() != resolved.spec.model_dump_json():
+                raise WeightsError(f"{path}: weights were saved for spec {file_spec.name!r}, which differs from "
+                                   f"the given spec {resolved.spec.name!r}")
+        elif file_spec is None:
+            raise WeightsError(f"{path}: no spec in the file metadata; pass spec=")
+        else:
+            resolved = resolve(file_spec)
+        if dtype is None:
+            kinds = {str(v.dtype) for v in tensors.values()}
+            dtype = "float64" if kinds == {"float64"} else "float32"
+        model = cls(resolved, dtype=dtype, seed=seed)
+        model.load_state_dict(tensors)
+        return model

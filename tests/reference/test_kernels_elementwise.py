@@ -1,0 +1,51 @@
+"""The fused elementwise kernels (BN normalise, BN dx, SiLU forward/backward) equal their NumPy twins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from effv2_reference.kernels.elementwise import (bn_backward_dx_kernel, bn_backward_dx_naive, bn_normalize_kernel,
+                                                  bn_normalize_naive, silu_backward_kernel, silu_backward_naive,
+                                                  silu_forward_kernel, silu_forward_naive)
+
+TOL = {np.float64: 1e-14, np.float32: 1e-6}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(3, 17), (16, 1000), (1, 1)])
+def test_bn_kernels_match_twins(dtype, shape):
+    rng = np.random.default_rng(0)
+    c = shape[0]
+    centred = rng.standard_normal(shape)
+    inv, gamma, beta = rng.random(c) + 0.5, rng.standard_normal(c), rng.standard_normal(c)
+    ref_xhat, ref_y = bn_normalize_naive(centred, inv, gamma, beta)
+    xhat, y = centred.astype(dtype), np.empty(shape, dtype)
+    bn_normalize_kernel(xhat, inv.astype(dtype), gamma.astype(dtype), beta.astype(dtype), y)
+    np.testing.assert_allclose(xhat, ref_xhat, rtol=TOL[dtype] * 4, atol=TOL[dtype] * 4)
+    np.testing.assert_allclose(y, ref_y, rtol=TOL[dtype] * 8, atol=TOL[dtype] * 8)
+
+    dy = rng.standard_normal(shape)
+    scale, a, b = rng.standard_normal(c), rng.standard_normal(c), rng.standard_normal(c)
+    ref = bn_backward_dx_naive(dy, ref_xhat, scale, a, b)
+    dx = np.empty(shape, dtype)
+    bn_backward_dx_kernel(dy.astype(dtype), ref_xhat.astype(dtype), scale.astype(dtype), a.astype(dtype),
+                          b.astype(dtype), dx)
+    np.testing.assert_allclose(dx, ref, rtol=0, atol=TOL[dtype] * 16 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_silu_kernels_match_twins(dtype):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(5000) * 6).astype(dtype)
+    ref_s, ref_y = silu_forward_naive(x.astype(np.float64))
+    s = np.exp(-x)
+    y = np.empty_like(x)
+    silu_forward_kernel(x, s, y)
+    np.testing.assert_allclose(s, ref_s, rtol=TOL[dtype] * 4, atol=TOL[dtype])
+    np.testing.assert_allclose(y, ref_y, rtol=TOL[dtype] * 4, atol=TOL[dtype])
+    dy = rng.standard_normal(5000).astype(dtype)
+    ref = silu_backward_naive(dy.astype(np.float64), x.astype(np.float64), ref_s)
+    dx = np.empty_like(x)
+    silu_backward_kernel(dy, x, s, dx)
+    np.testing.assert_allclose(dx, ref, rtol=TOL[dtype] * 8, atol=TOL[dtype] * 8)
