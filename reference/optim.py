@@ -1,0 +1,166 @@
+"""Optimisers of `effv2_spec.training`: SGD and RMSProp, with coupled L2 weight decay by role.
+
+The math is docs/internals.md, "Optimisers", word for word:
+
+* weight decay is coupled L2: `g = g + rate * w` for tensors whose resolved role is in
+  `weight_decay.applies_to`, before the optimiser sees `g` (and before clipping: the L2
+  term is part of the loss, so it is part of the gradient being clipped);
+* SGD, PyTorch formulation with dampening 0: `v = momentum * v + g`; `w -= lr * (g + momentum * v)`
+  with nesterov, else `w -= lr * v`;
+* RMSProp: `ms = decay * ms + (1 - decay) * g^2` from `initial_accumulator`; the denominator
+  `sqrt(ms + eps)` or `sqrt(ms) + eps`; lr inside the momentum (TF) or outside (PyTorch).
+
+`step(params, grads, lr)` mutates the parameter arrays in place (callers hold references
+to them, e.g. `ReferenceModel.params`) and never mutates `grads`. Slots are created lazily
+in the parameter's dtype, so float32 and float64 runs each stay in their own precision.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from effv2_spec.resolve import ResolvedModel
+from effv2_spec.training import RMSProp, SGD, TrainingConfig
+
+
+class Optimizer:
+    """Shared part: weight decay by role, optional global-norm clipping, slot storage."""
+
+    #: names of the per-tensor slots this optimiser keeps (state_dict keys are "<slot>/<param>")
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, config: TrainingConfig, resolved: ResolvedModel | None):
+        self.config = config
+        wd = config.weight_decay
+        self.decay_rate = float(wd.rate)
+        roles = set(wd.applies_to)
+        # no resolved table: nothing is known about roles, so nothing decays (never guess a role)
+        self.decayed: frozenset[str] = frozenset(
+            p.name for p in (resolved.trainable() if resolved is not None else ()) if p.role in roles)
+        self.clip_norm = config.gradient_clip_norm
+        self.state: dict[str, dict[str, np.ndarray]] = {s: {} for s in self.slots}
+        self.steps = 0
+
+    # ---- the update ------------------------------------------------------------------------
+    def effective_grads(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> dict:
+        """Gradients as the optimiser sees them: L2 added by role, then clipped by global norm."""
+        out = {}
+        for name, w in params.items():
+            g = np.asarray(grads[name], dtype=w.dtype)
+            if self.decay_rate and name in self.decayed:
+                g = g + w.dtype.type(self.decay_rate) * w
+            out[name] = g
+        if self.clip_norm is not None:
+            norm = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in out.values())))
+            if norm > self.clip_norm:
+                scale = self.clip_norm / norm
+                out = {k: g * g.dtype.type(scale) for k, g in out.items()}
+        return out
+
+    def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float) -> None:
+        """One update of every tensor in `params` (in place) from `grads` at learning rate `lr`."""
+        missing = sorted(set(params) - set(grads))
+        if missing:
+            raise KeyError(f"optimizer step: no gradient for {', '.join(missing[:5])}")
+        for name, g in self.effective_grads(params, grads).items():
+            w = params[name]
+            self._update(name, w, g, w.dtype.type(lr))
+        self.steps += 1
+
+    def _update(self, name: str, w: np.ndarray, g: np.ndarray, lr) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _slot(self, slot: str, name: str, like: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        store = self.state[slot]
+        if name not in store:
+            store[name] = np.full(like.shape, fill, dtype=like.dtype)
+        return store[name]
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Flat copies of every slot ("<slot>/<param name>") plus the step count."""
+        out = {f"{slot}/{name}": v.copy() for slot, store in self.state.items() for name, v in store.items()}
+        out["steps"] = np.array(self.steps, dtype=np.int64)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        fresh: dict[str, dict[str, np.ndarray]] = {s: {} for s in self.slots}
+        for key, v in state.items():
+            if key == "steps":
+                continue
+            slot, _, name = key.partition("/")
+            if slot not in fresh:
+                raise ValueError(f"optimizer state: unknown slot {slot!r} (this {type(self).__name__} keeps "
+                                 f"{', '.join(self.slots)})")
+            fresh[slot][name] = np.array(v, copy=True)
+        self.state = fresh
+        self.steps = int(state.get("steps", 0))
+
+
+class SGDOptimizer(Optimizer):
+    """PyTorch SGD (dampening 0): v = m v + g; w -= lr (g + m v) (nesterov) or w -= lr v."""
+
+    slots = ("momentum",)
+
+    def __init__(self, config: TrainingConfig, resolved):
+        super().__init__(config, resolved)
+        opt: SGD = config.optimizer
+        self.momentum = float(opt.momentum)
+        self.nesterov = bool(opt.nesterov)
+
+    def _update(self, name, w, g, lr):
+        if self.momentum == 0.0:
+            w -= lr * g
+            return
+        m = w.dtype.type(self.momentum)
+        v = self._slot("momentum", name, w)
+        v *= m
+        v += g
+        if self.nesterov:
+            w -= lr * (g + m * v)
+        else:
+            w -= lr * v
+
+
+class RMSPropOptimizer(Optimizer):
+    """RMSProp with the eps placement, initial accumulator and lr placement the config names."""
+
+    slots = ("ms", "mom")
+
+    def __init__(self, config: TrainingConfig, resolved):
+        super().__init__(config, resolved)
+        opt: RMSProp = config.optimizer
+        self.decay = float(opt.decay)
+        self.momentum = float(opt.momentum)
+        self.eps = float(opt.eps)
+        self.inside = opt.eps_placement == "inside_sqrt"
+        self.initial = float(opt.initial_accumulator)
+        self.lr_in_momentum = bool(opt.lr_in_momentum)
+
+    def _update(self, name, w, g, lr):
+        t = w.dtype.type
+        ms = self._slot("ms", name, w, self.initial)
+        ms *= t(self.decay)
+        ms += t(1.0 - self.decay) * g * g
+        d = np.sqrt(ms + t(self.eps)) if self.inside else np.sqrt(ms) + t(self.eps)
+        mom = self._slot("mom", name, w)
+        mom *= t(self.momentum)
+        if self.lr_in_momentum:
+            # TF: the lr is folded into the buffer, so an lr change only affects new contributions
+            mom += lr * g / d
+            w -= mom
+        else:
+            mom += g / d
+            w -= lr * mom
+
+
+def build_optimizer(config: TrainingConfig, resolved: ResolvedModel | None = None) -> Optimizer:
+    """The optimiser `config.optimizer` names, decaying the tensors of `resolved` by role."""
+    kind = config.optimizer.type
+    if kind == "sgd":
+        return SGDOptimizer(config, resolved)
+    if kind == "rmsprop":
+        return RMSPropOptimizer(config, resolved)
+    raise ValueError(f"optimizer.type: unknown optimizer {kind!r}")  # pragma: no cover - the schema forbids it
