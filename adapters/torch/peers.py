@@ -1,0 +1,220 @@
+"""Weight exchange with torchvision and timm EfficientNet / EfficientNetV2 state dicts.
+
+Both peers use PyTorch layouts (conv OIHW, depthwise C x 1 x k x k, linear (out, in)), so a
+conversion is a renaming derived from the resolved block table (names in
+/work/shared/facts/peer-implementations.md section 3):
+
+* torchvision `efficientnet_v2_{s,m,l}` (and V1 `efficientnet_b*`): `features.0.{0,1}` stem,
+  `features.{stage+1}.{j}.block.{k}.{0,1}` (conv, BN) or `.block.{k}.fc1/fc2` (SE), where k is the
+  layer's position in the block, `features.{n_stages+1}` head, `classifier.1` dense.
+* timm `tf_efficientnetv2_*` (and `tf_efficientnet_*`): `conv_stem`/`bn1`, `blocks.{stage}.{j}.*`
+  with `conv`+`bn1` (fused, expand 1), `conv_exp`+`bn1`, `conv_pwl`+`bn2` (fused),
+  `conv_pw`+`bn1`, `conv_dw`+`bn2`, `conv_pwl`+`bn3` (MBConv), `conv_dw`+`bn1`, `conv_pw`+`bn2`
+  (MBConv without expansion), `se.conv_reduce/conv_expand`; `conv_head`/`bn2`, `classifier`.
+
+`num_batches_tracked` has no canonical counterpart: dropped on import, written as 0 on export.
+Behaviour (padding, BN eps, SE width) is the spec's business: pair torchvision weights with a
+`*-torchvision` preset (symmetric padding) and timm `tf_` weights with the official presets.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from effv2_spec.resolve import ResolvedModel, SqueezeExcite
+from effv2_spec.weights import WeightsError, atomic_write_bytes, check_tensors
+
+BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
+
+
+def _resolved(spec: Any) -> ResolvedModel:
+    from .build import as_resolved
+
+    return as_resolved(spec)
+
+
+# ---- name tables -----------------------------------------------------------------------------
+def _unit_pairs(unit, conv: str, bn: str | None = None) -> list[tuple[str, str]]:
+    """(canonical, peer) tensor names of one unit; for SE `conv`/`bn` are the reduce/expand prefixes."""
+    if isinstance(unit, SqueezeExcite):
+        return [(f"{unit.name}.reduce.{t}", f"{conv}.{t}") for t in ("weight", "bias")] + \
+               [(f"{unit.name}.expand.{t}", f"{bn}.{t}") for t in ("weight", "bias")]
+    return [(f"{unit.name}.conv.weight", f"{conv}.weight")] + [(f"{unit.name}.bn.{t}", f"{bn}.{t}") for t in BN_TENSORS]
+
+
+def torchvision_names(resolved: ResolvedModel) -> list[tuple[str, str]]:
+    """(canonical name, torchvision name) for every tensor, in torchvision's state_dict order."""
+    pairs = _unit_pairs(resolved.stem, "features.0.0", "features.0.1")
+    for block in resolved.blocks:
+        base = f"features.{block.stage + 1}.{block.position}.block"
+        for k, unit in enumerate(block.layers):
+            if isinstance(unit, SqueezeExcite):
+                pairs += _unit_pairs(unit, f"{base}.{k}.fc1", f"{base}.{k}.fc2")
+            else:
+                pairs += _unit_pairs(unit, f"{base}.{k}.0", f"{base}.{k}.1")
+    head = f"features.{len(resolved.spec.stages) + 1}"
+    pairs += _unit_pairs(resolved.head, f"{head}.0", f"{head}.1")
+    pairs += [("classifier.weight", "classifier.1.weight"), ("classifier.bias", "classifier.1.bias")]
+    return pairs
+
+
+def timm_names(resolved: ResolvedModel) -> list[tuple[str, str]]:
+    """(canonical name, timm name) for every tensor, in timm's state_dict order."""
+    pairs = _unit_pairs(resolved.stem, "conv_stem", "bn1")
+    for block in resolved.blocks:
+        base = f"blocks.{block.stage}.{block.position}"
+        kinds = [u.name.rsplit(".", 1)[-1] for u in block.layers]
+        if "fused" in kinds:  # ConvBnAct
+            convs = {"fused": ("conv", "bn1")}
+        elif block.type == "fused_mbconv":  # EdgeResidual
+            convs = {"expand": ("conv_exp", "bn1"), "project": ("conv_pwl", "bn2")}
+        elif "expand" in kinds:  # InvertedResidual
+            convs = {"expand": ("conv_pw", "bn1"), "dw": ("conv_dw", "bn2"), "project": ("conv_pwl", "bn3")}
+        else:  # DepthwiseSeparableConv
+            convs = {"dw": ("conv_dw", "bn1"), "project": ("conv_pw", "bn2")}
+        for unit, kind in zip(block.layers, kinds):
+            if kind == "se":
+                pairs += _unit_pairs(unit, f"{base}.se.conv_reduce", f"{base}.se.conv_expand")
+            else:
+                conv, bn = convs[kind]
+                pairs += _unit_pairs(unit, f"{base}.{conv}", f"{base}.{bn}")
+    pairs += _unit_pairs(resolved.head, "conv_head", "bn2")
+    pairs += [("classifier.weight", "classifier.weight"), ("classifier.bias", "classifier.bias")]
+    return pairs
+
+
+NAME_TABLES: dict[str, Callable[[ResolvedModel], list[tuple[str, str]]]] = {
+    "torchvision": torchvision_names, "timm": timm_names,
+}
+
+
+# ---- file I/O --------------------------------------------------------------------------------
+def load_state_dict_file(path: str | os.PathLike) -> dict:
+    """A state dict (name -> torch.Tensor) from a `torch.save`d file or a safetensors file.
+
+    Unwraps common checkpoint wrappers ({'state_dict': ...}, {'model': ...}) and a 'module.' prefix.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    is_safetensors = path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{")
+    try:
+        if is_safetensors:
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        kind = "safetensors" if is_safetensors else "torch.save"
+        raise WeightsError(f"{path}: not a readable {kind} state dict ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, dict):
+        for key in WRAPPER_KEYS:
+            if key in state and isinstance(state[key], dict) and not isinstance(state[key], torch.Tensor):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _to_numpy(t) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu()
+    if t.dtype in (torch.bfloat16,):
+        t = t.float()
+    return t.numpy().copy()
+
+
+def _list(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
+
+
+def state_dict_to_canonical(state: dict, spec: Any, source: str) -> dict[str, np.ndarray]:
+    """Rename a torchvision/timm state dict to canonical tensors, with clear errors for any mismatch."""
+    resolved = _resolved(spec)
+    pairs = NAME_TABLES[source](resolved)
+    peer_names = {peer for _, peer in pairs}
+    missing = [peer for _, peer in pairs if peer not in state]
+    extra = sorted(k for k in state if k not in peer_names and not k.endswith("num_batches_tracked"))
+    wrong = [f"{peer} (canonical {canon}): expected shape {resolved.param(canon).shape}, got {tuple(state[peer].shape)}"
+             for canon, peer in pairs if peer in state and tuple(state[peer].shape) != resolved.param(canon).shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s): {_list(missing)}")
+    if extra:
+        problems.append(f"unexpected {len(extra)} tensor(s): {_list(extra)}")
+    if wrong:
+        problems.append("wrong shape: " + "; ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else ""))
+    if problems:
+        raise WeightsError(f"{source} state dict does not match spec {resolved.spec.name!r}: " + " | ".join(problems))
+    tensors = {canon: _to_numpy(state[peer]) for canon, peer in pairs}
+    check_tensors(resolved, tensors)
+    return tensors
+
+
+def canonical_to_state_dict(tensors: dict[str, np.ndarray], spec: Any, target: str) -> "OrderedDict[str, Any]":
+    """Canonical tensors -> a torchvision/timm state dict (torch tensors, `num_batches_tracked` = 0)."""
+    import torch
+
+    resolved = _resolved(spec)
+    check_tensors(resolved, tensors)
+    state: OrderedDict[str, Any] = OrderedDict()
+    for canon, peer in NAME_TABLES[target](resolved):
+        state[peer] = torch.from_numpy(np.array(tensors[canon], copy=True))
+        if canon.endswith(".bn.running_var"):
+            state[peer[: -len("running_var")] + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+    return state
+
+
+def _import(path, spec, source: str) -> dict[str, np.ndarray]:
+    return state_dict_to_canonical(load_state_dict_file(path), spec, source)
+
+
+def _export(tensors, spec, path, target: str) -> None:
+    import torch
+
+    state = canonical_to_state_dict(tensors, spec, target)
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import save
+
+        data = save({k: v.contiguous() for k, v in state.items()}, metadata={"format": "pt", "effv2_layout": target})
+    else:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+    atomic_write_bytes(path, data)
+
+
+def import_torchvision(path, spec) -> dict[str, np.ndarray]:
+    """Canonical tensors from a torchvision EfficientNet(V2) state dict file (torch.save or safetensors)."""
+    return _import(path, spec, "torchvision")
+
+
+def import_timm(path, spec) -> dict[str, np.ndarray]:
+    """Canonical tensors from a timm tf_efficientnetv2_* / tf_efficientnet_* state dict file."""
+    return _import(path, spec, "timm")
+
+
+def export_torchvision(tensors, spec, path) -> None:
+    """Write canonical tensors as a torchvision state dict (torch.save, or safetensors by suffix), atomically."""
+    _export(tensors, spec, path, "torchvision")
+
+
+def export_timm(tensors, spec, path) -> None:
+    """Write canonical tensors as a timm state dict (torch.save, or safetensors by suffix), atomically."""
+    _export(tensors, spec, path, "timm")
