@@ -16,6 +16,7 @@ classifier owns `classifier.weight` (out, in) and `classifier.bias`. Units are
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
@@ -340,3 +341,17 @@ class _Resolver:
 
     def add(self, name, shape, role, trainable, init) -> None:
         self.params.append(ParamEntry(name, tuple(int(s) for s in shape), role, trainable, init))
+
+
+def as_resolved(source) -> ResolvedModel:
+    """A ResolvedModel from a ResolvedModel, an ArchitectureSpec, or a preset name / spec path:
+    the one coercion every backend's entry points accept."""
+    if isinstance(source, ResolvedModel):
+        return source
+    if isinstance(source, ArchitectureSpec):
+        return resolve(source)
+    if isinstance(source, (str, os.PathLike)):
+        from .documents import load_architecture  # documents imports this module
+
+        return resolve(load_architecture(source))
+    raise TypeError(f"expected an ArchitectureSpec, ResolvedModel, preset name or path, got {type(source).__name__}")

@@ -14,35 +14,16 @@ activations in between are CNHW (see ops/conv.py).
 
 from __future__ import annotations
 
-import os
 from typing import Mapping
 
 import numpy as np
 
-from effv2_spec.architecture import ArchitectureSpec
-from effv2_spec.resolve import ConvBN, ParamEntry, ResolvedModel, resolve
+from effv2_spec.resolve import ConvBN, ParamEntry, ResolvedModel, as_resolved, resolve
 from effv2_spec.weights import WeightsError, check_tensors, load_weights, save_weights
 
 from . import ops
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-def as_resolved(spec_or_resolved) -> ResolvedModel:
-    """A ResolvedModel from a ResolvedModel, an ArchitectureSpec, or a preset name / spec path."""
-    if isinstance(spec_or_resolved, ResolvedModel):
-        return spec_or_resolved
-    if isinstance(spec_or_resolved, ArchitectureSpec):
-        return resolve(spec_or_resolved)
-    if isinstance(spec_or_resolved, (str, os.PathLike)):
-        from effv2_spec import documents, presets
-
-        name = str(spec_or_resolved)
-        doc = presets.load(name) if presets.is_preset(name) else documents.parse_text(documents.read_text(name))
-        if not isinstance(doc, ArchitectureSpec):
-            raise TypeError(f"{name}: not an architecture spec")
-        return resolve(doc)
-    raise TypeError(f"expected an ArchitectureSpec, ResolvedModel or preset name, got {type(spec_or_resolved).__name__}")
 
 
 def init_tensor(rng: np.random.Generator, entry: ParamEntry, dtype) -> np.ndarray:

@@ -35,7 +35,7 @@ WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "mo
 
 
 def _resolved(spec: Any) -> ResolvedModel:
-    from .build import as_resolved
+    from effv2_spec.resolve import as_resolved
 
     return as_resolved(spec)
 

@@ -15,7 +15,7 @@ import torch
 from effv2_spec.resolve import ResolvedModel
 from effv2_spec.weights import WeightsError, check_tensors, load_weights, save_weights
 
-from .build import as_resolved
+from effv2_spec.resolve import as_resolved
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

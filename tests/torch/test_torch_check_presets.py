@@ -21,13 +21,15 @@ from torch_testlib import needs_oracle
 
 FULL_F64 = {  # preset: image size (odd and even sizes both appear; >= 2x2 at the last stage)
     "efficientnetv2-nano": 33, "efficientnetv2-micro": 64, "efficientnetv2-b0": 64,
-    "efficientnetv2-s": 64, "efficientnetv2-s-torchvision": 64, "efficientnet-b0": 65,
+    "efficientnetv2-s": 64, "efficientnetv2-s-torchvision": 64, "efficientnet-b0": 65, "efficientnetv2-b0-keras": 64,
 }
 FULL_F32 = {"efficientnetv2-b1": 65, "efficientnetv2-b2": 64, "efficientnetv2-b3": 64,
-            "efficientnet-b1": 64, "efficientnet-b2": 65, "efficientnet-b3": 64}
+            "efficientnet-b1": 64, "efficientnet-b2": 65, "efficientnet-b3": 64,
+            "efficientnetv2-b1-keras": 64, "efficientnetv2-b2-keras": 65, "efficientnetv2-b3-keras": 64}
 EVAL_GRADS_F64 = {"efficientnetv2-m": 64, "efficientnetv2-l": 64, "efficientnetv2-xl": 64,
                   "efficientnetv2-m-torchvision": 64, "efficientnetv2-l-torchvision": 65,
-                  "efficientnet-b4": 64, "efficientnet-b5": 64, "efficientnet-b6": 64, "efficientnet-b7": 64}
+                  "efficientnet-b4": 64, "efficientnet-b5": 64, "efficientnet-b6": 64, "efficientnet-b7": 64,
+                  "efficientnetv2-s-keras": 64, "efficientnetv2-m-keras": 65, "efficientnetv2-l-keras": 64}
 
 CASES = ([(n, s, "float64", None) for n, s in FULL_F64.items()]
          + [(n, s, "float32", None) for n, s in FULL_F32.items()]

@@ -1,0 +1,476 @@
+"""EfficientNet V1/V2 building blocks in Flax NNX (needs nothing but jax and flax).
+
+This file is both the runtime of `effv2_adapters.jax` and the body of every file that
+`effv2 generate --framework jax` writes, so a generated model and `build_model(spec)` run
+the very same code. The network is described by a CONFIG table (see `config_from_resolved`
+in effv2_adapters.jax.build): channel counts, kernels, strides, SE widths, residual flags
+and drop-path rates come from that table and are never recomputed here.
+
+Layout: NHWC activations and HWIO kernels inside (Flax's native layouts); `EfficientNet.__call__`
+takes NHWC images. `forward` / `forward_backward` below take the canonical NCHW images and
+are `jax.jit`-compiled. Canonical tensors (OIHW conv kernels, depthwise C x 1 x k x k, dense
+(out, in)) are converted at the boundary by `to_canonical` / `load_canonical`; the Flax
+state path of every tensor maps to its canonical name by a fixed renaming:
+
+    <unit>.conv.kernel (kh, kw, in/groups, out)  <->  <unit>.conv.weight (out, in/groups, kh, kw)
+    <se>.reduce.kernel / <se>.expand.kernel      <->  <se>.reduce.weight / <se>.expand.weight
+    <unit>.bn.scale / bias / mean / var          <->  <unit>.bn.weight / bias / running_mean / running_var
+    classifier.kernel (in, out)                  <->  classifier.weight (out, in)
+
+Semantics (docs/internals.md): optional in-model input normalisation; conv + BN (+ activation)
+units with TF "same" padding computed from the actual input size (extra pixel after) or
+symmetric k//2 padding; squeeze-and-excitation; residual with drop path; global average pool,
+dropout, dense. BN in training normalises with the biased batch variance and updates the
+running statistics with momentum in the PyTorch convention (r = (1 - m) r + m batch), folding
+in the biased or the unbiased variance as configured. Convolutions and matmuls run at
+`Precision.HIGHEST`.
+
+Random regularisers take optional external masks: `masks["blocks.<i>.drop_path"]` of shape (N,)
+and `masks["classifier.dropout"]` of shape (N, features), values 0/1 (1 = keep). Missing masks
+are drawn from the model's `nnx.Rngs` stream `dropout`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+PRECISION = jax.lax.Precision.HIGHEST
+
+
+# ---- dtypes ---------------------------------------------------------------------------------
+def as_dtype(dtype: Any) -> np.dtype:
+    """A numpy dtype from a name, numpy or jax dtype; float64 switches on `jax_enable_x64`."""
+    dt = np.dtype(getattr(dtype, "dtype", dtype))
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64), np.dtype(jnp.bfloat16), np.dtype(np.float16)):
+        raise ValueError(f"unsupported dtype {dtype!r}; use float32, float64, float16 or bfloat16")
+    if dt == np.float64 and not jax.config.read("jax_enable_x64"):
+        jax.config.update("jax_enable_x64", True)  # float32 arrays stay float32: every array here has an explicit dtype
+    return dt
+
+
+def _const(shape: Tuple[int, ...], value: float, dtype: Any) -> jax.Array:
+    """A constant array, made in numpy and put on the device (no per-shape compilation)."""
+    return jnp.asarray(np.full(shape, value, np.dtype(dtype)))
+
+
+# ---- padding --------------------------------------------------------------------------------
+def conv_padding(convention: str, size: int, kernel: int, stride: int) -> Tuple[int, int]:
+    """(before, after) padding along one axis: TF SAME (the extra pixel goes after) or k//2."""
+    if convention == "tf_same":
+        out = -(-size // stride)
+        total = max((out - 1) * stride + kernel - size, 0)
+        return total // 2, total - total // 2
+    if convention == "symmetric":
+        return kernel // 2, kernel // 2
+    raise ValueError(f"unknown padding convention {convention!r}")
+
+
+# ---- activations ----------------------------------------------------------------------------
+def relu6(x: jax.Array) -> jax.Array:
+    return jnp.minimum(jnp.maximum(x, 0), 6)
+
+
+def activate(name: str, x: jax.Array) -> jax.Array:
+    """silu x*sigmoid(x); relu; relu6 min(max(x, 0), 6); hard_swish x*relu6(x + 3)/6."""
+    if name == "silu":
+        return x * jax.nn.sigmoid(x)
+    if name == "relu":
+        return jnp.maximum(x, 0)
+    if name == "relu6":
+        return relu6(x)
+    if name == "hard_swish":
+        return x * relu6(x + 3) / 6
+    raise ValueError(f"unknown activation {name!r}")
+
+
+# ---- leaf modules ---------------------------------------------------------------------------
+class Conv(nnx.Module):
+    """A conv kernel (HWIO; depthwise k x k x 1 x C), optionally with a bias, and its padding rule."""
+
+    def __init__(self, cin: int, cout: int, size: int, stride: int = 1, groups: int = 1, bias: bool = False,
+                 padding: str = "symmetric", dtype: Any = np.float32):
+        self.kernel = nnx.Param(_const((size, size, cin // groups, cout), 0.0, dtype))
+        self.bias = nnx.Param(_const((cout,), 0.0, dtype)) if bias else None
+        self.size, self.stride, self.groups, self.padding = size, stride, groups, padding
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s = self.size, self.stride
+        if k == 1 and s == 1 and self.groups == 1:  # a 1x1 conv is a matmul over channels (and compiles faster)
+            y = jnp.matmul(x, self.kernel[0, 0], precision=PRECISION)
+            return y if self.bias is None else y + self.bias[...]
+        pads = [conv_padding(self.padding, x.shape[1], k, s), conv_padding(self.padding, x.shape[2], k, s)]
+        y = jax.lax.conv_general_dilated(x, self.kernel[...], (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                         feature_group_count=self.groups, precision=PRECISION)
+        return y if self.bias is None else y + self.bias[...]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float):
+    """Training-mode BN over (N, H, W) of NHWC `x`: (y, batch mean, biased batch variance).
+
+    y = (x - mean) / sqrt(var + eps) * scale + bias. The gradient is the closed form (one pass of two
+    channel sums), not autodiff through the statistics: the same numbers, and about half the XLA
+    kernels to compile. The statistics outputs carry no gradient (they only feed running averages).
+    """
+    y, res = _bn_train_fwd(x, scale, bias, eps)
+    return y, res[1], res[2]
+
+
+def _bn_train_fwd(x, scale, bias, eps):
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    xc = x - mean
+    var = jnp.mean(jnp.square(xc), axis=(0, 1, 2))  # biased: normalises
+    y = xc / jnp.sqrt(var + eps) * scale + bias
+    return y, (x, mean, var, scale)
+
+
+def _bn_train_vjp_fwd(x, scale, bias, eps):
+    y, res = _bn_train_fwd(x, scale, bias, eps)
+    return (y, res[1], res[2]), res
+
+
+def _bn_train_vjp_bwd(eps, res, cotangents):
+    x, mean, var, scale = res
+    dy = cotangents[0]
+    n = x.shape[0] * x.shape[1] * x.shape[2]
+    inv = 1.0 / jnp.sqrt(var + eps)
+    xhat = (x - mean) * inv
+    dbias = jnp.sum(dy, axis=(0, 1, 2))
+    dscale = jnp.sum(dy * xhat, axis=(0, 1, 2))
+    dx = (scale * inv / n) * (n * dy - dbias - xhat * dscale)
+    return dx, dscale, dbias
+
+
+batch_norm_train.defvjp(_bn_train_vjp_fwd, _bn_train_vjp_bwd)
+
+
+class BatchNorm(nnx.Module):
+    """BN over (N, H, W): scale, bias (Param) and mean, var (BatchStat); momentum in the PyTorch convention."""
+
+    def __init__(self, channels: int, eps: float, momentum: float, running_var: str, dtype: Any = np.float32):
+        if running_var not in ("biased", "unbiased"):
+            raise ValueError(f"unknown running_var estimator {running_var!r}")
+        self.scale = nnx.Param(_const((channels,), 1.0, dtype))
+        self.bias = nnx.Param(_const((channels,), 0.0, dtype))
+        self.mean = nnx.BatchStat(_const((channels,), 0.0, dtype))
+        self.var = nnx.BatchStat(_const((channels,), 1.0, dtype))
+        self.eps, self.momentum, self.estimator = float(eps), float(momentum), running_var
+
+    def __call__(self, x: jax.Array, training: bool) -> jax.Array:
+        if training:
+            y, mean, var = batch_norm_train(x, self.scale[...], self.bias[...], self.eps)
+            n = x.shape[0] * x.shape[1] * x.shape[2]
+            folded = var * (n / (n - 1)) if self.estimator == "unbiased" and n > 1 else var
+            m = self.momentum
+            self.mean[...] = (1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
+            self.var[...] = (1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(folded)
+            return y
+        return (x - self.mean[...]) / jnp.sqrt(self.var[...] + self.eps) * self.scale[...] + self.bias[...]
+
+
+class Dense(nnx.Module):
+    """y = x @ kernel + bias, kernel (in, out)."""
+
+    def __init__(self, fin: int, fout: int, dtype: Any = np.float32):
+        self.kernel = nnx.Param(_const((fin, fout), 0.0, dtype))
+        self.bias = nnx.Param(_const((fout,), 0.0, dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.matmul(x, self.kernel[...], precision=PRECISION) + self.bias[...]
+
+
+# ---- units ----------------------------------------------------------------------------------
+class ConvBN(nnx.Module):
+    """pad -> conv (no bias) -> BN -> activation (if `act`)."""
+
+    def __init__(self, row: dict, cfg: dict, dtype: Any):
+        bn = cfg["batch_norm"]
+        self.conv = Conv(row["in"], row["out"], row["kernel"], row["stride"], row["groups"], False, cfg["padding"], dtype)
+        self.bn = BatchNorm(row["out"], bn["eps"], bn["momentum"], bn["running_var"], dtype)
+        self.act = cfg["activation"] if row["act"] else None
+
+    def __call__(self, x: jax.Array, training: bool) -> jax.Array:
+        x = self.bn(self.conv(x), training)
+        return x if self.act is None else activate(self.act, x)
+
+
+class SqueezeExcite(nnx.Module):
+    """x * sigmoid(expand(act(reduce(mean_HW(x))))), 1x1 convs with bias."""
+
+    def __init__(self, row: dict, cfg: dict, dtype: Any):
+        self.reduce = Conv(row["channels"], row["squeeze"], 1, bias=True, dtype=dtype)
+        self.expand = Conv(row["squeeze"], row["channels"], 1, bias=True, dtype=dtype)
+        self.act = cfg["activation"]
+
+    def __call__(self, x: jax.Array, training: bool) -> jax.Array:
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = activate(self.act, self.reduce(s))
+        return x * jax.nn.sigmoid(self.expand(s))
+
+
+UNITS = {"conv_bn": ConvBN, "se": SqueezeExcite}
+
+
+class Block(nnx.Module):
+    """Fused-MBConv or MBConv: its layers in order, then residual with drop path when it has one."""
+
+    def __init__(self, row: dict, cfg: dict, dtype: Any):
+        order = []
+        for layer in row["layers"]:
+            name = layer["name"].rsplit(".", 1)[-1]  # expand | dw | se | project | fused
+            setattr(self, name, UNITS[layer["kind"]](layer, cfg, dtype))
+            order.append(name)
+        self.order = tuple(order)
+        self.residual = bool(row["residual"])
+        self.drop_path_rate = float(row["drop_path_rate"])
+
+    def __call__(self, x: jax.Array, training: bool, mask: Optional[jax.Array] = None,
+                 rngs: Optional[nnx.Rngs] = None) -> jax.Array:
+        out = x
+        for name in self.order:
+            out = getattr(self, name)(out, training)
+        if not self.residual:
+            return out
+        rate = self.drop_path_rate
+        if training and rate > 0.0:
+            if mask is None:
+                mask = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, (x.shape[0],))
+            out = out * (mask.astype(out.dtype).reshape(-1, 1, 1, 1) / (1.0 - rate))
+        return x + out
+
+
+class EfficientNet(nnx.Module):
+    """stem -> blocks -> head -> global average pool -> dropout -> classifier; NHWC input."""
+
+    def __init__(self, cfg: dict, dtype: Any = np.float32, seed: int = 0):
+        dtype = as_dtype(dtype)
+        norm = cfg["normalization"]
+        self.name = str(cfg["name"])
+        self.dtype = dtype.name
+        self.normalize = bool(norm["in_model"])
+        self.input_mean = tuple(float(v) for v in norm["mean"])
+        self.input_std = tuple(float(v) for v in norm["std"])
+        self.stem = ConvBN(cfg["stem"], cfg, dtype)
+        self.blocks = nnx.List([Block(row, cfg, dtype) for row in cfg["blocks"]])
+        self.head = ConvBN(cfg["head"], cfg, dtype)
+        cls = cfg["classifier"]
+        self.dropout = float(cls["dropout"])
+        self.classifier = Dense(cls["in"], cls["out"], dtype)
+        self.rngs = nnx.Rngs(dropout=seed)
+
+    def features(self, x: jax.Array, training: bool = False, masks: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
+        """Pooled features (N, head channels) of NHWC images."""
+        masks = masks or {}
+        x = x.astype(self.dtype)
+        if self.normalize:
+            x = (x - jnp.asarray(self.input_mean, x.dtype)) / jnp.asarray(self.input_std, x.dtype)
+        x = self.stem(x, training)
+        for i, block in enumerate(self.blocks):
+            x = block(x, training, masks.get(f"blocks.{i}.drop_path"), self.rngs)
+        x = self.head(x, training)
+        return jnp.mean(x, axis=(1, 2))
+
+    def __call__(self, x: jax.Array, training: bool = False, masks: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
+        """Logits for NHWC images; training uses batch statistics (and updates the running ones)."""
+        f = self.features(x, training, masks)
+        if training and self.dropout > 0.0:
+            mask = (masks or {}).get("classifier.dropout")
+            if mask is None:
+                mask = jax.random.bernoulli(self.rngs.dropout(), 1.0 - self.dropout, f.shape)
+            f = f * mask.astype(f.dtype) / (1.0 - self.dropout)
+        return self.classifier(f)
+
+
+# ---- compiled entry points (canonical NCHW images) ------------------------------------------
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _forward(graphdef, state, x, training, masks):
+    model = nnx.merge(graphdef, state)
+    y = model(jnp.transpose(x, (0, 2, 3, 1)), training, masks)
+    return y, nnx.state(model)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _forward_backward(graphdef, params, rest, x, dlogits, masks):
+    def objective(p, r):
+        r = jax.tree.map(lambda a: a, r)  # fresh Variables at this trace level (BN statistics are written)
+        model = nnx.merge(graphdef, p, r)
+        y = model(jnp.transpose(x, (0, 2, 3, 1)), True, masks)
+        return jnp.sum(y * dlogits.astype(y.dtype)), (y, nnx.state(model, nnx.Not(nnx.Param)))
+
+    (_, (y, new_rest)), grads = jax.value_and_grad(objective, has_aux=True)(params, rest)
+    return y, grads, new_rest
+
+
+def _masks(masks: Optional[Mapping[str, Any]], dtype) -> Dict[str, jax.Array]:
+    return {k: jnp.asarray(np.asarray(v), dtype) for k, v in (masks or {}).items()}
+
+
+def forward(model: EfficientNet, x: Any, training: bool = False, masks: Optional[Mapping[str, Any]] = None) -> jax.Array:
+    """Logits for NCHW images (jit-compiled); training=True updates `model`'s BN running statistics."""
+    graphdef, state = nnx.split(model)
+    y, state = _forward(graphdef, state, jnp.asarray(np.asarray(x), model.dtype), bool(training),
+                        _masks(masks, model.dtype))
+    if training:
+        nnx.update(model, state)
+    return y
+
+
+def forward_backward(model: EfficientNet, x: Any, dlogits: Any, masks: Optional[Mapping[str, Any]] = None):
+    """Training-mode logits and the gradient of sum(logits * dlogits) (an `nnx.State` of Params), jit-compiled.
+
+    Updates `model`'s BN running statistics (and its rng counter)."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    y, grads, rest = _forward_backward(graphdef, params, rest, jnp.asarray(np.asarray(x), model.dtype),
+                                       jnp.asarray(np.asarray(dlogits), model.dtype), _masks(masks, model.dtype))
+    nnx.update(model, rest)
+    return y, grads
+
+
+# ---- canonical tensors ----------------------------------------------------------------------
+_LEAF_TO_CANONICAL = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var", "bias": "bias"}
+_LEAF_FROM_CANONICAL = {"running_mean": "mean", "running_var": "var", "bias": "bias"}
+
+
+def canonical_name(path: Tuple[Any, ...]) -> str:
+    """Flax state path -> canonical name: ('blocks', 3, 'dw', 'conv', 'kernel') -> 'blocks.3.dw.conv.weight'."""
+    *parent, leaf = [str(getattr(p, "key", p)) for p in path]
+    return ".".join(parent + [_LEAF_TO_CANONICAL[leaf]])
+
+
+def flax_leaf(name: str) -> str:
+    """The Flax attribute holding canonical tensor `name` ('weight' is 'scale' in BN, else 'kernel')."""
+    parent, leaf = name.rsplit(".", 1)
+    if leaf == "weight":
+        return "scale" if parent.endswith(".bn") or parent == "bn" else "kernel"
+    return _LEAF_FROM_CANONICAL[leaf]
+
+
+def to_canonical_layout(value: np.ndarray) -> np.ndarray:
+    """HWIO -> OIHW (4-D), (in, out) -> (out, in) (2-D), vectors unchanged."""
+    if value.ndim == 4:
+        return value.transpose(3, 2, 0, 1)
+    if value.ndim == 2:
+        return value.T
+    return value
+
+
+def from_canonical_layout(value: np.ndarray) -> np.ndarray:
+    """OIHW -> HWIO (4-D), (out, in) -> (in, out) (2-D), vectors unchanged."""
+    if value.ndim == 4:
+        return value.transpose(2, 3, 1, 0)
+    if value.ndim == 2:
+        return value.T
+    return value
+
+
+def model_variables(model: EfficientNet) -> Dict[str, nnx.Variable]:
+    """Canonical name -> the Param / BatchStat holding it (rng state excluded)."""
+    out = {}
+    for path, var in nnx.iter_graph(model):
+        if isinstance(var, (nnx.Param, nnx.BatchStat)):
+            out[canonical_name(path)] = var
+    return out
+
+
+def state_to_numpy(state: nnx.State) -> Dict[str, np.ndarray]:
+    """An `nnx.State` (e.g. the gradients from `forward_backward`) as canonical numpy tensors."""
+    out = {}
+    for path, v in nnx.to_flat_state(state):
+        value = v[...] if isinstance(v, nnx.Variable) else v
+        out[canonical_name(path)] = np.ascontiguousarray(to_canonical_layout(np.asarray(value)))
+    return out
+
+
+def to_canonical(model: EfficientNet) -> Dict[str, np.ndarray]:
+    """Every parameter and BN statistic as a numpy array, canonical name and layout."""
+    return {name: np.ascontiguousarray(to_canonical_layout(np.asarray(var[...])))
+            for name, var in model_variables(model).items()}
+
+
+def load_canonical(model: EfficientNet, tensors: Mapping[str, Any], require_buffers: bool = True) -> EfficientNet:
+    """Copy canonical tensors into `model` (cast to its dtype); a ValueError names every mismatch.
+
+    With `require_buffers=False`, BN running statistics absent from `tensors` keep their values."""
+    variables = model_variables(model)
+    shapes = {n: tuple(to_canonical_layout(np.empty(v[...].shape, np.bool_)).shape) for n, v in variables.items()}
+    missing = sorted(n for n in set(variables) - set(tensors)
+                     if require_buffers or not isinstance(variables[n], nnx.BatchStat))
+    extra = sorted(set(tensors) - set(variables))
+    wrong = sorted(f"{n}: expected shape {shapes[n]}, got {tuple(np.shape(tensors[n]))}"
+                   for n in set(variables) & set(tensors) if tuple(np.shape(tensors[n])) != shapes[n])
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", extra)):
+        if items:
+            problems.append(f"{label} {len(items)} tensor(s): {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}")
+    if wrong:
+        problems.append("wrong shape: " + "; ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else ""))
+    if problems:
+        raise ValueError("weights do not match the model: " + " | ".join(problems))
+    for name, value in tensors.items():
+        var = variables[name]
+        var[...] = jnp.asarray(from_canonical_layout(np.asarray(value)).astype(var[...].dtype))
+    return model
+
+
+# ---- initialisation and construction --------------------------------------------------------
+def init_array(rng: np.random.Generator, shape: Tuple[int, ...], kind: str, scale: float) -> np.ndarray:
+    """A float64 array by an init rule: normal (std), truncated_normal (std, cut at 2 std: outliers redrawn),
+    uniform (bound), zeros, ones; drawn with numpy (no compilation)."""
+    if kind == "zeros":
+        return np.zeros(shape)
+    if kind == "ones":
+        return np.ones(shape)
+    if kind == "normal":
+        return rng.normal(0.0, scale, shape)
+    if kind == "truncated_normal":
+        z = rng.standard_normal(shape)
+        bad = np.abs(z) > 2.0
+        while bad.any():
+            z[bad] = rng.standard_normal(int(bad.sum()))
+            bad = np.abs(z) > 2.0
+        return z * scale
+    if kind == "uniform":
+        return rng.uniform(-scale, scale, shape)
+    raise ValueError(f"unknown init kind {kind!r}")
+
+
+def _init_rows(cfg: dict):
+    """(canonical name, [kind, scale]) for every tensor with a non-constant init rule."""
+    def conv_bn(row):
+        yield f"{row['name']}.conv.weight", row["init"]
+
+    yield from conv_bn(cfg["stem"])
+    for block in cfg["blocks"]:
+        for layer in block["layers"]:
+            if layer["kind"] == "conv_bn":
+                yield from conv_bn(layer)
+            else:
+                yield f"{layer['name']}.reduce.weight", layer["init"][0]
+                yield f"{layer['name']}.expand.weight", layer["init"][1]
+    yield from conv_bn(cfg["head"])
+    yield f"{cfg['classifier']['name']}.weight", cfg["classifier"]["init"]
+
+
+def initialize(model: EfficientNet, cfg: dict, seed: int = 0) -> EfficientNet:
+    """Kernels by the init rules of the config rows (numpy generator `seed`, drawn in canonical layout);
+    BN scale 1, bias 0, statistics 0 / 1 and biases 0 as built."""
+    variables = model_variables(model)
+    rng = np.random.default_rng(seed)
+    for name, (kind, scale) in _init_rows(cfg):
+        var = variables[name]
+        canonical_shape = to_canonical_layout(np.empty(var[...].shape, np.bool_)).shape
+        value = from_canonical_layout(init_array(rng, canonical_shape, kind, float(scale)))
+        var[...] = jnp.asarray(value.astype(var[...].dtype))
+    return model
+
+
+def build_from_config(cfg: dict, dtype: Any = np.float32, init: bool = True, seed: int = 0) -> EfficientNet:
+    """Build the network described by `cfg` in `dtype`, initialised by its init rules unless `init` is False."""
+    model = EfficientNet(cfg, dtype, seed)
+    return initialize(model, cfg, seed) if init else model

@@ -1,0 +1,65 @@
+"""Helpers shared by the JAX adapter tests (tests/jax)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from effv2_spec.architecture import ArchitectureSpec
+from effv2_spec.documents import parse_obj
+
+HAVE_ORACLE = importlib.util.find_spec("effv2_reference.model") is not None
+needs_oracle = pytest.mark.skipif(not HAVE_ORACLE, reason="the reference oracle (effv2_reference.model) is not available")
+
+
+def tiny_spec(**conventions) -> ArchitectureSpec:
+    """Three stages (fused expand-1, fused with SE, MBConv k5 with SE), four blocks: quick to compile."""
+    doc = {
+        "name": "tiny", "num_classes": 5,
+        "input": {"channels": 3, "train_image_size": 16, "eval_image_size": 16},
+        "stem": {"kernel": 3, "stride": 2, "channels": 8},
+        "stages": [
+            {"type": "fused_mbconv", "kernel": 3, "stride": 1, "expand_ratio": 1.0, "out_channels": 8, "repeats": 1},
+            {"type": "fused_mbconv", "kernel": 3, "stride": 2, "expand_ratio": 2.0, "out_channels": 16, "repeats": 1,
+             "se_ratio": 0.25},
+            {"type": "mbconv", "kernel": 5, "stride": 2, "expand_ratio": 3.0, "out_channels": 16, "repeats": 2,
+             "se_ratio": 0.25},
+        ],
+        "head": {"channels": 32, "dropout": 0.3},
+        "conventions": {"stochastic_depth": {"rate": 0.4}, **conventions},
+    }
+    return parse_obj(doc, ArchitectureSpec)
+
+
+def random_tensors(resolved, seed: int = 0) -> dict[str, np.ndarray]:
+    """float64 canonical tensors with non-trivial BN affine and running statistics."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for p in resolved.params:
+        if p.role == "bn_gamma":
+            out[p.name] = rng.uniform(0.5, 1.5, p.shape)
+        elif p.role == "bn_running_var":
+            out[p.name] = rng.uniform(0.5, 1.5, p.shape)
+        elif p.role in ("bn_beta", "bn_running_mean", "se_bias", "dense_bias"):
+            out[p.name] = rng.normal(0.0, 0.1, p.shape)
+        else:
+            fan_in = int(np.prod(p.shape[1:]))
+            out[p.name] = rng.normal(0.0, 1.0 / np.sqrt(fan_in), p.shape)
+    return out
+
+
+def random_masks(resolved, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    masks = {f"blocks.{b.index}.drop_path": (rng.random(batch) > 0.5) * 1.0
+             for b in resolved.blocks if b.residual and b.drop_path_rate > 0}
+    if resolved.classifier.dropout > 0:
+        shape = (batch, resolved.classifier.in_features)
+        masks["classifier.dropout"] = (rng.random(shape) > resolved.classifier.dropout) * 1.0
+    return masks
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = np.max(np.abs(b))
+    return float(np.max(np.abs(a - b)) / (scale if scale > 0 else 1.0))
