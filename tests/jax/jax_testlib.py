@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -10,8 +9,6 @@ import pytest
 from effv2_spec.architecture import ArchitectureSpec
 from effv2_spec.documents import parse_obj
 
-HAVE_ORACLE = importlib.util.find_spec("effv2_reference.model") is not None
-needs_oracle = pytest.mark.skipif(not HAVE_ORACLE, reason="the reference oracle (effv2_reference.model) is not available")
 
 
 def tiny_spec(**conventions) -> ArchitectureSpec:

@@ -13,7 +13,7 @@ from effv2_spec.resolve import resolve
 from effv2_spec.rounding import conv_padding as spec_conv_padding
 from effv2_spec.weights import WeightsError
 
-from jax_testlib import needs_oracle, random_masks, random_tensors, rel, tiny_spec
+from jax_testlib import random_masks, random_tensors, rel, tiny_spec
 
 pytestmark = pytest.mark.jax
 
@@ -93,7 +93,6 @@ def _oracle(spec, resolved, tensors):
     return ref
 
 
-@needs_oracle
 @pytest.mark.parametrize("conventions,size", [
     ({"padding": "tf_same"}, (17, 23)),
     ({"padding": "symmetric", "activation": "hard_swish",

@@ -19,9 +19,8 @@ from effv2_adapters.check import run_check
 from effv2_spec.cli import main
 from effv2_spec.documents import load_architecture
 
-from jax_testlib import needs_oracle
 
-pytestmark = [pytest.mark.jax, needs_oracle]
+pytestmark = pytest.mark.jax
 
 CASES = [  # (preset, image size, dtype)
     ("efficientnetv2-nano", 33, "float64"),

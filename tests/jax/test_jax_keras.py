@@ -25,7 +25,7 @@ from effv2_spec.cli import main
 from effv2_spec.documents import load_architecture
 from effv2_spec.weights import WeightsError, load_weights
 
-from jax_testlib import needs_oracle, rel
+from jax_testlib import rel
 
 pytestmark = pytest.mark.jax
 
@@ -55,7 +55,6 @@ def keras_b0(tmp_path_factory):
     return root, x, logits
 
 
-@needs_oracle
 @pytest.mark.parametrize("filename", ["b0.weights.h5", "b0.keras"])
 def test_imported_keras_b0_gives_the_keras_logits(keras_b0, filename):
     from effv2_adapters.jax.keras_import import import_keras

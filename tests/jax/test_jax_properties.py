@@ -16,9 +16,9 @@ from effv2_adapters.jax.adapter import JaxAdapter
 from effv2_spec import strategies as st_effv2
 from effv2_spec.resolve import resolve
 
-from jax_testlib import needs_oracle, random_masks, random_tensors, rel
+from jax_testlib import random_masks, random_tensors, rel
 
-pytestmark = [pytest.mark.jax, needs_oracle]
+pytestmark = pytest.mark.jax
 
 EXAMPLES = max(2, settings.default.max_examples // 4)
 

@@ -17,7 +17,6 @@ from click.testing import CliRunner
 from effv2_spec import presets
 from effv2_spec.cli import main
 
-from torch_testlib import needs_oracle
 
 FULL_F64 = {  # preset: image size (odd and even sizes both appear; >= 2x2 at the last stage)
     "efficientnetv2-nano": 33, "efficientnetv2-micro": 64, "efficientnetv2-b0": 64,
@@ -41,7 +40,6 @@ def test_every_architecture_preset_is_covered():
     assert covered == {n for n in presets.names() if presets.kind(n) == "architecture"}
 
 
-@needs_oracle
 @pytest.mark.parametrize("name,size,dtype,checks", CASES, ids=[c[0] for c in CASES])
 def test_check_preset(name, size, dtype, checks):
     args = ["check", name, "--framework", "torch", "--dtype", dtype, "--image-size", str(size), "--json"]

@@ -14,7 +14,7 @@ from effv2_spec.cli import main
 from effv2_spec.resolve import resolve
 from effv2_spec.weights import WeightsError, load_weights
 
-from torch_testlib import HAVE_ORACLE, preset, randomize_bn, rel
+from torch_testlib import preset, randomize_bn, rel
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
@@ -52,7 +52,6 @@ def test_imported_weights_give_the_peer_logits_in_torch(peer, size):
         assert rel(ours(x), model(x)) < 1e-12
 
 
-@pytest.mark.skipif(not HAVE_ORACLE, reason="the reference oracle is not available")
 def test_imported_weights_give_the_peer_logits_in_the_oracle(peer):
     from effv2_adapters.check import Oracle
 

@@ -16,7 +16,7 @@ from effv2_adapters.torch import build_model
 from effv2_spec import strategies as st_effv2
 from effv2_spec.resolve import resolve
 
-from torch_testlib import HAVE_ORACLE, manual_forward, randomize_bn, rel
+from torch_testlib import manual_forward, randomize_bn, rel
 
 
 @st.composite
@@ -59,7 +59,6 @@ def test_torch_equals_the_written_out_contract(case, training):
     assert rel(got, expected) < tol
 
 
-@pytest.mark.skipif(not HAVE_ORACLE, reason="the reference oracle (effv2_reference.model) is not available")
 @settings(max_examples=8)
 @given(cases())
 def test_torch_equals_the_oracle(case):

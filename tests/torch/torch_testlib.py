@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -22,8 +21,6 @@ ACTIVATIONS = {  # docs/internals.md, written out
                                              torch.zeros_like(x)) / 6,
 }
 
-HAVE_ORACLE = importlib.util.find_spec("effv2_reference.model") is not None
-needs_oracle = pytest.mark.skipif(not HAVE_ORACLE, reason="the reference oracle (effv2_reference.model) is not available")
 
 
 def preset(name: str) -> ArchitectureSpec:
