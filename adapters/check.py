@@ -178,6 +178,10 @@ class Oracle:
         grads = self.model.backward(np.asarray(dlogits, dtype=self.dtype))
         return {k: np.array(v, copy=True) for k, v in grads.items()}
 
+    def release(self) -> None:
+        """Drop the network: what follows (optimizer_steps) needs only tensors and gradients."""
+        self.model = None
+
     def optimizer_steps(self, tensors, grads_per_step, config, lrs) -> dict[str, np.ndarray]:
         from effv2_reference.optim import build_optimizer
 
@@ -299,7 +303,8 @@ def run_check(spec: ArchitectureSpec, framework: str, *, dtype: str = "float64",
     """Compare `framework` against the oracle on `spec`; see the module docstring.
 
     `adapter` overrides the registry lookup of `framework`; `oracle_factory(spec, resolved, dtype, seed)`
-    overrides the reference oracle (anything with Oracle's methods), e.g. to compare two backends.
+    overrides the reference oracle (anything with Oracle's methods: state, load, forward, last_masks,
+    backward, release, optimizer_steps), e.g. to compare two backends.
     """
     if dtype not in TOLERANCES:
         raise CheckError(f"--dtype: must be one of {', '.join(TOLERANCES)} (got {dtype!r})")
@@ -378,8 +383,13 @@ def run_check(spec: ArchitectureSpec, framework: str, *, dtype: str = "float64",
                                          for p in resolved.buffers()], t1)
 
     if grads_ref is not None:
+        # the optimiser checks need only tensors and gradients: free both models first (XL in
+        # float64 holds 1.7 GB per copy of its parameters; keeping them would double the peak)
+        del model
+        oracle.release()
         trainable = {p.name: tensors[p.name] for p in resolved.trainable()}
-        grads1 = {k: np.asarray(v).astype(dtype) for k, v in grads_ref.items()}
+        grads1 = {k: np.asarray(v, dtype=dtype) for k, v in grads_ref.items()}
+        del grads_ref
         noise = np.random.default_rng([seed, 3])
         grads2 = {k: (0.5 * g + noise.standard_normal(g.shape) * (np.max(np.abs(g)) + 1e-3)).astype(dtype)
                   for k, g in grads1.items()}

@@ -114,6 +114,9 @@ class StandInOracle:
     def state(self):
         return {k: v.numpy().copy() for k, v in self.model.state_dict().items()}
 
+    def release(self):
+        self.model = None
+
     def load(self, tensors):
         self.model.load_state_dict({k: self.torch.from_numpy(np.array(v, np.float64)) for k, v in tensors.items()})
 
