@@ -6,7 +6,6 @@ loading checks names, shapes and the architecture together. Writes are atomic.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +22,21 @@ class WeightsError(ValueError):
     """A weights file or tensor dict that does not match the spec."""
 
 
+def mismatch(missing: list[str], extra: list[str], wrong: list[str], limit: int = 8) -> str:
+    """One line naming missing, unexpected and mis-shaped tensors (the first `limit` of each); '' if none."""
+    def names(items: list[str]) -> str:
+        return ", ".join(items[:limit]) + (" ..." if len(items) > limit else "")
+
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s): {names(missing)}")
+    if extra:
+        problems.append(f"unexpected {len(extra)} tensor(s): {names(extra)}")
+    if wrong:
+        problems.append("wrong shape: " + "; ".join(wrong[:limit]) + (" ..." if len(wrong) > limit else ""))
+    return " | ".join(problems)
+
+
 def check_tensors(resolved: ResolvedModel, tensors: dict[str, np.ndarray], *, require_buffers: bool = True) -> None:
     """Raise `WeightsError` listing missing, unexpected and mis-shaped tensors."""
     expected = {p.name: p.shape for p in resolved.params if require_buffers or p.trainable}
@@ -33,15 +47,9 @@ def check_tensors(resolved: ResolvedModel, tensors: dict[str, np.ndarray], *, re
         for n in set(expected) & set(tensors)
         if tuple(np.shape(tensors[n])) != expected[n]
     )
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-    if extra:
-        problems.append(f"unexpected {len(extra)} tensor(s): {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
-    if wrong:
-        problems.append("wrong shape: " + "; ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else ""))
+    problems = mismatch(missing, extra, wrong)
     if problems:
-        raise WeightsError(f"weights do not match spec {resolved.spec.name!r}: " + " | ".join(problems))
+        raise WeightsError(f"weights do not match spec {resolved.spec.name!r}: {problems}")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from effv2_spec.resolve import ResolvedModel, SqueezeExcite
-from effv2_spec.weights import WeightsError, atomic_write_bytes, check_tensors
+from effv2_spec.weights import WeightsError, atomic_write_bytes, check_tensors, mismatch
 
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
@@ -140,10 +140,6 @@ def _to_numpy(t) -> np.ndarray:
     return t.numpy().copy()
 
 
-def _list(names: list[str], limit: int = 8) -> str:
-    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
-
-
 def state_dict_to_canonical(state: dict, spec: Any, source: str) -> dict[str, np.ndarray]:
     """Rename a torchvision/timm state dict to canonical tensors, with clear errors for any mismatch."""
     resolved = _resolved(spec)
@@ -153,15 +149,9 @@ def state_dict_to_canonical(state: dict, spec: Any, source: str) -> dict[str, np
     extra = sorted(k for k in state if k not in peer_names and not k.endswith("num_batches_tracked"))
     wrong = [f"{peer} (canonical {canon}): expected shape {resolved.param(canon).shape}, got {tuple(state[peer].shape)}"
              for canon, peer in pairs if peer in state and tuple(state[peer].shape) != resolved.param(canon).shape]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} tensor(s): {_list(missing)}")
-    if extra:
-        problems.append(f"unexpected {len(extra)} tensor(s): {_list(extra)}")
-    if wrong:
-        problems.append("wrong shape: " + "; ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else ""))
+    problems = mismatch(missing, extra, wrong)
     if problems:
-        raise WeightsError(f"{source} state dict does not match spec {resolved.spec.name!r}: " + " | ".join(problems))
+        raise WeightsError(f"{source} state dict does not match spec {resolved.spec.name!r}: {problems}")
     tensors = {canon: _to_numpy(state[peer]) for canon, peer in pairs}
     check_tensors(resolved, tensors)
     return tensors

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from effv2_spec.resolve import ResolvedModel
-from effv2_spec.weights import WeightsError, check_tensors, load_weights, save_weights
+from effv2_spec.weights import WeightsError, check_tensors, load_weights, mismatch, save_weights
 
 from effv2_spec.resolve import as_resolved
 
@@ -48,15 +48,9 @@ def load_canonical_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], r
     extra = sorted(set(tensors) - set(state))
     wrong = sorted(f"{k}: expected shape {tuple(state[k].shape)}, got {tuple(np.shape(tensors[k]))}"
                    for k in set(state) & set(tensors) if tuple(state[k].shape) != tuple(np.shape(tensors[k])))
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-    if extra:
-        problems.append(f"unexpected {len(extra)} tensor(s): {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
-    if wrong:
-        problems.append("wrong shape: " + "; ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else ""))
+    problems = mismatch(missing, extra, wrong)
     if problems:
-        raise WeightsError("weights do not match the model: " + " | ".join(problems))
+        raise WeightsError(f"weights do not match the model: {problems}")
     with torch.no_grad():
         for k, v in tensors.items():
             dst = state[k]

@@ -106,7 +106,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, *, stride: int, pads: Pads, gro
 
 def conv2d_backward(dy: np.ndarray, cache: ConvCache):
     """(dx, dw) for `conv2d_forward`; dx has x's shape (padding cropped), dw the weight's."""
-    w, s, (t, b, l, r) = cache.w, cache.stride, cache.pads
+    w, s, (t, _, l, _) = cache.w, cache.stride, cache.pads  # bottom/right padding is cropped implicitly
     o, cg, k, _ = w.shape
     c, n, h, wd = cache.x_shape
     ho, wo = dy.shape[2:]

@@ -13,7 +13,6 @@ from effv2_spec.architecture import ArchitectureSpec
 from effv2_spec.documents import parse_obj, parse_text
 from effv2_spec.errors import SpecError
 from effv2_spec.rounding import conv_padding
-from effv2_spec.schedule import ProgressiveSchedule
 
 
 @given(s.architecture_specs(max_stages=6, max_channels=128, max_repeats=4))

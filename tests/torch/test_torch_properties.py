@@ -7,7 +7,6 @@ through the conformance harness (when effv2_reference is installed).
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 torch = pytest.importorskip("torch")
 
 from effv2_spec.architecture import ArchitectureSpec  # noqa: E402
-from effv2_spec.documents import load_architecture, parse_obj  # noqa: E402
+from effv2_spec.documents import load_architecture  # noqa: E402
 from effv2_spec.rounding import conv_padding as spec_conv_padding  # noqa: E402
+from shared_specs import tiny_spec  # noqa: E402,F401  (re-exported to the test modules)
 
 ACTIVATIONS = {  # docs/internals.md, written out
     "silu": lambda x: x * torch.sigmoid(x),
@@ -22,28 +23,8 @@ ACTIVATIONS = {  # docs/internals.md, written out
 }
 
 
-
 def preset(name: str) -> ArchitectureSpec:
     return load_architecture(name)
-
-
-def tiny_spec(**conventions) -> ArchitectureSpec:
-    """Two stages (fused expand-1, MBConv with SE), three blocks: quick to build, compile and export."""
-    doc = {
-        "name": "tiny", "num_classes": 5,
-        "input": {"channels": 3, "train_image_size": 16, "eval_image_size": 16},
-        "stem": {"kernel": 3, "stride": 2, "channels": 8},
-        "stages": [
-            {"type": "fused_mbconv", "kernel": 3, "stride": 1, "expand_ratio": 1.0, "out_channels": 8, "repeats": 1},
-            {"type": "fused_mbconv", "kernel": 3, "stride": 2, "expand_ratio": 2.0, "out_channels": 16, "repeats": 1,
-             "se_ratio": 0.25},
-            {"type": "mbconv", "kernel": 5, "stride": 2, "expand_ratio": 3.0, "out_channels": 16, "repeats": 2,
-             "se_ratio": 0.25},
-        ],
-        "head": {"channels": 32, "dropout": 0.3},
-        "conventions": {"stochastic_depth": {"rate": 0.4}, **conventions},
-    }
-    return parse_obj(doc, ArchitectureSpec)
 
 
 def randomize_bn(model, seed: int = 1) -> None:
