@@ -108,6 +108,10 @@ def check(spec: str, framework: str, dtype: str, image_size: int | None, batch: 
                            checks=selected, oracle_dtype=oracle_dtype, adapter=adapter, progress=progress)
     except (CheckError, WeightsError, SpecError) as exc:
         raise SpecInputError(f"{spec}: {exc}") from None
+    except (MemoryError, RuntimeError) as exc:  # out of memory, or the framework failed (XLA / torch errors)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+        raise SpecInputError(f"{spec}: {framework} check failed: {type(exc).__name__}: {first} "
+                             "(a smaller --image-size or --batch needs less memory)") from None
     if as_json:
         echo_json(report.to_dict())
     else:

@@ -237,3 +237,17 @@ def test_check_error_for_impossible_requests():
         run_check(_spec(), "torch", checks=("nope",), oracle_factory=StandInOracle)
     with pytest.raises(CheckError, match="unknown framework"):
         run_check(_spec(), "mxnet", oracle_factory=StandInOracle)
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 34913012224 bytes.")])
+def test_cli_check_reports_a_framework_failure_in_one_line(monkeypatch, error):
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(harness, "run_check", failing)
+    result = CliRunner().invoke(main, ["check", "efficientnetv2-nano", "--framework", "torch"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("efficientnetv2-nano: torch check failed: " + type(error).__name__)
+    assert "--image-size" in lines[0]
