@@ -8,11 +8,14 @@ framework, mismatched weights) is one clear message and exit code 1, never a tra
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import click
 
-from effv2_spec.cli.common import SpecInputError, echo_json, load_or_fail, print_table
+from effv2_spec.accounting import ResourceError, check_training_fits
+from effv2_spec.architecture import MAX_IMAGE_SIZE
+from effv2_spec.cli.common import SpecInputError, cannot_write, display_name, echo_json, load_or_fail, print_table
 from effv2_spec.documents import load_architecture
 from effv2_spec.errors import SpecError
 from effv2_spec.resolve import compound_image_size, resolve
@@ -21,9 +24,28 @@ from effv2_spec.weights import WeightsError, atomic_write_bytes
 from . import registry
 
 
+#: How torch, XLA and NumPy say they ran out of memory (only then is the size advice right).
+_MEMORY_MESSAGE = re.compile(r"out of memory|resource_exhausted|unable to allocate|cannot allocate memory|"
+                             r"can't allocate memory|defaultcpuallocator|failed to allocate|\boom\b", re.I)
+
+
+def _is_memory_error(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or _MEMORY_MESSAGE.search(str(exc)) is not None
+
+
+def _known(option: str, value: str, table: dict, what: str) -> str:
+    """A usage error (exit 2) for a name that is not in a registry table."""
+    if value not in table:
+        raise click.BadParameter(f"unknown {what} {value!r}; available: {', '.join(table)}", param_hint=option)
+    return value
+
+
+def _framework_name(ctx, param, value: str) -> str:
+    return _known("--framework", value, registry.ADAPTERS, "framework")
+
+
 def _adapter(framework: str):
-    if framework not in registry.ADAPTERS:
-        raise SpecInputError(f"--framework: unknown framework {framework!r}; available: {', '.join(registry.ADAPTERS)}")
+    _known("--framework", framework, registry.ADAPTERS, "framework")
     try:
         adapter = registry.get_adapter(framework)
     except ImportError as exc:
@@ -42,9 +64,10 @@ def _load_spec(spec: str):
 # ---- generate ----------------------------------------------------------------------------------------
 @click.command()
 @click.argument("spec")
-@click.option("--framework", "-f", required=True, help=f"Target framework: {', '.join(registry.ADAPTERS)}.")
+@click.option("--framework", "-f", required=True, callback=_framework_name,
+              help=f"Target framework: {', '.join(registry.ADAPTERS)}.")
 @click.option("-o", "--output", default="-", show_default=True, help="Output .py file ('-' for stdout).")
-@click.option("--image-size", type=click.IntRange(min=1), default=None,
+@click.option("--image-size", type=click.IntRange(min=1, max=MAX_IMAGE_SIZE), default=None,
               help="Nominal image size recorded in the file (default: the spec's eval size; any size runs).")
 def generate(spec: str, framework: str, output: str, image_size: int | None) -> None:
     """Emit one standalone source file building SPEC (a file or preset name) in FRAMEWORK.
@@ -65,27 +88,40 @@ def generate(spec: str, framework: str, output: str, image_size: int | None) -> 
     if output == "-":
         click.echo(source, nl=False)
         return
-    atomic_write_bytes(output, source.encode("utf-8"))
-    click.echo(f"wrote {output}: {arch.name} for {framework} ({len(source.splitlines())} lines)", err=True)
+    try:
+        atomic_write_bytes(output, source.encode("utf-8"))
+    except OSError as exc:
+        raise cannot_write(output, exc) from None
+    click.echo(f"wrote {display_name(output)}: {arch.name} for {framework} ({len(source.splitlines())} lines)", err=True)
 
 
 # ---- check ---------------------------------------------------------------------------------------------
 @click.command()
 @click.argument("spec")
-@click.option("--framework", "-f", required=True, help=f"Framework to check: {', '.join(registry.ADAPTERS)}.")
-@click.option("--dtype", default="float64", show_default=True,
+@click.option("--framework", "-f", required=True, callback=_framework_name,
+              help=f"Framework to check: {', '.join(registry.ADAPTERS)}.")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="float64 (tolerance 1e-9) or float32 (1e-4 logits, 1e-3 gradients).")
-@click.option("--image-size", type=click.IntRange(min=1), default=None,
+@click.option("--image-size", type=click.IntRange(min=1, max=MAX_IMAGE_SIZE), default=None,
               help="Input height = width (default: 64, or the total stride if larger; small so the oracle is quick).")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Batch size.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for weights, input, masks.")
 @click.option("--checks", "checks", default=None,
               help="Comma-separated subset of eval_logits,train_logits,gradients,running_stats,sgd,rmsprop (default all).")
-@click.option("--oracle-dtype", default="float64", show_default=True, help="dtype the oracle runs in.")
+@click.option("--oracle-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
+              help="dtype the oracle runs in.")
 @click.option("--per-tensor", is_flag=True, help="Table: one row per tensor instead of one per check.")
+@click.option("--train-steps", "train_steps", type=click.IntRange(min=2, max=10_000), default=None,
+              help="Instead: train K steps (two stages, every regulariser on) with the framework's trainer and "
+                   "with the oracle, and compare the final weights, BN statistics, optimiser state and EMA.")
+@click.option("--nproc", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="With --train-steps: processes for the framework's trainer (torchrun, gloo, 127.0.0.1).")
+@click.option("--optimizer", type=click.Choice(["rmsprop", "sgd"]), default="rmsprop", show_default=True,
+              help="With --train-steps: RMSProp with the TF conventions, or SGD with Nesterov momentum.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report (every tensor's relative error).")
 def check(spec: str, framework: str, dtype: str, image_size: int | None, batch: int, seed: int, checks: str | None,
-          oracle_dtype: str, per_tensor: bool, as_json: bool) -> None:
+          oracle_dtype: str, per_tensor: bool, train_steps: int | None, nproc: int, optimizer: str,
+          as_json: bool) -> None:
     """Compare FRAMEWORK's model of SPEC against the NumPy oracle, tensor by tensor.
 
     Same canonical weights and input on both sides; compares eval logits, train-mode logits
@@ -95,13 +131,17 @@ def check(spec: str, framework: str, dtype: str, image_size: int | None, batch: 
     """
     from .check import CHECKS, CheckError, format_report, run_check
 
+    if train_steps is not None:
+        return _train_check(spec, framework, dtype, image_size, seed, train_steps, nproc, optimizer, as_json)
+    if nproc != 1:
+        raise click.UsageError("--nproc: only with --train-steps")
+    selected = CHECKS if checks is None else _selected_checks(checks, CHECKS)
     arch = _load_spec(spec)
-    if dtype not in ("float64", "float32"):
-        raise SpecInputError(f"--dtype: must be float64 or float32 (got {dtype!r})")
-    if oracle_dtype not in ("float64", "float32"):
-        raise SpecInputError(f"--oracle-dtype: must be float64 or float32 (got {oracle_dtype!r})")
+    try:  # refuse before allocating what cannot fit (one network's training step is a lower bound)
+        check_training_fits(arch, image_size or max(64, arch.total_stride), batch, oracle_dtype)
+    except ResourceError as exc:
+        raise SpecInputError(str(exc)) from None
     adapter = _adapter(framework)
-    selected = CHECKS if checks is None else tuple(c.strip() for c in checks.split(",") if c.strip())
     progress = None if as_json else (lambda msg: click.echo(f"  .. {msg}", err=True))
     try:
         report = run_check(arch, framework, dtype=dtype, image_size=image_size, batch=batch, seed=seed,
@@ -110,8 +150,8 @@ def check(spec: str, framework: str, dtype: str, image_size: int | None, batch: 
         raise SpecInputError(f"{spec}: {exc}") from None
     except (MemoryError, RuntimeError) as exc:  # out of memory, or the framework failed (XLA / torch errors)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
-        raise SpecInputError(f"{spec}: {framework} check failed: {type(exc).__name__}: {first} "
-                             "(a smaller --image-size or --batch needs less memory)") from None
+        advice = " (a smaller --image-size or --batch needs less memory)" if _is_memory_error(exc) else ""
+        raise SpecInputError(f"{spec}: {framework} check failed: {type(exc).__name__}: {first}{advice}") from None
     if as_json:
         echo_json(report.to_dict())
     else:
@@ -122,6 +162,54 @@ def check(spec: str, framework: str, dtype: str, image_size: int | None, batch: 
         click.echo("PASS" if report.passed else "FAIL")
     if not report.passed:
         raise SystemExit(1)
+
+
+def _train_check(spec: str, framework: str, dtype: str, image_size: int | None, seed: int, steps: int, nproc: int,
+                 optimizer: str, as_json: bool) -> None:
+    """`effv2 check --train-steps K`: the framework's trainer against the oracle's, end state compared."""
+    from .train_check import run_train_check
+
+    if framework != "torch":
+        raise click.UsageError(f"--train-steps: a training check exists for torch (got {framework!r})")
+    arch = _load_spec(spec)
+    size = image_size or 24
+    if size < 16 or size % 8:
+        raise click.BadParameter("must be a multiple of 8, at least 16 (the check trains at size - 8, then size)",
+                                 param_hint="--image-size")
+    _adapter(framework)  # a clear line when torch is missing
+    if not as_json:
+        click.echo(f"  .. training {arch.name} {steps} steps with the oracle and with {framework} "
+                   f"({nproc} process{'es' if nproc > 1 else ''}), {dtype}", err=True)
+    try:
+        report = run_train_check(arch, framework=framework, steps=steps, nproc=nproc, dtype=dtype,
+                                 optimizer=optimizer, size=size, seed=seed)
+    except (ValueError, RuntimeError) as exc:
+        raise SpecInputError(f"{spec}: {exc}") from None
+    if as_json:
+        echo_json(report.to_json())
+    else:
+        rows = [[p.part, str(p.tensors), p.worst_name, f"{p.worst:.1e}", f"{report.tolerance:.0e}",
+                 "ok" if p.worst <= report.tolerance else "FAIL"] for p in report.parts]
+        print_table(f"{arch.name}: {framework} trainer ({nproc} process{'es' if nproc > 1 else ''}) vs oracle, "
+                    f"{steps} steps, {dtype}", ["state", "tensors", "worst tensor", "rel err", "tolerance", "result"],
+                    rows, right_align={"tensors", "rel err", "tolerance"})
+        for problem in report.problems:
+            click.echo(problem)
+        click.echo("PASS" if report.passed else "FAIL")
+    if not report.passed:
+        raise SystemExit(1)
+
+
+def _selected_checks(text: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    """The --checks list, or a usage error naming what is wrong with it."""
+    selected = tuple(c.strip() for c in text.split(",") if c.strip())
+    if not selected:
+        raise click.BadParameter(f"names no check; choose from {', '.join(known)}", param_hint="--checks")
+    unknown = [c for c in selected if c not in known]
+    if unknown:
+        raise click.BadParameter(f"unknown check(s) {', '.join(unknown)}; choose from {', '.join(known)}",
+                                 param_hint="--checks")
+    return selected
 
 
 # ---- convert -------------------------------------------------------------------------------------------
@@ -143,24 +231,24 @@ def convert(input_path: str, source: str | None, target: str | None, spec: str |
     from effv2_spec.weights import check_tensors, load_weights, save_weights
 
     if (source is None) == (target is None):
-        raise SpecInputError("give exactly one of --from (peer -> canonical) or --to (canonical -> peer)")
-    if not Path(input_path).is_file():
-        raise SpecInputError(f"{input_path}: no such file")
+        raise click.UsageError("give exactly one of --from (peer -> canonical) or --to (canonical -> peer)")
+    if source is not None:
+        _known("--from", source, registry.IMPORTERS, "source")
+        if spec is None:
+            raise click.UsageError("--from needs --spec SPEC (the architecture the weights belong to)")
+    else:
+        _known("--to", target, registry.EXPORTERS, "target")
+    _check_input(input_path, output)
     try:
         if source is not None:
-            if source not in registry.IMPORTERS:
-                raise SpecInputError(f"--from: unknown source {source!r}; available: {', '.join(registry.IMPORTERS)}")
-            if spec is None:
-                raise SpecInputError("--from needs --spec SPEC (the architecture the weights belong to)")
             arch = _load_spec(spec)
             importer = _load_target("--from", source, registry.get_importer)
             tensors = importer(input_path, arch)
             check_tensors(resolve(arch), tensors)
             save_weights(output, arch, tensors, extra_metadata={"converted_from": source})
-            click.echo(f"wrote {output}: {len(tensors)} canonical tensors of {arch.name} from {source}", err=True)
+            click.echo(f"wrote {display_name(output)}: {len(tensors)} canonical tensors of {arch.name} from {source}",
+                       err=True)
             return
-        if target not in registry.EXPORTERS:
-            raise SpecInputError(f"--to: unknown target {target!r}; available: {', '.join(registry.EXPORTERS)}")
         embedded, tensors = load_weights(input_path)
         arch = _load_spec(spec) if spec is not None else embedded
         if arch is None:
@@ -168,9 +256,26 @@ def convert(input_path: str, source: str | None, target: str | None, spec: str |
         check_tensors(resolve(arch), tensors)
         exporter = _load_target("--to", target, registry.get_exporter)
         exporter(tensors, arch, output)
-        click.echo(f"wrote {output}: {arch.name} as a {target} state dict", err=True)
+        click.echo(f"wrote {display_name(output)}: {arch.name} as a {target} state dict", err=True)
     except (WeightsError, SpecError) as exc:
         raise SpecInputError(str(exc)) from None
+    except OSError as exc:
+        if exc.filename is not None and Path(exc.filename) == Path(output):
+            raise cannot_write(output, exc) from None
+        raise SpecInputError(f"{display_name(exc.filename or input_path)}: {exc.strerror or exc}") from None
+
+
+def _check_input(input_path: str, output: str) -> None:
+    """INPUT must be a readable file other than OUTPUT (converting in place would destroy the original)."""
+    p = Path(input_path)
+    if input_path == "":
+        raise SpecInputError("'': an empty path names no file")
+    if p.is_dir():
+        raise SpecInputError(f"{display_name(input_path)}: is a directory, not a weights file")
+    if not p.is_file():
+        raise SpecInputError(f"{display_name(input_path)}: no such file")
+    if Path(output).exists() and Path(output).resolve() == p.resolve():
+        raise SpecInputError(f"{display_name(output)}: -o is the input file; write the converted weights elsewhere")
 
 
 def _load_target(option: str, name: str, getter):

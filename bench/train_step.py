@@ -1,9 +1,16 @@
 """Benchmark: one training step (forward, backward, SGD momentum step; float32, train mode),
 oracle (NumPy/Numba) vs PyTorch CPU on the same spec and weights, in the same process.
 
-    python bench/train_step.py [--spec efficientnetv2-nano] [--batch 32] [--sizes 32 64] [--steps 20] [--json]
+    python bench/train_step.py [--spec efficientnetv2-nano] [--batch 32] [--sizes 32 64 128]
+                               [--threads 1] [--steps 20] [--json]
 
-Prints the median step time of each and ratio = oracle_ms / torch_ms (< 1: oracle faster).
+Both sides run with `--threads N`: torch.set_num_threads(N), and threadpoolctl limits every
+BLAS / OpenMP pool in the process (OpenBLAS, torch's libgomp) to N; the oracle's Numba
+kernels split their work by channel blocks over the same N (numba.set_num_threads). The
+steps are interleaved (oracle, torch, oracle, torch, ...) so that a load change on a
+shared machine hits both sides alike. Reported per side: median wall time, its spread
+(min-max), and the median CPU time (process_time: all threads of the process), plus
+ratio = oracle / torch of the medians (< 1: oracle faster) and the 1-minute load average.
 """
 
 from __future__ import annotations
@@ -20,15 +27,42 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def _median_ms(step, steps: int, warmup: int = 3) -> float:
+def set_threads(n: int):
+    """Limit torch, BLAS, OpenMP and Numba to n threads; returns the threadpoolctl context (keep it alive)."""
+    from threadpoolctl import threadpool_limits
+
+    import torch
+    torch.set_num_threads(n)
+    limits = threadpool_limits(limits=n)
+    from effv2_reference.kernels import set_num_threads
+    set_num_threads(n)
+    return limits
+
+
+def _timed(step):
+    t, c = time.perf_counter(), time.process_time()
+    step()
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def interleaved(steps_by_name: dict, reps: int, warmup: int = 3) -> dict:
+    """{name: {median_ms, min_ms, max_ms, cpu_ms}} timing each step in turn, `reps` rounds."""
     for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
+        for step in steps_by_name.values():
+            step()
+    wall = {k: [] for k in steps_by_name}
+    cpu = {k: [] for k in steps_by_name}
+    for _ in range(reps):
+        for name, step in steps_by_name.items():
+            w, c = _timed(step)
+            wall[name].append(w * 1000)
+            cpu[name].append(c * 1000)
+    return {k: {"median_ms": statistics.median(wall[k]), "min_ms": min(wall[k]), "max_ms": max(wall[k]),
+                "cpu_ms": statistics.median(cpu[k])} for k in steps_by_name}
+
+
+def _median_ms(step, steps: int, warmup: int = 3) -> float:
+    return interleaved({"x": step}, steps, warmup)["x"]["median_ms"]
 
 
 def oracle_step_fn(model, x, labels, lr=0.01, momentum=0.9):
@@ -63,7 +97,17 @@ def torch_step_fn(model, x, labels, lr=0.01, momentum=0.9):
     return step
 
 
-def run(spec: str, batch: int, sizes, steps: int):
+def _row(config, threads, t, how):
+    o, p = t["oracle"], t["torch"]
+    return {"config": config, "threads": threads, "oracle_ms": round(o["median_ms"], 2),
+            "oracle_spread_ms": [round(o["min_ms"], 2), round(o["max_ms"], 2)], "oracle_cpu_ms": round(o["cpu_ms"], 2),
+            "torch_ms": round(p["median_ms"], 2), "torch_spread_ms": [round(p["min_ms"], 2), round(p["max_ms"], 2)],
+            "torch_cpu_ms": round(p["cpu_ms"], 2), "ratio": round(o["median_ms"] / p["median_ms"], 3),
+            "cpu_ratio": round(o["cpu_ms"] / p["cpu_ms"], 3), "torch_model": how,
+            "load1": round(os.getloadavg()[0], 2)}
+
+
+def run(spec: str, batch: int, sizes, steps: int, threads: int):
     import torch
 
     from effv2_reference.model import ReferenceModel
@@ -76,29 +120,35 @@ def run(spec: str, batch: int, sizes, steps: int):
         rng = np.random.default_rng(0)
         x = rng.standard_normal((batch, model.resolved.input_channels, size, size)).astype(np.float32)
         labels = rng.integers(0, model.resolved.num_classes, batch)
-        oracle_ms = _median_ms(oracle_step_fn(model, x, labels), steps)
-        torch_ms = _median_ms(torch_step_fn(tmodel, x, labels), steps)
-        rows.append({"config": f"{spec} train step batch {batch} {size}x{size} float32", "oracle_ms": round(oracle_ms, 2),
-                     "torch_ms": round(torch_ms, 2), "ratio": round(oracle_ms / torch_ms, 3),
-                     "torch_model": how, "torch_threads": torch.get_num_threads()})
+        t = interleaved({"oracle": oracle_step_fn(model, x, labels), "torch": torch_step_fn(tmodel, x, labels)}, steps)
+        rows.append(_row(f"{spec} train step batch {batch} {size}x{size} float32", threads, t, how))
     return rows
+
+
+def print_rows(rows):
+    for r in rows:
+        print(f"{r['config']}, {r['threads']} thread(s): oracle {r['oracle_ms']:.1f} ms "
+              f"[{r['oracle_spread_ms'][0]:.1f}-{r['oracle_spread_ms'][1]:.1f}] cpu {r['oracle_cpu_ms']:.1f}, "
+              f"torch {r['torch_ms']:.1f} ms [{r['torch_spread_ms'][0]:.1f}-{r['torch_spread_ms'][1]:.1f}] "
+              f"cpu {r['torch_cpu_ms']:.1f} ({r['torch_model']}), ratio {r['ratio']:.2f} "
+              f"(cpu {r['cpu_ratio']:.2f}), load {r['load1']}")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", default="efficientnetv2-nano")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--json", action="store_true", help="print a JSON list of {config, oracle_ms, torch_ms, ratio}")
+    ap.add_argument("--threads", type=int, default=1, help="threads for both sides (torch, BLAS, OpenMP, Numba)")
+    ap.add_argument("--json", action="store_true", help="print a JSON list of rows")
     args = ap.parse_args(argv)
-    rows = run(args.spec, args.batch, args.sizes, args.steps)
+    limits = set_threads(args.threads)  # noqa: F841 (kept alive for the whole run)
+    rows = run(args.spec, args.batch, args.sizes, args.steps, args.threads)
     if args.json:
         print(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        print(f"{r['config']}: oracle {r['oracle_ms']:.1f} ms, torch {r['torch_ms']:.1f} ms "
-              f"({r['torch_threads']} threads, {r['torch_model']}), ratio {r['ratio']:.2f}")
+    else:
+        print_rows(rows)
 
 
 if __name__ == "__main__":

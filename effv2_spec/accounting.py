@@ -95,3 +95,56 @@ def block_rows(resolved: ResolvedModel, acc: Accounting) -> list[dict]:
 def _row(name, kind, in_size, unit: UnitCount, cin, cout, stride) -> dict:
     return {"name": name, "type": kind, "kernel": None, "stride": stride, "in_channels": cin, "out_channels": cout,
             "in_shape": [cin, *in_size], "out_shape": list(unit.out_shape), "params": unit.params, "macs": unit.macs}
+
+
+# ---- will a training run fit in memory? ------------------------------------------------------------
+#: copies of the parameters a training step holds: weights, gradients, two optimiser slots, EMA
+_PARAM_COPIES = 5
+#: arrays the forward pass keeps per layer output for the backward pass (conv out, BN out, activation)
+_ACTIVATION_COPIES = 3
+
+
+class ResourceError(ValueError):
+    """A run that cannot fit in this machine's memory; said before anything large is allocated."""
+
+
+def training_bytes(resolved: ResolvedModel, batch: int, dtype_bytes: int) -> int:
+    """A lower estimate of the memory one training step needs (parameters, their copies, activations)."""
+    params = sum(p.numel for p in resolved.params)
+    activations = sum(batch * _elements(unit_shape(u)) for u in resolved.units())
+    return dtype_bytes * (_PARAM_COPIES * params + _ACTIVATION_COPIES * activations)
+
+
+def _elements(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None when the system does not say."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_training_fits(spec, image_size: int, batch: int, dtype: str, memory: int | None = None) -> None:
+    """Raise `ResourceError` when a training step of `spec` at `image_size` and `batch` cannot fit in memory.
+
+    The estimate is a lower bound, so a refusal is certain to be right; a run that passes may
+    still need more (the data set, framework overhead)."""
+    from .resolve import resolve
+
+    memory = physical_memory() if memory is None else memory
+    if memory is None:
+        return
+    size = max(image_size, spec.total_stride)
+    need = training_bytes(resolve(spec, size), batch, 8 if dtype == "float64" else 4)
+    if need > memory:
+        raise ResourceError(f"{spec.name}: a training step at batch {batch} and {size} px in {dtype} needs at least "
+                            f"{need / 2**30:,.1f} GiB (parameters, gradients, optimiser state, activations); "
+                            f"this machine has {memory / 2**30:,.1f} GiB: use a smaller batch, image size or model")

@@ -12,9 +12,15 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import SPEC_VERSION, SpecModel
+from .base import SPEC_VERSION, SafeName, SpecModel
 
 PositiveInt = Annotated[int, Field(ge=1)]
+# Upper bounds: far above every published model, low enough that sizes stay ordinary machine
+# integers and a typo (10^12 channels) is refused here rather than as a MemoryError or a hang later.
+MAX_CHANNELS = 16384
+MAX_IMAGE_SIZE = 8192
+Channels = Annotated[int, Field(ge=1, le=MAX_CHANNELS)]
+ImageSize = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIZE)]
 Kernel = Annotated[int, Field(ge=1, le=15, description="odd kernel size")]
 Stride = Literal[1, 2]
 SeRatio = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -30,9 +36,9 @@ def _check_odd(value: int) -> int:
 class Normalization(SpecModel):
     """Input normalisation `(x - mean) / std` on raw pixel values in [0, 255], per channel."""
 
-    mean: tuple[float, ...] = (128.0, 128.0, 128.0)
+    mean: Annotated[tuple[float, ...], Field(max_length=64)] = (128.0, 128.0, 128.0)
     """Per-channel mean subtracted from raw pixels; official V2-S/M/L/XL: 128 ((x-128)/128)."""
-    std: tuple[float, ...] = (128.0, 128.0, 128.0)
+    std: Annotated[tuple[float, ...], Field(max_length=64)] = (128.0, 128.0, 128.0)
     """Per-channel divisor; every entry must be > 0. ImageNet (B0-B3, V1): 58.395, 57.12, 57.375."""
     in_model: bool = False
     """True when the model itself normalises its input (Keras); False when the data pipeline does."""
@@ -45,17 +51,42 @@ class Normalization(SpecModel):
         return value
 
 
+class EvalPreprocessing(SpecModel):
+    """How one evaluation image becomes an `eval_image_size` square (docs/evaluation.md).
+
+    Pixels are resampled as uint8 RGB with Pillow's filter named by `interpolation`; then the
+    network input is normalised by `normalization` (outside or inside the model). With S the
+    eval size and f the crop fraction:
+    'crop_then_resize': centre square of side int(f * min(H, W)), offset ((H - c + 1) // 2,
+    (W - c + 1) // 2), resized to S x S (google/automl, efficientnet and effnetv1 pipelines);
+    'shorter_side': shorter side to floor(S / f), the other int(floor(S / f) * long / short),
+    then a centre S x S crop (torchvision, timm crop_mode 'center');
+    'whole_image': the whole image to floor(S / f) x floor(S / f) (aspect ratio not kept), then
+    a centre S x S crop (google/automl V2 at S >= 320, timm crop_mode 'squash', Keras load_img).
+    Centre crops of the last two start at int(round((H - S) / 2)) (torchvision's rule)."""
+
+    resize: Literal["crop_then_resize", "shorter_side", "whole_image"] = "whole_image"
+    """Resize policy (official V2 S/M/L/XL at S >= 320: 'whole_image', no crop)."""
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bilinear"
+    """Resampling filter, by Pillow's name (official V2 S/M/L/XL: bilinear; B0-B3 and V1: bicubic)."""
+    crop_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    """Fraction of the resized image kept by the centre crop, in (0, 1]; official B0-B3 and V1:
+    S / (S + 32) (0.875 at 224), V2 S/M/L/XL: 1.0 (timm's crop_pct)."""
+
+
 class InputSpec(SpecModel):
     """What the network consumes: NCHW images of `channels` channels."""
 
-    channels: PositiveInt = 3
+    channels: Annotated[int, Field(ge=1, le=64)] = 3
     """Input channels (3 for RGB)."""
-    train_image_size: PositiveInt
+    train_image_size: ImageSize
     """Training resolution (the last progressive stage's size; official S: 300)."""
-    eval_image_size: PositiveInt
+    eval_image_size: ImageSize
     """Evaluation resolution (official S: 384)."""
     normalization: Normalization = Normalization()
     """How raw pixels become network input."""
+    eval_preprocessing: EvalPreprocessing = EvalPreprocessing()
+    """How an evaluation image is resized and cropped to eval_image_size (effv2 predict / eval)."""
 
     @model_validator(mode="after")
     def _norm_matches_channels(self) -> "InputSpec":
@@ -75,7 +106,7 @@ class StemSpec(SpecModel):
     """Stem kernel (official: 3)."""
     stride: Stride = 2
     """Stem stride (official: 2)."""
-    channels: PositiveInt
+    channels: Channels
     """Stem output channels before width scaling (official: the first stage's input filters)."""
 
     _odd = field_validator("kernel")(_check_odd)
@@ -88,9 +119,9 @@ class _StageBase(SpecModel):
     """Stride of the stage's first block; repeats use stride 1."""
     expand_ratio: Annotated[float, Field(ge=1.0, le=16.0)]
     """Expansion factor; the expanded width is int(block input channels * expand_ratio)."""
-    out_channels: PositiveInt
+    out_channels: Channels
     """Stage output channels before width scaling."""
-    repeats: PositiveInt
+    repeats: Annotated[int, Field(ge=1, le=64)]
     """Blocks in the stage before depth scaling (rounded up after scaling)."""
     se_ratio: SeRatio | None = None
     """Squeeze-and-excitation ratio in (0, 1], or null for no SE."""
@@ -116,7 +147,7 @@ Stage = Annotated[Union[FusedMBConvStage, MBConvStage], Field(discriminator="typ
 class HeadSpec(SpecModel):
     """Conv 1x1 -> BN -> activation -> global average pool -> dropout -> dense."""
 
-    channels: PositiveInt = 1280
+    channels: Channels = 1280
     """Head conv channels before width scaling (official 1280; B2 and B3 get 1408/1536 by scaling)."""
     dropout: Probability = 0.2
     """Dropout rate before the classifier (official S 0.2, M 0.3, L/XL 0.4)."""
@@ -127,12 +158,20 @@ class CompoundScaling(SpecModel):
 
     phi: Annotated[float, Field(ge=0.0, le=16.0)]
     """Compound coefficient."""
-    alpha: Annotated[float, Field(ge=1.0)] = 1.2
+    alpha: Annotated[float, Field(ge=1.0, le=4.0)] = 1.2
     """Depth base (V1 paper grid search: 1.2)."""
-    beta: Annotated[float, Field(ge=1.0)] = 1.1
+    beta: Annotated[float, Field(ge=1.0, le=4.0)] = 1.1
     """Width base (V1 paper: 1.1)."""
-    gamma: Annotated[float, Field(ge=1.0)] = 1.15
+    gamma: Annotated[float, Field(ge=1.0, le=4.0)] = 1.15
     """Resolution base (V1 paper: 1.15)."""
+
+    @model_validator(mode="after")
+    def _derived_in_bounds(self) -> "CompoundScaling":
+        # the derived multipliers obey the bounds the explicit width and depth have
+        for base, what in ((self.alpha, "depth"), (self.beta, "width")):
+            if base**self.phi > 16.0:
+                raise ValueError(f"phi: gives {what} multiplier {base**self.phi:.4g} > 16 (the bound on scaling.{what})")
+        return self
 
 
 class ScalingSpec(SpecModel):
@@ -144,9 +183,9 @@ class ScalingSpec(SpecModel):
     """Repeat multiplier; repeats become ceil(repeats * depth)."""
     compound: CompoundScaling | None = None
     """V1 compound scaling; when set, width and depth must stay 1.0 and are derived from phi."""
-    divisor: PositiveInt = 8
+    divisor: Annotated[int, Field(ge=1, le=1024)] = 8
     """Channels are rounded to a multiple of this (half up)."""
-    min_channels: PositiveInt = 8
+    min_channels: Channels = 8
     """Lower bound on any rounded channel count."""
     round_limit: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     """The '10% rule': if rounding loses more than (1 - round_limit), add one divisor.
@@ -227,9 +266,10 @@ class ArchitectureSpec(SpecModel):
     """Spec format version."""
     kind: Literal["architecture"] = "architecture"
     """Document kind, so one validator can tell specs, schedules and training configs apart."""
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    """Human-readable name (presets use the official model names)."""
-    num_classes: PositiveInt = 1000
+    name: SafeName
+    """Name (presets use the official model names): ASCII letters, digits, '.', '_', '-'; it names
+    the default output folder runs/<name>."""
+    num_classes: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     """Classifier outputs."""
     input: InputSpec
     """Input channels, sizes and normalisation."""
@@ -247,6 +287,9 @@ class ArchitectureSpec(SpecModel):
     @model_validator(mode="after")
     def _image_covers_stride(self) -> "ArchitectureSpec":
         total = self.total_stride
+        compound = self.scaling.compound
+        if compound is not None and self.input.eval_image_size * compound.gamma**compound.phi > MAX_IMAGE_SIZE:
+            raise ValueError(f"scaling.compound.phi: scales input.eval_image_size beyond {MAX_IMAGE_SIZE} px")
         for field in ("train_image_size", "eval_image_size"):
             size = getattr(self.input, field)
             if size < total:

@@ -40,7 +40,8 @@ def format_loc(loc: tuple) -> str:
             continue
         if part.startswith("function-") or part.startswith("literal["):
             continue
-        out += ("." if out else "") + part
+        # a field name comes from the user's file: escape control characters (newlines, ANSI codes)
+        out += ("." if out else "") + (part if part.isprintable() else repr(part))
     return out
 
 

@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from .base import SPEC_VERSION, SpecModel
+from .base import SPEC_VERSION, SafeName, SpecModel
 
 #: Regularisers a schedule may raise, with the closed range each value must lie in.
 REGULARIZER_BOUNDS: dict[str, tuple[float, float]] = {
@@ -71,13 +71,13 @@ class ProgressiveSchedule(SpecModel):
     """Spec format version."""
     kind: Literal["progressive_schedule"] = "progressive_schedule"
     """Document kind."""
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: SafeName
     """Schedule name (presets: progressive-<model>-<convention>)."""
     convention: Literal["paper", "automl"]
     """Interpolation rule: 'paper' (Algorithm 1, i/(M-1)) or 'automl' (official code, (i+1)/M for size)."""
-    total_steps: Annotated[int, Field(ge=1)] | None = None
+    total_steps: Annotated[int, Field(ge=1, le=10**9)] | None = None
     """N, total optimisation steps. Exactly one of total_steps and total_epochs."""
-    total_epochs: Annotated[float, Field(gt=0.0)] | None = None
+    total_epochs: Annotated[float, Field(gt=0.0, le=10**6)] | None = None
     """Training length in epochs; needs steps_per_epoch when the table is computed."""
     num_stages: Annotated[int, Field(ge=1, le=1000)] = 4
     """M (official: 4)."""
@@ -98,6 +98,10 @@ class ProgressiveSchedule(SpecModel):
             raise ValueError(
                 f"image_size.start: must not exceed image_size.end ({self.image_size.start} > {self.image_size.end})"
             )
+        if self.image_size.multiple > self.image_size.end:
+            # every stage would be floored up to `multiple`, training above the stated final size
+            raise ValueError(f"image_size.multiple: must not exceed image_size.end "
+                             f"({self.image_size.multiple} > {self.image_size.end})")
         for name, ramp in self.regularizers.items():
             lo, hi = REGULARIZER_BOUNDS[name]
             for which in ("start", "end"):

@@ -154,7 +154,7 @@ def schedule_dicts(draw, *, max_stages: int = 12, max_steps: int = 200_000) -> d
         "convention": draw(st.sampled_from(["paper", "automl"])),
         "total_steps": n,
         "num_stages": m,
-        "image_size": {"start": start, "end": end, "multiple": draw(st.sampled_from([1, 8, 16]))},
+        "image_size": {"start": start, "end": end, "multiple": draw(st.sampled_from([m for m in (1, 8, 16) if m <= end]))},
         "regularizers": regs,
     }
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from .base import SPEC_VERSION, SpecModel
+from .base import SPEC_VERSION, SafeName, SpecModel
 
 #: Parameter roles (from the resolved parameter table) that weight decay can target.
 ParamRole = Literal[
@@ -110,6 +110,61 @@ class EMA(SpecModel):
     """TF ExponentialMovingAverage(num_updates): effective decay min(decay, (1 + t) / (10 + t))."""
 
 
+class BatchNormTraining(SpecModel):
+    """What a train-mode batch norm normalises with, stated so that it never depends on the number of
+    processes or devices that run the step (plain DDP, jit on a sharded batch and TPU pods differ)."""
+
+    mode: Literal["batch", "frozen"] = "batch"
+    """'batch': batch statistics per group (below); 'frozen': inference mode while training (running
+    statistics used and not updated; gamma and beta still train unless `freeze_affine`), the usual
+    way to fine-tune on small data."""
+    group_size: Annotated[int, Field(ge=1, le=65536)] | None = None
+    """Samples per statistics group: the global batch is cut into contiguous groups of this many
+    samples, each normalised with its own mean and variance. null = the whole global batch (SyncBN);
+    batch / replicas = plain DDP; 8 x per-core batch = the official TPU recipe. Must divide batch_size."""
+    running_stats: Literal["mean_of_groups"] = "mean_of_groups"
+    """Running-statistics rule: each group's batch mean and variance (converted by the spec's
+    running-variance convention with the group's own count) are averaged over the groups, then one
+    momentum update is applied. Every replica computes it with one all-reduce mean, so none drifts."""
+    freeze_affine: bool = False
+    """With mode 'frozen': also keep gamma and beta fixed (no update, no weight decay)."""
+
+
+class RandomResizedCrop(SpecModel):
+    """The official V2 base train transform: a random box of the stored image, resized to the stage size."""
+
+    area: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = (0.05, 1.0)
+    """Range of the box's area as a fraction of the image (official V2: 0.05-1; V1: 0.08-1)."""
+    aspect: tuple[Annotated[float, Field(gt=0.0, le=100.0)], Annotated[float, Field(gt=0.0, le=100.0)]] = (
+        0.75, 4.0 / 3.0)
+    """Range of the box's width / height."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RandomResizedCrop":
+        for name in ("area", "aspect"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: the minimum must not exceed the maximum ({lo} > {hi})")
+        return self
+
+
+class Augmentation(SpecModel):
+    """The train-time input pipeline per sample: crop, flip, RandAugment; then mixup / cutmix per group."""
+
+    randaugment: Literal["automl", "torchvision"] = "automl"
+    """RandAugment variant: 'automl' (google/automl: 16 ops, strength magnitude/10 of each op's maximum,
+    unbounded above 10, absolute pixel constants, fill 128), the scale of the paper's Table 6 and of the
+    schedules; 'torchvision' (14 ops, magnitude on torchvision's 0-30 bin scale)."""
+    random_resized_crop: RandomResizedCrop | None = RandomResizedCrop()
+    """Random box then bilinear resize to the stage size, or null: the whole image is resized."""
+    horizontal_flip: bool = True
+    """Flip each image left-right with probability 1/2 (off where a flip changes the class, e.g. digits)."""
+    mix_group_size: Annotated[int, Field(ge=1, le=65536)] | None = None
+    """Mixup / cutmix partners are taken within contiguous groups of this many samples (the group
+    reversed, as the official code does per core). null = the BN group size (the whole batch when
+    that is null too). Must divide batch_size."""
+
+
 class TrainingConfig(SpecModel):
     """How to optimise a network: optimiser, lr schedule, regularisation in the loss, EMA."""
 
@@ -117,7 +172,7 @@ class TrainingConfig(SpecModel):
     """Spec format version."""
     kind: Literal["training"] = "training"
     """Document kind."""
-    name: Annotated[str, Field(min_length=1, max_length=200)] = "training"
+    name: SafeName = "training"
     """Name of this recipe."""
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 4096
     """Global batch size (official: 4096)."""
@@ -135,6 +190,23 @@ class TrainingConfig(SpecModel):
     """RandAugment ops applied per image (official: 2)."""
     gradient_clip_norm: Annotated[float, Field(gt=0.0)] | None = None
     """Clip the global gradient norm to this, or null (official: off)."""
+    batch_norm: BatchNormTraining = BatchNormTraining()
+    """Batch-norm statistics groups and frozen BN."""
+    augmentation: Augmentation = Augmentation()
+    """Per-sample train transform and the mix groups."""
+
+    @model_validator(mode="after")
+    def _groups_divide_batch(self) -> "TrainingConfig":
+        for path, size in (("batch_norm.group_size", self.batch_norm.group_size),
+                           ("augmentation.mix_group_size", self.augmentation.mix_group_size)):
+            if size is not None and self.batch_size % size:
+                raise ValueError(f"{path}: must divide batch_size ({self.batch_size} is not a multiple of {size})")
+        return self
+
+    @property
+    def mix_group_size(self) -> int:
+        """Samples per mix group: the stated one, else the BN group, else the whole batch."""
+        return self.augmentation.mix_group_size or self.batch_norm.group_size or self.batch_size
 
 
 def learning_rate_at(config: TrainingConfig, step: int, steps_per_epoch: float, total_steps: int) -> float:

@@ -9,6 +9,10 @@ from generators keyed by (seed, epoch) and (seed, step), see train.py.
 
 Written to a temporary file in the same folder and renamed over the old one, so a crash or a
 kill leaves either the previous checkpoint or the new one, never half of one.
+
+Read back as untrusted input: the archive through `npzfile.read_npz` (sizes checked before
+allocating), the metadata field by field (`meta_problem`), the weights for finiteness.
+`prepare_out_dir` keeps a new run from silently replacing an earlier one.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from effv2_spec.weights import atomic_write_bytes
+
+from .npzfile import NpzError, read_npz
 
 FORMAT = "effv2-checkpoint/1"
 FILENAME = "checkpoint.npz"
@@ -55,18 +62,132 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not p.is_file():
         raise CheckpointError(f"{p}: no checkpoint to resume from")
     try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
-    except (OSError, ValueError, KeyError, EOFError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{p}: not a readable effv2 checkpoint ({exc})") from None
+        arrays = read_npz(p)
+    except NpzError as exc:
+        raise CheckpointError(f"{p}: not a readable effv2 checkpoint: {exc}") from None
+    except OSError as exc:
+        raise CheckpointError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if "meta" not in arrays:
+        raise CheckpointError(f"{p}: not an effv2 checkpoint (no 'meta' array)")
+    try:
+        meta = json.loads(np.ascontiguousarray(arrays.pop("meta")).tobytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON
+        raise CheckpointError(f"{p}: not an effv2 checkpoint (its meta is not JSON: {exc})") from None
     found = meta.get("format") if isinstance(meta, dict) else None
     if found != FORMAT:
         raise CheckpointError(f"{p}: not an effv2 checkpoint (format {found!r}, expected {FORMAT!r})")
+    problem = meta_problem(meta)
+    if problem:
+        raise CheckpointError(f"{p}: damaged checkpoint metadata: {problem}")
     parts: dict[str, dict[str, np.ndarray]] = {"model": {}, "opt": {}, "ema": {}}
     for key, v in arrays.items():
         head, _, name = key.partition("/")
         if head not in parts:
             raise CheckpointError(f"{p}: unexpected array {key!r}")
         parts[head][name] = v
+    # training never saves non-finite weights, so such a file was damaged or edited by hand
+    bad = next((f"{head}/{k}" for head in ("model", "ema") for k, v in parts[head].items()
+                if v.dtype.kind == "f" and not np.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{p}: damaged checkpoint: {bad} holds NaN or infinite values")
     return Checkpoint(meta, parts["model"], parts["opt"], parts["ema"])
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: meta key -> (rule, test); what a resume reads from the metadata, each checked before it is used
+_META_RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "spec": ("a JSON document string", lambda v: isinstance(v, str)),
+    "schedule": ("a JSON document string", lambda v: isinstance(v, str)),
+    "training": ("a JSON document string", lambda v: isinstance(v, str)),
+    "seed": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "dtype": ("'float32' or 'float64'", lambda v: v in ("float32", "float64")),
+    "step": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "total_steps": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "history": ("a list of per-stage records", lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v)),
+}
+
+
+def meta_problem(meta: dict) -> str | None:
+    """What is wrong with a checkpoint's metadata (a missing or mistyped field), or None."""
+    for key, (rule, ok) in _META_RULES.items():
+        if key not in meta:
+            return f"{key}: missing"
+        if not ok(meta[key]):
+            return f"{key}: must be {rule} (got {_short(meta[key])})"
+    if meta["step"] > meta["total_steps"]:
+        return f"step: {meta['step']} is beyond total_steps {meta['total_steps']}"
+    if "partial" in meta and not isinstance(meta["partial"], dict):
+        return f"partial: must be an object (got {_short(meta['partial'])})"
+    if "model_rng" in meta and not _valid_rng_state(meta["model_rng"]):
+        return "model_rng: not a NumPy bit-generator state"
+    return None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _valid_rng_state(state) -> bool:
+    names = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+    if not isinstance(state, dict) or state.get("bit_generator") not in names:
+        return False
+    try:
+        getattr(np.random, state["bit_generator"])().state = state
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return False
+    return True
+
+
+# ---- the output folder of a run -----------------------------------------------------------------------
+#: files a finished or interrupted run leaves; a new run must not silently replace them
+RUN_FILES = (FILENAME, "weights.safetensors")
+DEFAULT_ROOT = Path("runs")
+
+
+def prepare_out_dir(out: str | os.PathLike | None, name: str, *, resume: bool, overwrite: bool,
+                    root: Path = DEFAULT_ROOT) -> Path:
+    """The run's output folder, made safe to write: `out`, or `root/<name>` when `out` is None.
+
+    - The default folder must resolve inside `root` (a name such as '../x' is refused; the schema
+      refuses it too, this guards callers that build specs in Python).
+    - A folder that holds a checkpoint or weights is refused unless the run resumes it or
+      `overwrite` is set, which removes them first (so a killed new run cannot be resumed as the old one).
+    - Temporary files of a write that was killed (`.checkpoint.npz.*.tmp`) are removed.
+    """
+    folder = Path(out) if out is not None else _default_folder(name, root)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder}: is a file; --out needs a folder")
+    if resume and overwrite:
+        raise CheckpointError("--resume and --overwrite exclude each other")
+    if folder.is_dir():
+        _remove_stale_temporaries(folder)
+        held = [f for f in RUN_FILES if (folder / f).exists()]
+        if held and not resume and not overwrite:
+            raise CheckpointError(f"{folder}: already holds {' and '.join(held)} from an earlier run; "
+                                  "use --resume or --overwrite")
+        if overwrite:
+            for f in held:  # missing_ok: under torchrun every process prepares the same folder
+                (folder / f).unlink(missing_ok=True)
+    return folder
+
+
+def _default_folder(name: str, root: Path) -> Path:
+    folder = root / name
+    base = root.resolve()
+    if name in ("", ".", "..") or base not in folder.resolve().parents:
+        raise CheckpointError(f"{name!r}: not usable as a folder name under {root}/; pass --out")
+    return folder
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    # atomic_write_bytes names its temporary file .<target>.<random>.tmp next to the target
+    for target in RUN_FILES:
+        for tmp in folder.glob(f".{target}.*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass  # another process's, or not ours to remove: harmless to leave

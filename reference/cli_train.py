@@ -8,7 +8,9 @@ Bad input (documents, data, a checkpoint from another run) is one line and exit 
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import sys
 import time
 
@@ -37,6 +39,51 @@ def _override_length(sched, source: str, steps: int | None, epochs: float | None
         raise SpecInputError("\n".join(exc.lines(f"{source} (with --steps/--epochs)"))) from None
 
 
+def _with_changes(doc, source: str, option: str, **changes):
+    """`doc` with top-level fields replaced, validated again as a document."""
+    data = json.loads(doc.model_dump_json())
+    data.update(changes)
+    try:
+        return parse_obj(data)
+    except SpecError as exc:
+        raise SpecInputError("\n".join(exc.lines(f"{source} (with {option})"))) from None
+
+
+#: framework trainers, looked up by name like plug-ins (effv2_adapters builds on effv2_reference, not back)
+FRAMEWORK_TRAINERS = {"torch": ("effv2_adapters.torch.train", "make_torch_backend", "torch")}
+
+
+def _torch_backend(dtype, device, precision, channels_last, compile_, timeout_s):
+    """(process layout, make_backend) of the PyTorch trainer; one line when it cannot start."""
+    module_name, attr, extra = FRAMEWORK_TRAINERS["torch"]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] == "torch":
+            raise SpecInputError(f"--framework torch: PyTorch is not installed (pip install 'effv2[{extra}]')") from None
+        raise
+    try:
+        make, procs = getattr(module, attr)(dtype=dtype, device=device, precision=precision,
+                                            channels_last=channels_last, compile=compile_, timeout_s=timeout_s)
+    except module.TrainSetupError as exc:
+        raise SpecInputError(str(exc)) from None
+    except RuntimeError as exc:  # a rendezvous that never completes, a dead peer
+        raise SpecInputError(f"--framework torch: cannot start the process group ({_first_line(exc)})") from None
+
+    def make_backend(plan, tensors):
+        try:
+            return make(plan, tensors)
+        except module.TrainSetupError as exc:
+            raise SpecInputError(str(exc)) from None
+
+    return procs, make_backend
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def _stage_line(rec: dict, num_stages: int) -> str:
     regs = rec["regularizers"]
     reg = " ".join(f"{k.replace('randaugment_magnitude', 'randaug').replace('_alpha', '')} {v:.3g}"
@@ -60,6 +107,8 @@ def _stage_line(rec: dict, num_stages: int) -> str:
               help="Folder for checkpoint.npz and weights.safetensors [default: runs/<spec name>].")
 @click.option("--resume", is_flag=True,
               help="Continue from the checkpoint in --out (same spec, schedule, recipe, seed).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the checkpoint and weights of an earlier run in --out (refused without it).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Fixes init, data order, augmentation, masks.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Override the schedule's total steps.")
@@ -71,53 +120,123 @@ def _stage_line(rec: dict, num_stages: int) -> str:
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
               help="BLAS threads for the matrix products (0: the library's default). One is the default: "
                    "the oracle's GEMMs are small, and spare BLAS threads spin-wait badly on a busy machine.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes preparing each step's images (crop, flip, RandAugment); 0: in this process. "
+                   "The result does not depend on it.")
+@click.option("--init-from", "init_from", default=None, type=click.Path(dir_okay=False),
+              help="Start from these canonical weights (e.g. from `effv2 convert`) instead of the seeded init.")
+@click.option("--num-classes", "num_classes", type=click.IntRange(min=1, max=1_000_000), default=None,
+              help="Train with this many classes (a new classifier drawn by the spec's init rule; with "
+                   "--init-from every other tensor is loaded).")
+@click.option("--frozen-bn", "frozen_bn", is_flag=True,
+              help="Train with batch norm in inference mode (running statistics, not updated): fine-tuning.")
+@click.option("--stop-at", "stop_at", type=click.IntRange(min=1), default=None,
+              help="Stop after this global step with a checkpoint (continue later with --resume, with any "
+                   "framework or number of processes).")
+@click.option("--framework", type=click.Choice(["reference", "torch"]), default="reference", show_default=True,
+              help="Who computes the steps: the NumPy oracle, or PyTorch (also under torchrun, one process per "
+                   "device). Same plan, same result.")
+@click.option("--device", default=None, help="torch: cpu, cuda or cuda:N [default: cuda when available].")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="torch: autocast precision (float16 with a gradient scaler, CUDA only).")
+@click.option("--channels-last", "channels_last", is_flag=True, help="torch: channels-last memory format.")
+@click.option("--compile", "compile_", is_flag=True, help="torch: torch.compile the model (one compile per stage).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1.0), default=600.0, show_default=True,
+              help="torch under torchrun: seconds a collective waits for the other processes before failing.")
 @click.option("--json", "as_json", is_flag=True,
               help="End with one JSON object (final_accuracy, seconds, stages, ...).")
-def train(spec_source, schedule_source, training_source, data_source, out_dir, resume, seed, steps, epochs, dtype,
-          checkpoint_every, threads, as_json):
-    """Train SPEC with the NumPy/Numba oracle, progressively, on CPU."""
+def train(spec_source, schedule_source, training_source, data_source, out_dir, resume, overwrite, seed, steps, epochs, dtype,
+          checkpoint_every, threads, workers, init_from, num_classes, frozen_bn, stop_at, framework, device, precision,
+          channels_last, compile_, timeout_s, as_json):
+    """Train SPEC progressively: with the NumPy/Numba oracle on CPU, or with PyTorch (torchrun for many devices)."""
     t_start = time.perf_counter()
     if steps is not None and epochs is not None:
         raise click.UsageError("give at most one of --steps and --epochs")
+    if resume and overwrite:
+        raise click.UsageError("give at most one of --resume and --overwrite")
     spec = load_or_fail(load_architecture, spec_source)
     sched = _override_length(load_or_fail(load_schedule, schedule_source), schedule_source, steps, epochs)
     config = load_or_fail(load_training, training_source)
+    if num_classes is not None:
+        spec = _with_changes(spec, spec_source, "--num-classes", num_classes=num_classes)
+    if frozen_bn:
+        config = _with_changes(config, training_source, "--frozen-bn",
+                               batch_norm=dict(config.batch_norm.model_dump(mode="json"), mode="frozen"))
 
     # imported here: numba and the oracle load only once the documents are known to be good
-    from .checkpoint import CheckpointError
+    from effv2_spec.accounting import ResourceError, check_training_fits
+
+    from .checkpoint import CheckpointError, prepare_out_dir
     from .data.sources import DataError, load_source, split
     from .train import Trainer, TrainingDiverged
+    from .trainloop import ProgressiveLoop
+
+    torch_options = {"--device": device is not None, "--precision": precision != "float32",
+                     "--channels-last": channels_last, "--compile": compile_}
+    if framework == "reference":
+        given = [k for k, v in torch_options.items() if v]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: only with --framework torch")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SpecInputError("the oracle trains in one process; under torchrun use --framework torch")
 
     try:
+        if framework == "reference":  # one process holds the whole batch in this machine's memory
+            check_training_fits(spec, sched.image_size.end, config.batch_size, dtype)
         store_size = max(sched.image_size.end, spec.input.eval_image_size)
         data = load_source(data_source, spec.num_classes, spec.input.channels, store_size)
         train_data, heldout = split(data)
-    except DataError as exc:
+    except (DataError, ResourceError) as exc:
         raise SpecInputError(str(exc)) from None
-    out = out_dir if out_dir is not None else f"runs/{spec.name}"
+    initial = None
+    if init_from is not None:
+        from effv2_spec.weights import WeightsError, load_weights
+
+        try:
+            initial = (init_from, load_weights(init_from)[1])
+        except (WeightsError, OSError, ValueError) as exc:
+            raise SpecInputError(f"{init_from}: cannot read weights ({exc})") from None
     try:
-        trainer = Trainer(spec, sched, config, train_data, heldout, seed=seed, dtype=dtype, out_dir=out,
-                          checkpoint_every=checkpoint_every or None)
+        out = prepare_out_dir(out_dir, spec.name, resume=resume, overwrite=overwrite)
+        if framework == "reference":
+            trainer = Trainer(spec, sched, config, train_data, heldout, seed=seed, dtype=dtype, out_dir=out,
+                              checkpoint_every=checkpoint_every or None, workers=workers, init_from=initial)
+        else:
+            procs, make_backend = _torch_backend(dtype, device, precision, channels_last, compile_, timeout_s)
+            trainer = ProgressiveLoop(spec, sched, config, train_data, heldout, make_backend, seed=seed, dtype=dtype,
+                                      out_dir=out, checkpoint_every=checkpoint_every or None, workers=workers,
+                                      init_from=initial)
         if resume:
             trainer.resume()
     except CheckpointError as exc:
         raise SpecInputError(str(exc)) from None
-    except ValueError as exc:  # a schedule the data cannot fill, an unsupported regulariser
-        raise SpecInputError(f"{schedule_source}: {exc}") from None
+    except ValueError as exc:  # a schedule the data cannot fill, an unsupported regulariser, groups vs data
+        msg = str(exc).removeprefix("schedule: ")
+        schedule_problem = msg != str(exc) or msg.startswith("regularizers.")
+        raise SpecInputError(f"{schedule_source}: {msg}" if schedule_problem else msg) from None
 
+    lead = trainer.backend.rank == 0  # one process prints
     stream = sys.stderr if as_json else sys.stdout
-    echo = (lambda s: click.echo(s, err=as_json))
+    echo = (lambda s: click.echo(s, err=as_json) if lead else None)
     n_stages = len(trainer.stages)
     echo(f"training {spec.name} on {data.name} ({len(train_data)} train / {len(heldout)} held-out, "
          f"{train_data.images.shape[1]} px stored): {sched.name} ({n_stages} stages, {trainer.total_steps} steps), "
-         f"{config.name} (batch {trainer.batch}), seed {seed}, {dtype}"
+         f"{config.name} (batch {trainer.batch}), seed {seed}, {dtype}, {framework}"
+         + (f" x {trainer.backend.world} processes" if trainer.backend.world > 1 else "")
+         + (f", from {init_from}" if init_from else "") + (", frozen BN" if config.batch_norm.mode == "frozen" else "")
          + (f", resumed at step {trainer.step}" if resume else ""))
 
     try:
         with _blas_threads(threads):
-            result = _run_with_progress(trainer, stream, echo, n_stages)
+            result = (_run_with_progress(trainer, stream, echo, n_stages, stop_at) if lead
+                      else trainer.run(stop_at=stop_at))
     except TrainingDiverged as exc:
         raise SpecInputError(f"{spec.name}: {exc}") from None
+    except RuntimeError as exc:  # torch.distributed: a peer died or a collective timed out
+        if framework == "reference":
+            raise
+        raise SpecInputError(f"{spec.name}: training stopped at step {trainer.step} ({_first_line(exc)}); "
+                             "another process may have died") from None
     except OSError as exc:  # checkpoints and weights go to --out
         raise SpecInputError(f"{exc.filename or out}: cannot write ({exc.strerror or exc})") from None
     except KeyboardInterrupt:
@@ -125,10 +244,16 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
                 if trainer.last_checkpoint_step is not None else "no checkpoint written yet")
         click.echo(f"interrupted at step {trainer.step}: {kept}", err=True)
         sys.exit(130)
+    if framework != "reference":
+        trainer.backend.procs.close()
     seconds = time.perf_counter() - t_start
-    echo(f"held-out accuracy {100 * result.final_accuracy:.2f}% after {result.steps} steps in {seconds:.1f} s; "
-         f"weights: {result.weights_path}")
-    if as_json:
+    if result.extra.get("stopped_at") is not None:
+        echo(f"stopped at step {result.steps} of {trainer.total_steps} in {seconds:.1f} s; checkpoint in {out} "
+             "(continue with --resume)")
+    else:
+        echo(f"held-out accuracy {100 * result.final_accuracy:.2f}% after {result.steps} steps in {seconds:.1f} s; "
+             f"weights: {result.weights_path}")
+    if as_json and lead:
         payload = result.to_json()
         payload.update(seconds=seconds, training_seconds=result.seconds, spec=spec.name, schedule=sched.name,
                        training=config.name, data=data.name, seed=seed, dtype=dtype,
@@ -149,12 +274,12 @@ def _blas_threads(n: int):
     return threadpool_limits(limits=n, user_api="blas")
 
 
-def _run_with_progress(trainer, stream, echo, n_stages):
+def _run_with_progress(trainer, stream, echo, n_stages, stop_at=None):
     try:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.console import Console
     except ImportError:  # rich is a dependency, but keep training usable without it
-        return trainer.run(on_stage=lambda rec: echo(_stage_line(rec, n_stages)))
+        return trainer.run(on_stage=lambda rec: echo(_stage_line(rec, n_stages)), stop_at=stop_at)
     console = Console(file=stream)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=console,
@@ -167,4 +292,4 @@ def _run_with_progress(trainer, stream, echo, n_stages):
         def on_stage(rec):
             progress.console.print(_stage_line(rec, n_stages), markup=False, highlight=False, soft_wrap=True)
 
-        return trainer.run(on_step=on_step, on_stage=on_stage)
+        return trainer.run(on_step=on_step, on_stage=on_stage, stop_at=stop_at)

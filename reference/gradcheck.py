@@ -85,26 +85,30 @@ def gradcheck(f: Callable[[dict], np.ndarray], inputs: Mapping[str, np.ndarray],
 
 def model_gradcheck(model, x: np.ndarray, *, masks: Mapping[str, np.ndarray] | None = None,
                     max_entries: int | None = 6, rtol: float = 1e-6, eps: float = 1e-5, seed: int = 0,
-                    check_input: bool = True) -> dict[str, float]:
-    """`gradcheck` of a float64 ReferenceModel in training mode, every trainable tensor (and the input).
+                    check_input: bool = True, training: bool = True, bn_group_size: int | None = None,
+                    frozen_bn: bool = False) -> dict[str, float]:
+    """`gradcheck` of a float64 ReferenceModel, every trainable tensor (and the input).
 
-    Masks default to the ones the first forward draws, then stay fixed, so dropout and drop
-    path are differentiated as the fixed linear maps they are for one step.
+    Training mode by default (training=False: eval-mode gradients); `bn_group_size` and
+    `frozen_bn` are passed to every forward. Masks default to the ones the first forward
+    draws, then stay fixed, so dropout and drop path are differentiated as the fixed linear
+    maps they are for one step.
     """
     __tracebackhide__ = True
     if model.dtype != np.float64:
         raise TypeError("model_gradcheck: the model must be float64")
-    model.forward(x, training=True, masks=masks)
+    bn = {"bn_group_size": bn_group_size, "frozen_bn": frozen_bn}
+    model.forward(x, training=training, masks=masks, **bn)
     fixed = dict(model.last_masks)
     inputs = dict(model.params)
     if check_input:
         inputs["input"] = np.array(x, dtype=np.float64)
 
     def f(arrs):
-        return model.forward(arrs.get("input", x), training=True, masks=fixed)
+        return model.forward(arrs.get("input", x), training=training, masks=fixed, **bn)
 
     def analytic(arrs, proj):
-        model.forward(arrs.get("input", x), training=True, masks=fixed)
+        model.forward(arrs.get("input", x), training=training, masks=fixed, **bn)
         grads, dx = model.backward(proj, return_input_grad=True)
         if check_input:
             grads["input"] = dx

@@ -8,48 +8,54 @@ drop path, pool, dropout, dense. A training forward records a tape of per-op cac
 with `+=`. Random masks come from `self.rng` unless given, and are recorded in
 `last_masks` under the canonical mask names so other backends can replay them.
 
+BN modes: train-mode BN normalises contiguous groups of `bn_group_size` samples with their
+own statistics (running-statistics rule: ops/batchnorm.py); `frozen_bn` trains with BN in
+inference mode (running statistics, not updated, gamma and beta still differentiated).
+An eval forward keeps only its input: `backward` after it re-runs that forward with a tape,
+so evaluation loops cost what they did, and eval-mode gradients (saliency) still work.
+
 Public tensors use canonical layouts (input NCHW, conv OIHW, dense (out, in)); the
 activations in between are CNHW (see ops/conv.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
-from effv2_spec.resolve import ConvBN, ParamEntry, ResolvedModel, as_resolved, resolve
+from effv2_spec.resolve import ConvBN, ResolvedModel, as_resolved, resolve
 from effv2_spec.weights import WeightsError, check_tensors, load_weights, save_weights
 
 from . import ops
+from .init import init_tensor  # noqa: F401 (re-exported: callers import it from here)
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
-def init_tensor(rng: np.random.Generator, entry: ParamEntry, dtype) -> np.ndarray:
-    """Draw one tensor by its init rule (in float64, so both dtypes get the same values)."""
-    kind, scale, shape = entry.init.kind, entry.init.scale, entry.shape
-    if kind == "zeros":
-        return np.zeros(shape, dtype=dtype)
-    if kind == "ones":
-        return np.ones(shape, dtype=dtype)
-    if kind == "normal":
-        return rng.normal(0.0, scale, shape).astype(dtype)
-    if kind == "uniform":
-        return rng.uniform(-scale, scale, shape).astype(dtype)
-    if kind == "truncated_normal":
-        # N(0, scale) truncated at 2 scale: redraw the outliers (what TF and PyTorch's trunc_normal_ mean)
-        z = rng.standard_normal(shape)
-        bad = np.abs(z) > 2.0
-        while bad.any():
-            z[bad] = rng.standard_normal(int(bad.sum()))
-            bad = np.abs(z) > 2.0
-        return (z * scale).astype(dtype)
-    raise ValueError(f"{entry.name}: unknown init kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class _EvalReplay:
+    """What an eval forward leaves for `backward`: its private cast input, re-run with a tape on demand."""
+    x: np.ndarray
+
+
+def bn_group_count(bn_group_size, batch: int) -> int:
+    """The number of BN statistics groups for a batch (bn_group_size None: one group, the whole batch)."""
+    if bn_group_size is None:
+        return 1
+    if isinstance(bn_group_size, bool) or not isinstance(bn_group_size, (int, np.integer)) or bn_group_size < 1:
+        raise ValueError(f"forward: bn_group_size must be a positive int or None, got {bn_group_size!r}")
+    if batch % bn_group_size:
+        raise ValueError(f"forward: bn_group_size {bn_group_size} must divide the batch size {batch} (the batch "
+                         "is cut into contiguous groups of bn_group_size samples)")
+    return batch // int(bn_group_size)
 
 
 class ReferenceModel:
-    """The oracle. `forward(x NCHW) -> logits`; `backward(dlogits) -> {name: grad}` after a training forward."""
+    """The oracle. `forward(x NCHW) -> logits`; `backward(dlogits) -> {name: grad}` after a forward."""
 
     def __init__(self, spec_or_resolved, dtype: str = "float32", seed: int = 0):
         self.resolved = as_resolved(spec_or_resolved)
@@ -77,12 +83,17 @@ class ReferenceModel:
             + (["classifier.dropout"] if resolved.classifier.dropout > 0 else []))
 
     # ---- forward -------------------------------------------------------------------------
-    def forward(self, x: np.ndarray, training: bool = False, masks: Mapping[str, np.ndarray] | None = None):
+    def forward(self, x: np.ndarray, training: bool = False, masks: Mapping[str, np.ndarray] | None = None, *,
+                bn_group_size: int | None = None, frozen_bn: bool = False):
         """Logits (N, num_classes) for images x (N, C, H, W).
 
-        training=True: batch statistics (running stats updated in place), dropout and drop
-        path with `masks` (drawn from `self.rng` when missing, recorded in `last_masks`), and a
-        tape for `backward`. training=False keeps nothing.
+        training=True: dropout and drop path with `masks` (drawn from `self.rng` when missing,
+        recorded in `last_masks`), a tape for `backward`, and BN with batch statistics of each
+        contiguous group of `bn_group_size` samples (None: the whole batch; it must divide N),
+        running stats updated in place by the rule of ops/batchnorm.py. frozen_bn=True: BN uses
+        the running statistics and leaves them alone; dropout and drop path stay on.
+        training=False: running statistics, no dropout or drop path; `backward` then gives
+        eval-mode gradients (it re-runs this forward with a tape, at the current parameters).
         """
         r = self.resolved
         x = np.asarray(x)
@@ -93,10 +104,26 @@ class ReferenceModel:
         if unknown:
             raise ValueError(f"forward: unknown mask(s) {', '.join(unknown)}; this model takes "
                              f"{', '.join(self.mask_names) or 'none'}")
-        tape: list | None = [] if training else None
+        groups = bn_group_count(bn_group_size, x.shape[0])
         self._tape = None
         self.last_masks = {}
-        x = x.astype(self.dtype)
+        x = x.astype(self.dtype)  # a private copy: an eval forward keeps it for `backward`
+        if not training:
+            logits = self._run(x, None, regularise=False, batch_stats=False, groups=1, masks=masks)
+            self._tape = _EvalReplay(x)
+            return logits
+        tape: list = []
+        logits = self._run(x, tape, regularise=True, batch_stats=not frozen_bn, groups=groups, masks=masks)
+        self._tape = tape
+        return logits
+
+    __call__ = forward
+
+    def _run(self, x: np.ndarray, tape: list | None, *, regularise: bool, batch_stats: bool, groups: int,
+             masks: dict) -> np.ndarray:
+        """The network on a cast NCHW batch. tape: where to record (None: nowhere); regularise:
+        dropout and drop path on; batch_stats: train-mode BN in `groups` groups, else running stats."""
+        r = self.resolved
         if r.normalize_in_model:
             norm = r.spec.input.normalization
             mean = np.asarray(norm.mean, dtype=self.dtype)[None, :, None, None]
@@ -104,39 +131,38 @@ class ReferenceModel:
             x = (x - mean) / std
         h = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
         n = h.shape[1]
-        h = self._conv_bn(r.stem, h, tape)
+        record = tape is not None
+        bn = (batch_stats, groups)
+        h = self._conv_bn(r.stem, h, tape, bn)
         for block in r.blocks:
             x_in = h
-            if training and block.residual:
+            if record and block.residual:
                 # replayed in reverse: skip_out stacks the gradient, skip_in adds it at the block input
                 tape.append(("skip_in", block.name, None))
             for layer in block.layers:
-                h = self._conv_bn(layer, h, tape) if isinstance(layer, ConvBN) else self._se(layer, h, tape)
+                h = self._conv_bn(layer, h, tape, bn) if isinstance(layer, ConvBN) else self._se(layer, h, tape)
             if block.residual:
                 rate = block.drop_path_rate
-                if training and rate > 0:
+                if regularise and rate > 0:
                     mask = self._mask(f"{block.name}.drop_path", (n,), rate, masks)
                     h, scale = ops.drop_path_forward(h, mask, rate)
                     tape.append(("drop_path", block.name, scale))
                 h = h + x_in
-                if training:
+                if record:
                     tape.append(("skip_out", block.name, None))
-        h = self._conv_bn(r.head, h, tape)
+        h = self._conv_bn(r.head, h, tape, bn)
         f, pool_shape = ops.global_avg_pool_forward(h)
-        if training:
+        if record:
             tape.append(("pool", "head", pool_shape))
         rate = r.classifier.dropout
-        if training and rate > 0:
+        if regularise and rate > 0:
             f, scale = ops.dropout_forward(f, self._mask("classifier.dropout", f.shape, rate, masks), rate)
             tape.append(("dropout", "classifier", scale))
         w, b = self.params["classifier.weight"], self.params["classifier.bias"]
         logits, cache = ops.dense_forward(f, w, b)
-        if training:
+        if record:
             tape.append(("dense", "classifier", cache))
-            self._tape = tape
         return logits
-
-    __call__ = forward
 
     def _mask(self, name: str, shape: tuple, rate: float, masks: dict) -> np.ndarray:
         if name in masks:
@@ -149,20 +175,24 @@ class ReferenceModel:
         self.last_masks[name] = m
         return m
 
-    def _conv_bn(self, unit: ConvBN, h: np.ndarray, tape: list | None) -> np.ndarray:
+    def _conv_bn(self, unit: ConvBN, h: np.ndarray, tape: list | None, bn: tuple[bool, int]) -> np.ndarray:
+        """conv, BN, activation. bn = (batch_stats, groups): train-mode BN in that many groups,
+        or (False, _) for the running statistics."""
         r, p = self.resolved, unit.name
         pads = ops.conv_pads(r.padding, h.shape[2:], unit.kernel, unit.stride)
         w = self.params[f"{p}.conv.weight"]
         h, conv_cache = ops.conv2d_forward(h, w, stride=unit.stride, pads=pads, groups=unit.groups)
         gamma, beta = self.params[f"{p}.bn.weight"], self.params[f"{p}.bn.bias"]
         rm, rv = self.buffers[f"{p}.bn.running_mean"], self.buffers[f"{p}.bn.running_var"]
-        if tape is None:
-            h = ops.batch_norm_eval_forward(h, gamma, beta, rm, rv, eps=r.bn_eps)
-            bn_cache = None
-        else:
-            h, bn_cache, mean, var = ops.batch_norm_train_forward(h, gamma, beta, eps=r.bn_eps)
-            n = h.shape[1] * h.shape[2] * h.shape[3]
+        batch_stats, groups = bn
+        if batch_stats:
+            h, bn_cache, mean, var = ops.batch_norm_train_forward(h, gamma, beta, eps=r.bn_eps, groups=groups)
+            n = h.shape[1] // groups * h.shape[2] * h.shape[3]  # values per channel in one group
             ops.update_running_stats(rm, rv, mean, var, n, momentum=r.bn_momentum, running_var_kind=r.bn_running_var)
+        else:
+            # an affine map; its backward needs only the input (for dgamma), which the tape keeps
+            bn_cache = h if tape is not None else None
+            h = ops.batch_norm_eval_forward(h, gamma, beta, rm, rv, eps=r.bn_eps)
         act_cache = None
         if unit.activation:
             h, act_cache = ops.activation_forward(r.activation, h)
@@ -183,13 +213,18 @@ class ReferenceModel:
     def backward(self, dlogits: np.ndarray, return_input_grad: bool = False):
         """Gradients of sum(logits * dlogits) for every trainable parameter (canonical names).
 
-        Needs the tape of the last training-mode forward (consumed here). With
-        `return_input_grad`, returns (grads, dx) with dx shaped like the input (N, C, H, W).
+        Uses the tape of the last forward (consumed here): train mode as it ran (BN groups,
+        frozen BN, masks); after an eval forward, eval-mode gradients (running statistics, no
+        dropout or drop path). With `return_input_grad`, returns (grads, dx) with dx shaped
+        like the input (N, C, H, W), e.g. for saliency maps.
         """
         if self._tape is None:
-            raise RuntimeError("backward: call forward(x, training=True) first (eval forwards keep no tape, "
-                               "and each tape is used once)")
+            raise RuntimeError("backward: call forward(x) first (each forward's tape is used by one backward)")
         tape, self._tape = self._tape, None
+        if isinstance(tape, _EvalReplay):
+            tape_list: list = []
+            self._run(tape.x, tape_list, regularise=False, batch_stats=False, groups=1, masks={})
+            tape = tape_list
         r = self.resolved
         grads = {name: np.zeros_like(v) for name, v in self.params.items()}
         g = np.asarray(dlogits, dtype=self.dtype)
@@ -230,7 +265,12 @@ class ReferenceModel:
         p = unit.name
         if unit.activation:
             g = ops.activation_backward(self.resolved.activation, g, act_cache)
-        g, dgamma, dbeta = ops.batch_norm_backward(g, bn_cache)
+        if isinstance(bn_cache, np.ndarray):  # running statistics: the cache is BN's input
+            g, dgamma, dbeta = ops.batch_norm_eval_backward(
+                g, bn_cache, self.params[f"{p}.bn.weight"], self.buffers[f"{p}.bn.running_mean"],
+                self.buffers[f"{p}.bn.running_var"], eps=self.resolved.bn_eps)
+        else:
+            g, dgamma, dbeta = ops.batch_norm_backward(g, bn_cache)
         grads[f"{p}.bn.weight"] += dgamma
         grads[f"{p}.bn.bias"] += dbeta
         g, dw = ops.conv2d_backward(g, conv_cache)

@@ -170,6 +170,48 @@ def _bn_train_vjp_bwd(eps, res, cotangents):
 batch_norm_train.defvjp(_bn_train_vjp_fwd, _bn_train_vjp_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train_grouped(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, groups: int):
+    """`batch_norm_train` with statistics per group: the batch cut into `groups` contiguous groups of
+    N/groups samples, each normalised with its own mean and biased variance over (N/groups, H, W).
+
+    Returns (y, mean, var) with mean and var of shape (groups, C). Under SPMD `jit` on a batch sharded
+    over devices, a group inside one device stays local; a group spanning devices is reduced across them.
+    """
+    y, res = _bn_group_fwd(x, scale, bias, eps, groups)
+    return y, res[1][:, 0, 0, 0], res[2][:, 0, 0, 0]
+
+
+def _bn_group_fwd(x, scale, bias, eps, groups):
+    xg = x.reshape((groups, x.shape[0] // groups) + x.shape[1:])
+    mean = jnp.mean(xg, axis=(1, 2, 3), keepdims=True)
+    xc = xg - mean
+    var = jnp.mean(jnp.square(xc), axis=(1, 2, 3), keepdims=True)
+    y = xc / jnp.sqrt(var + eps) * scale + bias
+    return y.reshape(x.shape), (xg, mean, var, scale)
+
+
+def _bn_group_vjp_fwd(x, scale, bias, eps, groups):
+    y, res = _bn_group_fwd(x, scale, bias, eps, groups)
+    return (y, res[1][:, 0, 0, 0], res[2][:, 0, 0, 0]), res
+
+
+def _bn_group_vjp_bwd(eps, groups, res, cotangents):
+    xg, mean, var, scale = res
+    dy = cotangents[0].reshape(xg.shape)
+    n = xg.shape[1] * xg.shape[2] * xg.shape[3]
+    inv = 1.0 / jnp.sqrt(var + eps)
+    xhat = (xg - mean) * inv
+    dbias = jnp.sum(dy, axis=(1, 2, 3), keepdims=True)
+    dscale = jnp.sum(dy * xhat, axis=(1, 2, 3), keepdims=True)
+    dx = (scale * inv / n) * (n * dy - dbias - xhat * dscale)
+    n_all = xg.shape[0] * xg.shape[1]
+    return dx.reshape((n_all,) + xg.shape[2:]), jnp.sum(dscale, axis=(0, 1, 2, 3)), jnp.sum(dbias, axis=(0, 1, 2, 3))
+
+
+batch_norm_train_grouped.defvjp(_bn_group_vjp_fwd, _bn_group_vjp_bwd)
+
+
 class BatchNorm(nnx.Module):
     """BN over (N, H, W): scale, bias (Param) and mean, var (BatchStat); momentum in the PyTorch convention."""
 
@@ -181,12 +223,29 @@ class BatchNorm(nnx.Module):
         self.mean = nnx.BatchStat(_const((channels,), 0.0, dtype))
         self.var = nnx.BatchStat(_const((channels,), 1.0, dtype))
         self.eps, self.momentum, self.estimator = float(eps), float(momentum), running_var
+        # Trainers set these (static attributes: each value compiles its own step): `groups` > 1 cuts
+        # the batch into that many contiguous statistics groups; `frozen` keeps BN in inference mode
+        # (running statistics, not updated) while the rest of the network trains.
+        self.groups: Optional[int] = None
+        self.frozen = False
 
     def __call__(self, x: jax.Array, training: bool) -> jax.Array:
-        if training:
+        if training and self.frozen:
+            training = False
+        if training and self.groups is not None and self.groups > 1:
+            y, mean, var = batch_norm_train_grouped(x, self.scale[...], self.bias[...], self.eps, self.groups)
+            n = (x.shape[0] // self.groups) * x.shape[1] * x.shape[2]
+            if self.estimator == "unbiased":
+                if n < 2:
+                    raise ValueError("batch norm: the unbiased running variance needs more than one value per "
+                                     f"channel and statistics group (got {n})")
+                var = var * (n / (n - 1))
+            mean, folded = jnp.mean(mean, axis=0), jnp.mean(var, axis=0)
+        elif training:
             y, mean, var = batch_norm_train(x, self.scale[...], self.bias[...], self.eps)
             n = x.shape[0] * x.shape[1] * x.shape[2]
             folded = var * (n / (n - 1)) if self.estimator == "unbiased" and n > 1 else var
+        if training:
             m = self.momentum
             self.mean[...] = (1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
             self.var[...] = (1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(folded)

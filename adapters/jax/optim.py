@@ -36,9 +36,12 @@ def decay_mask(names: Sequence[str], config: TrainingConfig, resolved: ResolvedM
     return {n: resolved.param(n).role in roles for n in names}
 
 
-def make_optimizer(config: TrainingConfig, learning_rate, mask: Mapping[str, bool] | None = None
-                   ) -> optax.GradientTransformation:
-    """The optax transformation for `config`; `learning_rate` a float or an optax schedule."""
+def make_optimizer(config: TrainingConfig, learning_rate, mask: Mapping[str, bool] | None = None,
+                   clip_norm: float | None = None) -> optax.GradientTransformation:
+    """The optax transformation for `config`; `learning_rate` a float or an optax schedule.
+
+    With `clip_norm`, `optax.clip_by_global_norm` sits between the L2 term and the optimiser: the
+    oracle clips the gradient the L2 term was added to (effv2_reference.optim.effective_grads)."""
     opt = config.optimizer
     if opt.type == "sgd":
         core = optax.sgd(learning_rate, momentum=opt.momentum or None, nesterov=bool(opt.nesterov and opt.momentum))
@@ -57,6 +60,8 @@ def make_optimizer(config: TrainingConfig, learning_rate, mask: Mapping[str, boo
             )
     else:  # pragma: no cover - the schema admits only the two
         raise ValueError(f"unknown optimizer {opt.type!r}")
+    if clip_norm is not None:
+        core = optax.chain(optax.clip_by_global_norm(float(clip_norm)), core)
     rate = float(config.weight_decay.rate)
     if rate == 0.0 or (mask is not None and not any(mask.values())):
         return core

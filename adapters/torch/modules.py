@@ -100,10 +100,20 @@ class BatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
         self.eps, self.momentum, self.estimator = eps, momentum, running_var
+        # Statistics groups (docs/internals.md): samples of this process per group (None: its whole
+        # batch); `group_sum` sums a tensor over the `group_span` processes sharing a group
+        # (differentiable); `replica_mean` averages over all processes (running statistics stay
+        # identical everywhere).
+        self.group_size: Optional[int] = None
+        self.group_span = 1
+        self.group_sum = None
+        self.replica_mean = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        if self.group_size is not None or self.group_sum is not None or self.replica_mean is not None:
+            return self._grouped(x)
         if x.shape[0] * x.shape[2] * x.shape[3] == 1:  # torch refuses one value per channel; the formula does not
             return self._single_value(x)
         if self.estimator == "unbiased":  # torch's own update folds in the unbiased variance
@@ -116,6 +126,41 @@ class BatchNorm(nn.Module):
             self.running_mean.mul_(1.0 - m).add_(mean, alpha=m)
             self.running_var.mul_(1.0 - m).add_(var, alpha=m)
         return y
+
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch statistics per contiguous group of samples; running statistics = mean over the groups
+        of each group's (converted) statistics, then one momentum update."""
+        n, c, h, w = x.shape
+        g = self.group_size or n
+        if n % g:
+            raise ValueError(f"batch norm: a group of {g} samples does not divide this process's batch of {n}")
+        xg = x.reshape(n // g, g, c, h, w)
+        count = g * h * w * self.group_span
+        total = xg.sum(dim=(1, 3, 4))
+        if self.group_sum is not None:
+            total = self.group_sum(total)
+        mean = total / count
+        centred = xg - mean[:, None, :, None, None]
+        sq = (centred * centred).sum(dim=(1, 3, 4))
+        if self.group_sum is not None:
+            sq = self.group_sum(sq)
+        var = sq / count
+        scale = torch.rsqrt(var + self.eps) * self.weight
+        y = centred * scale[:, None, :, None, None] + self.bias[None, None, :, None, None]
+        with torch.no_grad():
+            v = var.detach()
+            if self.estimator == "unbiased":
+                if count < 2:
+                    raise ValueError("batch norm: the unbiased running variance needs more than one value per "
+                                     f"channel in a group (got {count})")
+                v = v * (count / (count - 1))
+            stats = torch.stack([mean.detach().mean(dim=0), v.mean(dim=0)])
+            if self.replica_mean is not None:
+                stats = self.replica_mean(stats)
+            m = self.momentum
+            self.running_mean.mul_(1.0 - m).add_(stats[0], alpha=m)
+            self.running_var.mul_(1.0 - m).add_(stats[1], alpha=m)
+        return y.reshape(n, c, h, w)
 
     def _single_value(self, x: torch.Tensor) -> torch.Tensor:
         """n = 1: the batch variance is 0, so y = bias; the unbiased estimate is undefined, the biased one used."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from effv2_spec.resolve import ResolvedModel, SqueezeExcite
-from effv2_spec.weights import WeightsError, atomic_write_bytes, check_tensors, mismatch
+from effv2_spec.weights import WeightsError, atomic_write_bytes, check_tensors, mismatch, reproducible_safetensors
 
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
@@ -110,15 +111,17 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
         head = f.read(16)
     is_safetensors = path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{")
     try:
-        if is_safetensors:
-            from safetensors.torch import load_file
+        with warnings.catch_warnings():  # torch warns about pickle protocols with its own file paths
+            warnings.simplefilter("ignore")
+            if is_safetensors:
+                from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+                state = load_file(str(path))
+            else:
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         kind = "safetensors" if is_safetensors else "torch.save"
-        raise WeightsError(f"{path}: not a readable {kind} state dict ({type(exc).__name__}: {exc})") from None
+        raise WeightsError(f"{path}: not a readable {kind} state dict ({_load_failure(exc)})") from None
     if isinstance(state, dict):
         for key in WRAPPER_KEYS:
             if key in state and isinstance(state[key], dict) and not isinstance(state[key], torch.Tensor):
@@ -129,6 +132,18 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return dict(state)
+
+
+def _load_failure(exc: Exception) -> str:
+    """One line for why torch.load refused a file, without torch's advice to load it unsafely."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[-1].strip() if "WeightsUnpickler error:" in text else ""
+        reason = reason.split("\n")[0].split(" was not an allowed global")[0].strip()
+        return ("torch's weights-only loader refused it" + (f": {reason[:120]}" if reason else "")
+                + "; only a state dict of tensors is read (save model.state_dict(), not the model)")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first[:200]}"
 
 
 def _to_numpy(t) -> np.ndarray:
@@ -182,7 +197,8 @@ def _export(tensors, spec, path, target: str) -> None:
     if str(path).endswith(".safetensors"):
         from safetensors.torch import save
 
-        data = save({k: v.contiguous() for k, v in state.items()}, metadata={"format": "pt", "effv2_layout": target})
+        data = reproducible_safetensors(save({k: v.contiguous() for k, v in state.items()},
+                                             metadata={"format": "pt", "effv2_layout": target}))
     else:
         buf = io.BytesIO()
         torch.save(state, buf)

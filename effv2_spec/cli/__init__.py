@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "generate": "effv2_adapters.cli:generate",
     "check": "effv2_adapters.cli:check",
     "convert": "effv2_adapters.cli:convert",
+    "predict": "effv2_adapters.cli_predict:predict",
+    "eval": "effv2_adapters.cli_predict:evaluate",
 }
 
 _HELP = {
@@ -34,7 +36,17 @@ _HELP = {
     "generate": "Emit a standalone PyTorch or JAX model file from a spec.",
     "check": "Compare a framework model against the oracle, tensor by tensor.",
     "convert": "Convert peer weights (torchvision, timm, Keras) to canonical safetensors and back.",
+    "predict": "Top-K classes of images with canonical weights (oracle, torch or jax).",
+    "eval": "Top-1/top-5 accuracy and images/s on an image folder or .npz.",
 }
+
+
+_OWN_PACKAGES = ("effv2", "effv2_spec", "effv2_reference", "effv2_adapters")
+
+
+def _third_party(module: str | None) -> bool:
+    """True when the missing module is someone else's (an optional dependency), not part of effv2."""
+    return bool(module) and module.split(".")[0] not in _OWN_PACKAGES
 
 
 class LazyGroup(click.Group):
@@ -48,8 +60,10 @@ class LazyGroup(click.Group):
         module, attr = target.split(":")
         try:
             return getattr(importlib.import_module(module), attr)
-        except ImportError as exc:
-            missing = exc.name or str(exc)
+        except ModuleNotFoundError as exc:
+            if not _third_party(exc.name):
+                raise  # a broken import inside effv2 is a bug to surface, not a missing extra
+            missing = exc.name
 
             @click.command(name=name, help=_HELP.get(name), context_settings={"ignore_unknown_options": True})
             @click.argument("args", nargs=-1, type=click.UNPROCESSED)

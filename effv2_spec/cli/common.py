@@ -19,12 +19,30 @@ class SpecInputError(click.ClickException):
         click.echo(self.format_message(), err=True)
 
 
+def display_name(source) -> str:
+    """A user-given path or name as a message shows it: quoted and escaped when empty or unprintable."""
+    text = str(source)
+    return text if text and text.isprintable() else repr(text)
+
+
 def load_or_fail(loader, source: str):
-    """Run `loader(source)`; turn a SpecError into a one-line-per-problem click error."""
+    """Run `loader(source)`; turn a SpecError into a one-line-per-problem click error.
+
+    A bare preset name wins over a file or folder of the same name here; say so on stderr."""
+    from ..documents import shadowed_preset
+
+    note = shadowed_preset(source)
+    if note:
+        click.echo(note, err=True)
     try:
         return loader(source)
     except SpecError as exc:
-        raise SpecInputError("\n".join(exc.lines(str(source)))) from None
+        raise SpecInputError("\n".join(exc.lines(display_name(source)))) from None
+
+
+def cannot_write(path, exc: OSError) -> SpecInputError:
+    """One line for a failed output write: the path the user gave and the system's reason."""
+    return SpecInputError(f"{display_name(path)}: cannot write ({exc.strerror or exc})")
 
 
 def echo_json(obj) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import click
 
 from ..documents import load_schedule
-from .common import SpecInputError, echo_json, load_or_fail, print_table
+from .common import SpecInputError, cannot_write, echo_json, load_or_fail, print_table
 
 
 @click.command()
 @click.argument("schedule_source", metavar="SCHEDULE")
-@click.option("--steps-per-epoch", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Needed when the schedule gives total_epochs instead of total_steps.")
+@click.option("--steps-per-epoch", type=click.FloatRange(min=1), default=None,
+              help="Needed when the schedule gives total_epochs instead of total_steps (>= 1).")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of stages (image_size, steps, each regularizer).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG plot.")
 def schedule(schedule_source: str, steps_per_epoch: float | None, as_json: bool, plot_path: str | None) -> None:
@@ -59,4 +59,7 @@ def _plot(sched, flat, path: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as exc:
+        raise cannot_write(path, exc) from None

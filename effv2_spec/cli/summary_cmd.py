@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..accounting import block_rows, count
+from ..architecture import MAX_IMAGE_SIZE
 from ..documents import load_architecture
 from ..resolve import compound_image_size, resolve
 from .common import SpecInputError, echo_json, load_or_fail, print_table
@@ -12,7 +13,7 @@ from .common import SpecInputError, echo_json, load_or_fail, print_table
 
 @click.command()
 @click.argument("spec")
-@click.option("--image-size", type=click.IntRange(min=1), default=None,
+@click.option("--image-size", type=click.IntRange(min=1, max=MAX_IMAGE_SIZE), default=None,
               help="Input height = width (default: the spec's eval size).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (params, buffers, macs, blocks).")
 def summary(spec: str, image_size: int | None, as_json: bool) -> None:

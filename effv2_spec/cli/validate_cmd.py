@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..documents import load_document
+from ..documents import load_document, shadowed_preset
 from ..errors import SpecError
+from .common import display_name
 
 
 @click.command()
@@ -19,14 +20,18 @@ def validate(files: tuple[str, ...], quiet: bool) -> None:
     """
     failed = False
     for name in files:
+        shown = display_name(name)
+        note = shadowed_preset(name)
+        if note:
+            click.echo(note, err=True)
         try:
             doc = load_document(name)
         except SpecError as exc:
             failed = True
-            for line in exc.lines(name):
+            for line in exc.lines(shown):
                 click.echo(line, err=True)
             continue
         if not quiet:
-            click.echo(f"{name}: valid {doc.kind} {doc.name!r}")
+            click.echo(f"{shown}: valid {doc.kind} {doc.name!r}")
     if failed:
         raise SystemExit(1)

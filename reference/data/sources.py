@@ -11,12 +11,14 @@ training seed, stratified by class) so every run and every seed evaluates on the
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..ops.resize import resize_bilinear
+from ..npzfile import NpzError, read_npz
+from .resize import resize_bilinear
 
 #: fraction of each class kept out of training for evaluation
 HELDOUT_FRACTION = 0.2
@@ -88,24 +90,22 @@ def load_npz(path: str | os.PathLike, num_classes: int, channels: int) -> Datase
     """An `.npz` with `images` (uint8 N x H x W x C) and `labels` (integers in [0, num_classes))."""
     p = str(path)
     try:
-        with np.load(p, allow_pickle=False) as z:
-            keys = set(z.files)
-            missing = [k for k in ("images", "labels") if k not in keys]
-            if missing:
-                raise DataError(f"{p}: missing array(s) {', '.join(missing)}; an .npz needs 'images' (uint8 NHWC) "
-                                f"and 'labels' (found: {', '.join(sorted(keys)) or 'none'})")
-            images, labels = z["images"], z["labels"]
-    except DataError:
-        raise
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{p}: not a readable .npz file ({exc})") from None
-    return check_arrays(images, labels, num_classes, channels, p)
+        arrays = read_npz(p)
+    except NpzError as exc:
+        raise DataError(f"{p}: not a readable .npz file: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    missing = [k for k in ("images", "labels") if k not in arrays]
+    if missing:
+        raise DataError(f"{p}: missing array(s) {', '.join(missing)}; an .npz needs 'images' (uint8 NHWC) "
+                        f"and 'labels' (found: {', '.join(sorted(arrays)) or 'none'})")
+    return check_arrays(arrays["images"], arrays["labels"], num_classes, channels, p)
 
 
 def load_folder(path: str | os.PathLike, num_classes: int, channels: int, size: int) -> Dataset:
     """root/<class>/<image>: classes are the sorted sub-folder names; images resized to size x size."""
     try:
-        from PIL import Image, UnidentifiedImageError
+        import PIL.Image  # noqa: F401  (only to say early that Pillow is missing)
     except ImportError:
         raise DataError(f"{path}: reading an image folder needs Pillow (pip install 'effv2[reference]')") from None
     root = Path(path)
@@ -123,26 +123,47 @@ def load_folder(path: str | os.PathLike, num_classes: int, channels: int, size: 
         if not files:
             raise DataError(f"{root / name}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for f in files:
-            try:
-                with Image.open(f) as im:
-                    im = im.convert(mode).resize((size, size), Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.uint8)
-            except (OSError, UnidentifiedImageError) as exc:
-                raise DataError(f"{f}: not a readable image ({exc})") from None
+            arr = _read_image(f, mode, size)
             images.append(arr if arr.ndim == 3 else arr[..., None])
             labels.append(label)
     return check_arrays(np.stack(images), np.asarray(labels, dtype=np.int64), num_classes, channels, str(root))
+
+
+def _read_image(f: Path, mode: str, size: int) -> np.ndarray:
+    """One image as uint8 size x size; anything Pillow cannot or should not decode is a DataError.
+
+    Pillow only warns between its pixel limit and twice that; the warning is made an error, since
+    an image that large is a decompression bomb here, not a training example."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(f) as im:
+                im = im.convert(mode).resize((size, size), Image.BILINEAR)
+                return np.asarray(im, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{f}: image too large to decode safely ({exc})") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError) as exc:  # Pillow's decoder errors
+        raise DataError(f"{f}: not a readable image ({type(exc).__name__}: {exc})") from None
 
 
 def load_source(source: str, num_classes: int, channels: int, size: int) -> Dataset:
     """'digits', a .npz file or an image folder, by what `source` is."""
     if source == "digits":
         return load_digits(size, channels, num_classes)
+    if source == "":
+        raise DataError("--data: an empty path names no file or folder")
     p = Path(source)
     if not p.exists():
         raise DataError(f"{source}: no such file or folder (use 'digits', an .npz file or an image folder)")
     if p.is_dir():
-        return load_folder(p, num_classes, channels, size)
+        try:
+            return load_folder(p, num_classes, channels, size)
+        except OSError as exc:  # an unreadable sub-folder (permissions)
+            raise DataError(f"{exc.filename or source}: cannot read ({exc.strerror or exc})") from None
     return load_npz(p, num_classes, channels)
 
 
@@ -150,7 +171,7 @@ def split(data: Dataset, fraction: float = HELDOUT_FRACTION, seed: int = SPLIT_S
     """(train, held-out): `fraction` of each class held out, chosen by a fixed generator."""
     rng = np.random.default_rng(seed)
     held = []
-    for c in range(data.num_classes):
+    for c in np.unique(data.labels):  # the classes present: num_classes may be far larger
         idx = np.flatnonzero(data.labels == c)
         if idx.size < 2:
             continue  # a lone example trains; it cannot also be held out

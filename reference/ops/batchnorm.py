@@ -5,6 +5,15 @@ n = N*H*W), as TF and PyTorch both do; the running statistics are updated separa
 `update_running_stats` in the PyTorch momentum convention (`m` = weight of the new batch
 statistic), folding in either the biased variance (TF/Keras) or the unbiased one
 (PyTorch, `v * n / (n - 1)`). Eval uses the running statistics and needs no cache.
+
+Statistics groups (`groups=k`): the batch axis is cut into k contiguous groups of N/k
+samples and each group is normalised with its own mean and biased variance over its
+n_g = (N/k)*H*W values per channel (what plain DDP, TPU per-core BN and "ghost" BN
+compute). The backward is exact per group. Running statistics rule, the same on every
+replica: each group's variance is converted by the running-variance convention with its
+own n_g (unbiased: var_g * n_g / (n_g - 1)), then the group means and the converted
+group variances are each averaged over the groups (one all-reduce-mean across replicas),
+then one momentum update r = (1 - m) r + m * average. With k = 1 this is the plain rule.
 """
 
 from __future__ import annotations
@@ -18,10 +27,11 @@ from ..kernels.elementwise import bn_backward_dx_kernel, bn_normalize_kernel
 
 @dataclass
 class BatchNormCache:
-    xhat: np.ndarray  # (C, n) normalised input
-    inv_std: np.ndarray  # (C,)
-    gamma: np.ndarray
+    xhat: np.ndarray  # (C * groups, n_g) normalised input, one row per (channel, group)
+    inv_std: np.ndarray  # (C * groups,)
+    gamma: np.ndarray  # (C,)
     shape: tuple[int, ...]
+    groups: int = 1
 
 
 def _vec(v: np.ndarray, dtype) -> np.ndarray:
@@ -32,12 +42,34 @@ def _rows(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x).reshape(x.shape[0], -1)
 
 
-def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float):
-    """y = (x - mean) / sqrt(var + eps) * gamma + beta with batch stats.
+def _group_rows(x: np.ndarray, groups: int) -> np.ndarray:
+    """(C * groups, N/groups * H * W): row c * groups + j is channel c of the j-th group of samples.
 
-    Returns (y, cache, mean, var) with `var` the biased batch variance, both (C,).
+    A reshape of the contiguous CNHW array (N is the second axis), so no copy; groups=1 is `_rows`.
     """
-    x2 = _rows(x)
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or x.shape[1] % groups:
+        raise ValueError(f"batch norm: groups must be a positive int dividing the batch size N = {x.shape[1]} "
+                         f"(got {groups!r})")
+    return np.ascontiguousarray(x).reshape(x.shape[0] * groups, -1)
+
+
+def _per_row(v: np.ndarray, groups: int) -> np.ndarray:
+    """A per-channel vector repeated for each group row (v itself for one group, to keep that path unchanged)."""
+    return np.repeat(v, groups) if groups > 1 else v
+
+
+def _sum_groups(v: np.ndarray, groups: int) -> np.ndarray:
+    """Per-row sums (C * groups,) -> per-channel sums (C,)."""
+    return v.reshape(-1, groups).sum(axis=1) if groups > 1 else v
+
+
+def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float, groups: int = 1):
+    """y = (x - mean) / sqrt(var + eps) * gamma + beta with batch stats (per group of samples).
+
+    Returns (y, cache, mean, var) with `var` the biased batch variance, both (C,); with
+    groups=k > 1 (k contiguous groups of N/k samples, see the module docstring) both are (C, k).
+    """
+    x2 = _group_rows(x, groups)
     mean = x2.mean(axis=1)
     centred = x2 - mean[:, None]
     var = np.einsum("cm,cm->c", centred, centred) / x2.shape[1]
@@ -45,22 +77,26 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     inv_std = inv_std.astype(x.dtype)
     xhat = centred  # normalised in place: the centred buffer is not needed any more
     y = np.empty_like(xhat)
-    bn_normalize_kernel(xhat, inv_std, _vec(gamma, x.dtype), _vec(beta, x.dtype), y)
-    return y.reshape(x.shape), BatchNormCache(xhat, inv_std, gamma, x.shape), mean, var
+    bn_normalize_kernel(xhat, inv_std, _vec(_per_row(gamma, groups), x.dtype), _vec(_per_row(beta, groups), x.dtype),
+                        y)
+    if groups > 1:
+        mean, var = mean.reshape(-1, groups), var.reshape(-1, groups)
+    return y.reshape(x.shape), BatchNormCache(xhat, inv_std, gamma, x.shape, groups), mean, var
 
 
 def batch_norm_backward(dy: np.ndarray, cache: BatchNormCache):
-    """(dx, dgamma, dbeta) for the training forward (statistics depend on x)."""
-    dy2 = _rows(dy)
+    """(dx, dgamma, dbeta) for the training forward (statistics depend on x, group by group)."""
+    k = cache.groups
+    dy2 = _group_rows(dy, k)
     n = dy2.shape[1]
     dbeta = dy2.sum(axis=1)
     dgamma = np.einsum("cm,cm->c", dy2, cache.xhat)
-    # dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
+    # per row (channel, group): dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
     dt = dy2.dtype
     dx = np.empty_like(dy2)
-    bn_backward_dx_kernel(dy2, cache.xhat, _vec(cache.gamma * cache.inv_std, dt), _vec(dbeta / n, dt),
+    bn_backward_dx_kernel(dy2, cache.xhat, _vec(_per_row(cache.gamma, k) * cache.inv_std, dt), _vec(dbeta / n, dt),
                           _vec(dgamma / n, dt), dx)
-    return dx.reshape(cache.shape), dgamma, dbeta
+    return dx.reshape(cache.shape), _sum_groups(dgamma, k), _sum_groups(dbeta, k)
 
 
 def batch_norm_eval_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
@@ -84,14 +120,21 @@ def batch_norm_eval_backward(dy: np.ndarray, x: np.ndarray, gamma: np.ndarray, r
 
 def update_running_stats(running_mean: np.ndarray, running_var: np.ndarray, mean: np.ndarray, var: np.ndarray,
                          n: int, *, momentum: float, running_var_kind: str) -> None:
-    """In place: r = (1 - m) * r + m * batch; `var` is biased, converted when 'unbiased'."""
+    """In place: r = (1 - m) * r + m * batch; `var` is biased, converted when 'unbiased'.
+
+    mean, var: (C,) for one statistics group of n values per channel, or (C, k) for k groups
+    of n values each: each group's variance is converted with its own n, then the means and
+    the converted variances are averaged over the groups before the one momentum update.
+    """
     if running_var_kind == "unbiased":
         if n < 2:
             raise ValueError("batch norm: the unbiased running variance needs more than one value per channel "
-                             f"(N*H*W = {n})")
+                             f"and statistics group (N*H*W per group = {n})")
         var = var * (n / (n - 1))
     elif running_var_kind != "biased":
         raise ValueError(f"batch norm: unknown running_var convention {running_var_kind!r}")
+    if np.ndim(mean) == 2:
+        mean, var = mean.mean(axis=1), var.mean(axis=1)
     running_mean *= 1.0 - momentum
     running_mean += momentum * mean
     running_var *= 1.0 - momentum

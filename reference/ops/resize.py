@@ -1,45 +1,6 @@
-"""Bilinear image resize (forward only), half-pixel centres, no antialiasing.
+"""Bilinear resize: re-exported from effv2_reference.data.resize, where it lives so that the data
+pipeline imports no Numba (importing effv2_reference.ops loads the Numba kernels)."""
 
-This is TF2 `tf.image.resize(..., 'bilinear', antialias=False)` and PyTorch
-`F.interpolate(mode='bilinear', align_corners=False)`: output pixel centre d maps to
-source coordinate (d + 0.5) * in / out - 0.5, clamped at 0; neighbours clamp at the edge.
-Separable, so it is two small matrix products over the last two axes.
-"""
+from ..data.resize import interpolation_matrix, resize_bilinear
 
-from __future__ import annotations
-
-import numpy as np
-
-
-def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out_size, in_size) linear-interpolation weights along one axis (float64, rows sum to 1)."""
-    if in_size < 1 or out_size < 1:
-        raise ValueError(f"resize: sizes must be >= 1 (got {in_size} -> {out_size})")
-    src = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
-    src = np.maximum(src, 0.0)
-    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    hi = np.minimum(lo + 1, in_size - 1)
-    frac = src - lo
-    m = np.zeros((out_size, in_size))
-    rows = np.arange(out_size)
-    np.add.at(m, (rows, lo), 1.0 - frac)
-    np.add.at(m, (rows, hi), frac)
-    return m
-
-
-def resize_bilinear(x: np.ndarray, size, *, channels_last: bool = False) -> np.ndarray:
-    """Resize images to `size` (int or (H, W)).
-
-    x: (..., H, W) (e.g. NCHW or CHW), or (..., H, W, C) with `channels_last=True`.
-    Returns x's dtype (integer inputs give float32).
-    """
-    out_h, out_w = (size, size) if np.isscalar(size) else size
-    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float32)
-    if channels_last:
-        x = np.moveaxis(x, -1, -3)
-    mh = interpolation_matrix(x.shape[-2], out_h).astype(dtype)
-    mw = interpolation_matrix(x.shape[-1], out_w).astype(dtype)
-    y = mh @ x.astype(dtype, copy=False) @ mw.T
-    if channels_last:
-        y = np.moveaxis(y, -3, -1)
-    return np.ascontiguousarray(y)
+__all__ = ["interpolation_matrix", "resize_bilinear"]

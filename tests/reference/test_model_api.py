@@ -60,14 +60,15 @@ def test_truncated_normal_init_stays_within_two_std():
     assert w.std() == pytest.approx(math.sqrt(2 / 256), rel=0.03)
 
 
-def test_eval_forward_keeps_no_tape_and_backward_needs_training(nano):
+def test_eval_forward_leaves_state_alone_and_its_tape_is_used_once(nano):
     x = np.random.default_rng(0).standard_normal((2, 3, 17, 23))
     before = {k: v.copy() for k, v in nano.buffers.items()}
     logits = nano.forward(x)
     assert logits.shape == (2, 10) and logits.dtype == np.float64
-    assert nano._tape is None and nano.last_masks == {}
+    assert nano.last_masks == {}
     assert all(np.array_equal(before[k], v) for k, v in nano.buffers.items())
-    with pytest.raises(RuntimeError, match="training=True"):
+    nano.backward(np.ones((2, 10)))  # eval-mode gradients: checked in test_bn_groups.py
+    with pytest.raises(RuntimeError, match="call forward"):
         nano.backward(np.ones((2, 10)))
     with pytest.raises(ValueError, match=r"expected input \(N, 3, H, W\)"):
         nano.forward(np.zeros((2, 4, 8, 8)))

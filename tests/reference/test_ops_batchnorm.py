@@ -79,3 +79,54 @@ def test_eval_backward_gradcheck():
         return {"x": dx, "gamma": dg, "beta": db}
 
     gradcheck(f, {"x": x, "gamma": gamma, "beta": beta}, analytic, rtol=1e-7)
+
+
+# ---- statistics groups -----------------------------------------------------------------------
+def test_grouped_forward_normalises_each_group_on_its_own():
+    x, gamma, beta = _x((3, 6, 4, 5))  # C=3, N=6: three groups of two samples
+    y, _, mean, var = batch_norm_train_forward(x, gamma, beta, eps=1e-3, groups=3)
+    assert mean.shape == var.shape == (3, 3)
+    b = lambda v: v[:, None, None, None]  # noqa: E731
+    for j in range(3):
+        part = x[:, 2 * j:2 * j + 2]
+        rows = part.reshape(3, -1)  # 2*4*5 = 40 values per channel
+        np.testing.assert_allclose(mean[:, j], rows.sum(axis=1) / 40, rtol=1e-13)
+        np.testing.assert_allclose(var[:, j], ((rows - rows.mean(axis=1)[:, None]) ** 2).sum(axis=1) / 40,
+                                   rtol=1e-12)
+        ref = (part - b(mean[:, j])) / np.sqrt(b(var[:, j]) + 1e-3) * b(gamma) + b(beta)
+        np.testing.assert_allclose(y[:, 2 * j:2 * j + 2], ref, rtol=1e-12, atol=1e-13)
+
+
+def test_grouped_backward_gradcheck():
+    x, gamma, beta = _x((3, 4, 3, 5))
+
+    def f(a):
+        return batch_norm_train_forward(a["x"], a["gamma"], a["beta"], eps=1e-3, groups=2)[0]
+
+    def analytic(a, r):
+        _, cache, _, _ = batch_norm_train_forward(a["x"], a["gamma"], a["beta"], eps=1e-3, groups=2)
+        dx, dg, db = batch_norm_backward(r, cache)
+        return {"x": dx, "gamma": dg, "beta": db}
+
+    gradcheck(f, {"x": x, "gamma": gamma, "beta": beta}, analytic, rtol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["biased", "unbiased"])
+def test_grouped_running_update_rule(kind):
+    """Convert each group's variance with its own n, average over groups, one momentum step."""
+    x, _, _ = _x((2, 4, 3, 5))  # two groups of 2 samples: n_g = 2*3*5 = 30
+    _, _, mean, var = batch_norm_train_forward(x, np.ones(2), np.zeros(2), eps=1e-3, groups=2)
+    rm, rv = np.full(2, 0.5), np.full(2, 2.0)
+    update_running_stats(rm, rv, mean, var, 30, momentum=0.25, running_var_kind=kind)
+    groups = [x[:, :2].reshape(2, -1), x[:, 2:].reshape(2, -1)]
+    ddof = 1 if kind == "unbiased" else 0
+    np.testing.assert_allclose(rm, 0.75 * 0.5 + 0.25 * np.mean([g.mean(axis=1) for g in groups], axis=0),
+                               rtol=1e-13)
+    np.testing.assert_allclose(rv, 0.75 * 2.0 + 0.25 * np.mean([g.var(axis=1, ddof=ddof) for g in groups], axis=0),
+                               rtol=1e-13)
+
+
+@pytest.mark.parametrize("groups", [0, 3, 5])
+def test_groups_must_divide_the_batch(groups):
+    with pytest.raises(ValueError, match="groups must be a positive int dividing the batch size N = 4"):
+        batch_norm_train_forward(np.zeros((2, 4, 3, 3)), np.ones(2), np.zeros(2), eps=1e-3, groups=groups)

@@ -36,7 +36,9 @@ def recipe(**over):
            "optimizer": {"type": "sgd", "momentum": 0.9, "nesterov": True},
            "learning_rate": {"base": 0.8, "reference_batch_size": 256, "warmup_epochs": 0.1,
                              "decay": {"type": "cosine"}},
-           "weight_decay": {"rate": 1e-5}}
+           "weight_decay": {"rate": 1e-5},
+           # digits: a flip or a crop changes the class
+           "augmentation": {"random_resized_crop": None, "horizontal_flip": False}}
     doc.update(over)
     return parse_obj(doc)
 
@@ -139,6 +141,48 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
     assert all(np.isfinite(v).all() for v in ck.model.values())
 
 
+def test_data_workers_and_bn_groups_change_nothing_but_speed(digits):
+    """The same run with 0, 2 or 4 data workers ends bit-identical (every draw is keyed by step and row)."""
+    train_set, held = digits
+    train_set = train_set.subset(np.arange(128), "digits:train")
+    regs = dict(REGS, cutmix_alpha={"start": 0.5, "end": 1.0})
+    cfg = recipe(batch_norm={"group_size": 8}, augmentation={
+        "random_resized_crop": {"area": [0.5, 1.0]}, "horizontal_flip": True, "mix_group_size": 16}, **RMS_EMA)
+    args = (tiny_spec(), schedule(6, stages=2, regs=regs, start=8), cfg, train_set, held)
+    runs = []
+    for workers in (0, 2, 4):
+        t = Trainer(*args, seed=7, workers=workers, checkpoint_every=None)
+        t.run()
+        runs.append(t)
+    for other in runs[1:]:
+        for k, v in runs[0].model.state_dict().items():
+            assert np.array_equal(v, other.model.state_dict()[k]), k
+    # and the groups were real: a run with whole-batch BN statistics ends elsewhere
+    whole = Trainer(args[0], args[1], recipe(augmentation=cfg.augmentation.model_dump(mode="json"), **RMS_EMA),
+                    train_set, held, seed=7, checkpoint_every=None)
+    whole.run()
+    assert not np.allclose(whole.model.params["classifier.weight"], runs[0].model.params["classifier.weight"])
+
+
+def test_frozen_bn_keeps_statistics_and_trains_the_rest(digits):
+    train_set, held = digits
+    cfg = recipe(batch_norm={"mode": "frozen"})
+    t = Trainer(tiny_spec(), schedule(4, stages=1), cfg, train_set, held, seed=1, checkpoint_every=None)
+    before = t.model.state_dict()
+    t.run()
+    after = t.model.state_dict()
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(np.array_equal(before[k], after[k]) for k in stats)
+    assert not np.array_equal(before["stem.bn.weight"], after["stem.bn.weight"])  # gamma still trains
+    assert not np.array_equal(before["classifier.weight"], after["classifier.weight"])
+    frozen_all = recipe(batch_norm={"mode": "frozen", "freeze_affine": True})
+    t = Trainer(tiny_spec(), schedule(4, stages=1), frozen_all, train_set, held, seed=1, checkpoint_every=None)
+    t.run()
+    gammas = [k for k in before if k.endswith((".bn.weight", ".bn.bias"))]
+    assert all(np.array_equal(before[k], t.model.state_dict()[k]) for k in gammas)
+    assert not np.array_equal(before["classifier.weight"], t.model.params["classifier.weight"])
+
+
 # ---- the command line --------------------------------------------------------------------------
 def invoke(*args):
     return CliRunner().invoke(main, ["train", *map(str, args)])
@@ -196,5 +240,60 @@ def test_cli_json_then_resume_with_another_spec(tmp_path):
 
 
 def test_cli_resume_without_checkpoint(tmp_path):
-    one_line_error(invoke("--data", tiny_npz(tmp_path / "d.npz"), "--out", tmp_path / "empty", "--steps", 3,
+    one_line_error(invoke("--data", tiny_npz(tmp_path / "d.npz", n=40), "--out", tmp_path / "empty", "--steps", 3,
                           "--resume"), "no checkpoint")
+
+
+def image_folder(root, classes=5, per_class=6, size=20):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(40 * c + 30, 20, (size, size + 3, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_cli_fine_tunes_from_weights_with_a_new_classifier_and_frozen_bn(tmp_path):
+    from effv2_spec.weights import load_weights
+
+    first = tmp_path / "pre"
+    r = invoke("--data", tiny_npz(tmp_path / "d.npz", n=40), "--out", first, "--steps", 3)
+    assert r.exit_code == 0, r.output
+    _, pre = load_weights(first / "weights.safetensors")
+    folder = image_folder(tmp_path / "flowers")
+    out = tmp_path / "ft"
+    r = invoke("efficientnetv2-nano", "--init-from", first / "weights.safetensors", "--num-classes", 5,
+               "--frozen-bn", "--data", folder, "--out", out, "--steps", 3, "--json")
+    assert r.exit_code == 0, r.output
+    payload = json.loads(r.stdout)
+    assert payload["init_from"]["new_init"] == ["classifier.weight", "classifier.bias"]
+    ck = load_checkpoint(out / "checkpoint.npz")
+    assert ck.meta["init_from"]["path"] == str(first / "weights.safetensors")
+    assert ck.model["classifier.weight"].shape == (5, pre["classifier.weight"].shape[1])
+    # frozen BN: the running statistics are still exactly the pretrained ones
+    stats = [k for k in pre if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(np.array_equal(ck.model[k], pre[k]) for k in stats)
+    # and the convolutions started from the pretrained weights (they moved only by a few small steps)
+    w, w0 = ck.model["stem.conv.weight"], pre["stem.conv.weight"]
+    assert not np.array_equal(w, w0) and np.abs(w - w0).max() < 0.1 * np.abs(w0).max()
+
+
+def test_cli_fine_tune_bad_inputs(tmp_path):
+    folder = image_folder(tmp_path / "five")
+    r = invoke("efficientnetv2-micro", "--data", tiny_npz(tmp_path / "d.npz", n=40), "--out", tmp_path / "m",
+               "--steps", 2)
+    assert r.exit_code == 0, r.output
+    one_line_error(invoke("efficientnetv2-nano", "--init-from", tmp_path / "m" / "weights.safetensors",
+                          "--num-classes", 5, "--data", folder, "--out", tmp_path / "x", "--steps", 2),
+                   "weights.safetensors", "do not fit the spec 'efficientnetv2-nano'")
+    r = invoke("--num-classes", 0, "--data", folder, "--out", tmp_path / "y")
+    assert r.exit_code == 2 and "Traceback" not in r.output and "--num-classes" in r.output
+    doc = json.loads(load_preset("training-cpu").model_dump_json())
+    doc["batch_norm"]["group_size"] = 5
+    bad = tmp_path / "t.json"
+    bad.write_text(json.dumps(doc))
+    one_line_error(invoke("--training", bad, "--data", folder, "--out", tmp_path / "z"),
+                   "t.json", "batch_norm.group_size: must divide batch_size")

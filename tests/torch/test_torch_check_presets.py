@@ -35,9 +35,24 @@ CASES = ([(n, s, "float64", None) for n, s in FULL_F64.items()]
          + [(n, s, "float64", "eval_logits,gradients") for n, s in EVAL_GRADS_F64.items()])
 
 
+# presets whose network is another preset's: the timm dialect states timm's evaluation transform and
+# training defaults (dropout 0, drop path 0, unbiased running variance) on the official tf_ network
+SAME_NETWORK = {f"efficientnetv2-{v}-timm": f"efficientnetv2-{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")}
+
+
 def test_every_architecture_preset_is_covered():
-    covered = set(FULL_F64) | set(FULL_F32) | set(EVAL_GRADS_F64)
+    covered = set(FULL_F64) | set(FULL_F32) | set(EVAL_GRADS_F64) | set(SAME_NETWORK)
     assert covered == {n for n in presets.names() if presets.kind(n) == "architecture"}
+
+
+@pytest.mark.parametrize("name", sorted(SAME_NETWORK))
+def test_same_network_presets_resolve_to_the_checked_table(name):
+    from effv2_adapters.predict import check_compatible
+    from effv2_spec.resolve import resolve
+
+    spec, other = presets.load(name), presets.load(SAME_NETWORK[name])
+    check_compatible(spec, other, name)  # every field that changes eval logits is equal
+    assert [(p.name, p.shape) for p in resolve(spec).params] == [(p.name, p.shape) for p in resolve(other).params]
 
 
 @pytest.mark.parametrize("name,size,dtype,checks", CASES, ids=[c[0] for c in CASES])

@@ -154,10 +154,6 @@ def tv_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["convert", "--from", "torchvision", "{ckpt}", "-o", "{out}"], "--from needs --spec"),
-    (["convert", "{ckpt}", "-o", "{out}"], "exactly one of --from"),
-    (["convert", "--from", "caffe", "{ckpt}", "--spec", "efficientnetv2-s", "-o", "{out}"], "unknown source 'caffe'"),
-    (["convert", "--to", "caffe", "{ckpt}", "-o", "{out}"], "unknown target 'caffe'"),
     (["convert", "--from", "timm", "{ckpt}", "--spec", "efficientnetv2-b0", "-o", "{out}"], "does not match spec"),
     (["convert", "--from", "timm", "{ckpt}", "--spec", "no-such-preset", "-o", "{out}"], "no such file or preset"),
     (["convert", "--from", "timm", "{absent}", "--spec", "efficientnetv2-b0", "-o", "{out}"], "no such file"),

@@ -1,0 +1,202 @@
+"""Conformance of training: a framework trainer and the oracle run the same short progressive
+run and must end in the same state (`effv2 check SPEC --framework torch --train-steps K`).
+
+The run: two stages (two image sizes; RandAugment, mixup, cutmix, dropout and drop path all on
+and raised in the second stage), RMSProp with the TF conventions or SGD with Nesterov, label
+smoothing, weight decay by role, EMA, random-resized crop and flip, BN statistics in groups,
+on a fixed slice of the embedded digits. Both sides write canonical checkpoints; every model
+tensor (parameters and BN statistics), optimiser slot and EMA tensor is compared.
+
+Error measure: max|a - b| / scale, scale = max|reference|, except for tensors that are zero in
+exact arithmetic and hold rounding noise on both sides (a BN beta whose output reaches the next
+training-mode BN only through linear layers has a zero gradient, so its value, slots and the
+next BN's running mean are noise): those are measured on their unit's largest magnitude, as the
+gradient check does (check.gradient_scales).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from effv2_spec.architecture import ArchitectureSpec
+from effv2_spec.documents import parse_obj
+
+from .check import gradient_scales
+
+TOLERANCE = {"float64": 1e-9, "float32": 1e-3}
+
+
+def check_schedule(steps: int, size: int) -> dict:
+    """Two stages, size - 8 -> size, every regulariser raised in the second stage."""
+    return {"kind": "progressive_schedule", "name": "train-check", "convention": "paper", "total_steps": steps,
+            "num_stages": 2, "image_size": {"start": max(size - 8, 8), "end": size, "multiple": 8},
+            "regularizers": {"randaugment_magnitude": {"start": 5, "end": 12}, "mixup_alpha": {"start": 0.2, "end": 0.4},
+                             "cutmix_alpha": {"start": 0.0, "end": 1.0}, "dropout": {"start": 0.1, "end": 0.3},
+                             "drop_path_rate": {"start": 0.1, "end": 0.2}}}
+
+
+def check_training(optimizer: str, batch: int, group_size: int | None, mix_group_size: int | None = None) -> dict:
+    opt = {"type": "rmsprop"} if optimizer == "rmsprop" else {"type": "sgd", "momentum": 0.9, "nesterov": True}
+    return {"kind": "training", "name": f"train-check-{optimizer}", "batch_size": batch, "optimizer": opt,
+            "label_smoothing": 0.1, "ema": {"decay": 0.9},
+            "learning_rate": {"base": 0.2, "reference_batch_size": 256, "warmup_epochs": 0.0,
+                              "decay": {"type": "cosine"}},
+            "weight_decay": {"rate": 1e-4}, "batch_norm": {"group_size": group_size},
+            "augmentation": {"randaugment": "automl", "random_resized_crop": {"area": [0.3, 1.0]},
+                             "horizontal_flip": True, "mix_group_size": mix_group_size}}
+
+
+@dataclass
+class PartReport:
+    part: str
+    worst_name: str
+    worst: float
+    tensors: int
+
+
+@dataclass
+class TrainCheckReport:
+    framework: str
+    processes: int
+    dtype: str
+    tolerance: float
+    parts: list[PartReport] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems and all(p.worst <= self.tolerance for p in self.parts)
+
+    def to_json(self) -> dict:
+        return {"framework": self.framework, "processes": self.processes, "dtype": self.dtype,
+                "tolerance": self.tolerance, "passed": self.passed, "problems": self.problems,
+                "parts": [p.__dict__ for p in self.parts]}
+
+
+def compare_states(reference: dict[str, dict], other: dict[str, dict], dtype: str) -> tuple[list, list[str]]:
+    """Per part ('model', 'optimizer', 'ema'): the worst error; plus missing/extra tensor problems."""
+    parts, problems = [], []
+    for part in ("model", "optimizer", "ema"):
+        a, b = reference[part], other[part]
+        if set(a) != set(b):
+            diff = sorted(set(a) ^ set(b))
+            problems.append(f"{part}: tensors differ ({', '.join(diff[:4])}{' ...' if len(diff) > 4 else ''})")
+            continue
+        floats = {k: np.asarray(v, dtype=np.float64) for k, v in a.items() if k != "steps"}
+        floors = gradient_scales({_param_of(k): v for k, v in floats.items()}, dtype)
+        worst_name, worst = "", 0.0
+        for k, ref in floats.items():
+            got = np.asarray(b[k], dtype=np.float64)
+            if got.shape != ref.shape or not np.isfinite(got).all():
+                worst_name, worst = k, float("inf")
+                break
+            scale = max(float(np.abs(ref).max()) if ref.size else 0.0, floors.get(_param_of(k), 0.0))
+            err = float(np.abs(got - ref).max()) / scale if scale > 0 else float(np.abs(got - ref).max())
+            if err > worst:
+                worst_name, worst = k, err
+        if "steps" in a and int(np.asarray(a["steps"])) != int(np.asarray(b["steps"])):
+            problems.append(f"{part}: step counts differ ({int(np.asarray(a['steps']))} vs {int(np.asarray(b['steps']))})")
+        parts.append(PartReport(part, worst_name, worst, len(floats)))
+    return parts, problems
+
+
+def _param_of(key: str) -> str:
+    """'mom/blocks.1.project.bn.bias' -> 'blocks.1.project.bn.bias' (slots share their tensor's unit)."""
+    return key.partition("/")[2] if "/" in key else key
+
+
+def _state_of(checkpoint_path: Path) -> dict[str, dict]:
+    from effv2_reference.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(checkpoint_path)
+    return {"model": ck.model, "optimizer": ck.optimizer, "ema": ck.ema, "meta": ck.meta}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(nproc: int, args: list[str], port: int | None = None) -> list[str]:
+    """`torchrun --nproc_per_node N` of `effv2 <args>` on 127.0.0.1 (one machine)."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+            "--master_addr=127.0.0.1", f"--master_port={port or free_port()}",
+            "-m", "effv2_spec.cli", *args]
+
+
+def local_process_env() -> dict:
+    """Environment for processes that talk over loopback only (gloo binds to the 'lo' interface)."""
+    env = dict(os.environ)
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_train_check(spec: ArchitectureSpec, *, framework: str = "torch", steps: int = 6, nproc: int = 1,
+                    dtype: str = "float64", optimizer: str = "rmsprop", size: int = 24, batch: int = 16,
+                    group_size: int | None = None, seed: int = 0, timeout_s: float = 600.0,
+                    workdir: str | os.PathLike | None = None) -> TrainCheckReport:
+    """Train `spec` `steps` steps with the oracle and with `framework` (`nproc` processes) and compare."""
+    if framework != "torch":
+        raise ValueError(f"--train-steps: training checks exist for 'torch' (got {framework!r})")
+    if batch % nproc:
+        raise ValueError(f"--nproc {nproc}: must divide the check's batch of {batch}")
+    group = group_size or batch // nproc
+    report = TrainCheckReport(framework, nproc, dtype, TOLERANCE[dtype])
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        root = Path(tmp)
+        docs = {"spec.json": json.loads(spec.model_dump_json()), "schedule.json": check_schedule(steps, size),
+                "training.json": check_training(optimizer, batch, group, batch // nproc)}
+        for name, doc in docs.items():
+            parse_obj(doc)  # a bad combination (e.g. the group) fails here, before any run
+            (root / name).write_text(json.dumps(doc))
+        data = _check_data(root / "data.npz", batch, size)
+        common = [str(root / "spec.json"), "--schedule", str(root / "schedule.json"), "--training",
+                  str(root / "training.json"), "--data", str(data), "--dtype", dtype, "--seed", str(seed),
+                  "--checkpoint-every", "0"]
+        _run_cli(["train", *common, "--out", str(root / "oracle")], timeout_s)
+        other = ["train", *common, "--framework", framework, "--device", "cpu", "--out", str(root / framework)]
+        if nproc == 1:
+            _run_cli(other, timeout_s)
+        else:
+            _run(torchrun_command(nproc, other + ["--timeout", str(min(timeout_s, 120.0))]), timeout_s)
+        ref, got = _state_of(root / "oracle" / "checkpoint.npz"), _state_of(root / framework / "checkpoint.npz")
+        report.parts, report.problems = compare_states(ref, got, dtype)
+        if got["meta"].get("processes") != nproc:
+            report.problems.append(f"the {framework} run used {got['meta'].get('processes')} processes, not {nproc}")
+    return report
+
+
+def _check_data(path: Path, batch: int, size: int) -> Path:
+    """Two batches' worth (plus the held-out fifth) of the embedded digits, stored at `size`."""
+    from effv2_reference.data import load_digits
+
+    digits = load_digits(size)
+    n = (2 * batch * 5 + 3) // 4 + 10
+    np.savez(path, images=digits.images[:n], labels=digits.labels[:n])
+    return path
+
+
+def _run_cli(args: list[str], timeout_s: float) -> None:
+    _run([sys.executable, "-m", "effv2_spec.cli", *args], timeout_s)
+
+
+def _run(cmd: list[str], timeout_s: float) -> None:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=local_process_env())
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"training check: '{' '.join(cmd[-12:])}' did not finish in {timeout_s:.0f} s") from None
+    if done.returncode != 0:
+        # the runs print one line on bad input; under torchrun the launcher's report follows it
+        lines = [ln for ln in (done.stderr + done.stdout).splitlines() if ln.strip()] or ["no output"]
+        raise RuntimeError(f"training check: a run failed (exit {done.returncode}): {lines[0]}")

@@ -1,0 +1,314 @@
+"""RandAugment as the EfficientNetV2 authors ran it: google/automl efficientnetv2/autoaugment.py.
+
+`distort_image_with_randaugment(image, num_layers, magnitude)`: `num_layers` times, one of the 16
+ops below is drawn uniformly and always applied (the per-op `prob` drawn there is never used), at
+level `magnitude`. `level_to_arg` turns the level into each op's argument as (level / 10) * max
+with NO cap, so magnitudes above 10 (Table 6 schedules go to 15-25) extrapolate: rotate 30 deg at 10
+and 45 at 15, translate 100 px and cutout half-side 40 px (absolute pixels, not a fraction of the
+image), enhance factor level / 10 * 1.8 + 0.1, posterize int(level / 10 * 4) bits, solarize
+threshold int(level / 10 * 256), solarize-add int(level / 10 * 110); rotate, shear and translate
+are negated with probability 1/2. Empty pixels of geometric ops and cutout are 128.
+
+The TF ops are reproduced with their quirks, because they define what the published models saw:
+  * TF casts a Python int to the image's uint8 dtype (wrapping modulo 256, google-research/
+    big_vision#110) and its shift kernels clamp the shift to [0, 7] (tensorflow cwise_ops.h):
+    solarize's threshold is taken modulo 256 (level 10 -> 256 -> 0: the whole image inverted),
+    posterize's shift 8 - bits wraps then clamps (bits 0 or >= 9 -> shift 7, only the top bit kept;
+    bits 8 -> identity). So posterize and solarize are not monotone in the magnitude.
+  * Contrast blends with a constant H * W / 256 (automl's `mean` sums the histogram, i.e. counts
+    pixels: tensorflow/tpu#1057), clipped to 255, not the mean grey level.
+  * Grey levels are tf.image.rgb_to_grayscale on uint8: weights (0.2989, 0.5870, 0.1140) on x / 255,
+    back to uint8 as trunc(g * 255.5) (convert_image_dtype). Not PIL's rounded 'L' conversion.
+  * float -> uint8 casts truncate; `blend` clips only when extrapolating (factor outside (0, 1)).
+  * Geometric ops are tfa.image.transform, nearest neighbour: output pixel (x, y) reads the input
+    at round-half-away((a0 x + a1 y + a2), (b0 x + b1 y + b2)) in float32, empty when outside.
+Float arithmetic is float32, summed in a fixed order; TF's kernels may sum in another order, so a
+truncated value can differ by 1 where the float32 sum lands within an ulp of an integer.
+
+Images are uint8 (H, W, 3), or (H, W, 1) which is treated as a grey RGB image. Every random draw
+comes from the `np.random.Generator` passed in, in this order per layer: op index, then the sign
+(signed ops), then cutout's centre row and column. No Numba here: the torch and JAX trainers call it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .randaugment import randaugment as _torchvision_randaugment
+
+MAX_LEVEL = 10.0
+FILL = 128  # replace value of geometric ops and cutout (distort_image_with_randaugment)
+CUTOUT_CONST = 40
+TRANSLATE_CONST = 100
+OP_NAMES = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast",
+            "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout", "SolarizeAdd")
+SIGNED = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"})
+VARIANTS = ("automl", "torchvision")
+
+_F32 = np.float32
+
+
+# ---- helpers that reproduce TF's casts --------------------------------------------------------
+def _cast_uint8(x: np.ndarray) -> np.ndarray:
+    """tf.cast(float -> uint8) for values already in [0, 256): truncation toward zero."""
+    return x.astype(np.uint8)
+
+
+def _as_tf_uint8(value: int) -> int:
+    """A Python int converted to a uint8 tensor, as TF does for `image < value` etc.: modulo 256."""
+    return int(value) % 256
+
+
+def blend(image1: np.ndarray, image2: np.ndarray, factor: float) -> np.ndarray:
+    """autoaugment.blend: image1 + factor * (image2 - image1) in float32; 0 -> image1, 1 -> image2.
+
+    Inside (0, 1) the result is cast (truncated) directly; outside it is clipped to [0, 255] first.
+    """
+    shape = np.broadcast_shapes(image1.shape, image2.shape)
+    if factor == 0.0:
+        return np.broadcast_to(image1, shape).astype(np.uint8)
+    if factor == 1.0:
+        return np.broadcast_to(image2, shape).astype(np.uint8)
+    a = image1.astype(_F32)
+    temp = a + _F32(factor) * (image2.astype(_F32) - a)
+    if 0.0 < factor < 1.0:
+        return _cast_uint8(np.broadcast_to(temp, shape))
+    return _cast_uint8(np.broadcast_to(np.clip(temp, _F32(0.0), _F32(255.0)), shape))
+
+
+def grayscale(image: np.ndarray) -> np.ndarray:
+    """tf.image.rgb_to_grayscale on uint8 (H, W, 3) -> uint8 (H, W, 1)."""
+    x = image.astype(_F32) * _F32(1.0 / 255.0)
+    g = x[..., 0] * _F32(0.2989) + x[..., 1] * _F32(0.5870) + x[..., 2] * _F32(0.1140)
+    return _cast_uint8(g * _F32(255.5))[..., None]
+
+
+# ---- the 16 ops, with their arguments already converted from the level -------------------------
+def autocontrast(image: np.ndarray) -> np.ndarray:
+    """Per channel: lo -> 0, hi -> 255 linearly (float32, clipped, truncated); flat channels kept."""
+    out = image.copy()
+    for c in range(image.shape[2]):
+        ch = image[..., c]
+        lo, hi = _F32(ch.min()), _F32(ch.max())
+        if hi > lo:
+            scale = _F32(255.0) / (hi - lo)
+            offset = -lo * scale
+            out[..., c] = _cast_uint8(np.clip(ch.astype(_F32) * scale + offset, _F32(0.0), _F32(255.0)))
+    return out
+
+
+def equalize(image: np.ndarray) -> np.ndarray:
+    """PIL's equalize per channel (the automl port is exact integer arithmetic, as PIL)."""
+    out = image.copy()
+    for c in range(image.shape[2]):
+        ch = image[..., c]
+        hist = np.bincount(ch.ravel(), minlength=256).astype(np.int64)
+        step = (int(hist.sum()) - int(hist[hist > 0][-1])) // 255
+        if step == 0:
+            continue
+        lut = (np.cumsum(hist) + step // 2) // step
+        lut = np.clip(np.concatenate([[0], lut[:-1]]), 0, 255).astype(np.uint8)
+        out[..., c] = lut[ch]
+    return out
+
+
+def invert(image: np.ndarray) -> np.ndarray:
+    return (255 - image).astype(np.uint8)
+
+
+def posterize(image: np.ndarray, bits: int) -> np.ndarray:
+    """(x >> s) << s with s = 8 - bits taken modulo 256 (uint8) and clamped to <= 7, as TF does."""
+    shift = min(_as_tf_uint8(8 - int(bits)), 7)
+    return ((image >> np.uint8(shift)) << np.uint8(shift)).astype(np.uint8)
+
+
+def solarize(image: np.ndarray, threshold: int) -> np.ndarray:
+    """Pixels below threshold (taken modulo 256) kept, the others inverted."""
+    t = _as_tf_uint8(threshold)
+    return np.where(image < t, image, 255 - image).astype(np.uint8)
+
+
+def solarize_add(image: np.ndarray, addition: int, threshold: int = 128) -> np.ndarray:
+    """Pixels below threshold get `addition` added (int64, clipped to [0, 255]); others kept."""
+    added = np.clip(image.astype(np.int64) + int(addition), 0, 255).astype(np.uint8)
+    return np.where(image < _as_tf_uint8(threshold), added, image).astype(np.uint8)
+
+
+def color(image: np.ndarray, factor: float) -> np.ndarray:
+    return blend(np.repeat(grayscale(image), 3, axis=2), image, factor)
+
+
+def contrast(image: np.ndarray, factor: float) -> np.ndarray:
+    """Blend with the constant trunc(min(H * W / 256, 255)): automl's `mean` (see module docstring)."""
+    h, w = image.shape[:2]
+    mean = _F32(h * w) / _F32(256.0)
+    degenerate = _cast_uint8(np.clip(mean, _F32(0.0), _F32(255.0)))
+    return blend(np.full(image.shape, degenerate, np.uint8), image, factor)
+
+
+def brightness(image: np.ndarray, factor: float) -> np.ndarray:
+    return blend(np.zeros_like(image), image, factor)
+
+
+def sharpness(image: np.ndarray, factor: float) -> np.ndarray:
+    """Blend with PIL's SMOOTH ([[1,1,1],[1,5,1],[1,1,1]] / 13, VALID, truncated); border pixels kept.
+
+    The kernel holds TF's float32 weights (each slightly above k / 13); the 9 products are summed in
+    float64, not float32: a float32 sum can land an ulp below an integer (on a flat image of 3, 6, 9,
+    ...) and truncate one level down, which depends on the summation order of TF's conv kernel.
+    """
+    k = (np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], _F32) / _F32(13.0)).astype(np.float64)
+    h, w = image.shape[:2]
+    degenerate = image.copy()
+    if h > 2 and w > 2:
+        x = image.astype(np.float64)
+        acc = np.zeros((h - 2, w - 2, image.shape[2]), np.float64)
+        for dy in range(3):
+            for dx in range(3):
+                acc += x[dy:dy + h - 2, dx:dx + w - 2] * k[dy, dx]
+        degenerate[1:-1, 1:-1] = _cast_uint8(np.clip(acc, 0.0, 255.0))
+    return blend(degenerate, image, factor)
+
+
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    """std::round (half away from zero) of float32 values, exactly (float64 holds v + 0.5 exactly)."""
+    v = v.astype(np.float64)
+    return (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int64)
+
+
+def transform(image: np.ndarray, a0, a1, a2, b0, b1, b2) -> np.ndarray:
+    """tfa.image.transform(wrap(image), [a0, a1, a2, b0, b1, b2, 0, 0]) then unwrap(replace=128).
+
+    Output pixel (x, y) = input at (round(a0 x + a1 y + a2), round(b0 x + b1 y + b2)), float32,
+    nearest neighbour; 128 where that falls outside the image.
+    """
+    h, w = image.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(_F32)
+    a0, a1, a2, b0, b1, b2 = (_F32(v) for v in (a0, a1, a2, b0, b1, b2))
+    sx = _round_half_away(a0 * xs + a1 * ys + a2)
+    sy = _round_half_away(b0 * xs + b1 * ys + b2)
+    inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
+    out = np.full_like(image, FILL)
+    out[inside] = image[sy[inside], sx[inside]]
+    return out
+
+
+def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
+    """tfa.image.rotate by `degrees` (counterclockwise on screen for degrees > 0) about the centre."""
+    h, w = image.shape[:2]
+    rad = _F32(degrees) * _F32(math.pi / 180.0)
+    cos, sin = np.cos(rad, dtype=_F32), np.sin(rad, dtype=_F32)
+    wm1, hm1 = _F32(w - 1), _F32(h - 1)
+    x_off = (wm1 - (cos * wm1 - sin * hm1)) / _F32(2.0)
+    y_off = (hm1 - (sin * wm1 + cos * hm1)) / _F32(2.0)
+    return transform(image, cos, -sin, x_off, sin, cos, y_off)
+
+
+def shear_x(image: np.ndarray, level: float) -> np.ndarray:
+    """Output (x, y) reads input (x + level * y, y)."""
+    return transform(image, 1.0, level, 0.0, 0.0, 1.0, 0.0)
+
+
+def shear_y(image: np.ndarray, level: float) -> np.ndarray:
+    """Output (x, y) reads input (x, level * x + y)."""
+    return transform(image, 1.0, 0.0, 0.0, level, 1.0, 0.0)
+
+
+def translate_x(image: np.ndarray, pixels: float) -> np.ndarray:
+    """Output (x, y) reads input (x + pixels, y): content moves left by `pixels` (automl negates)."""
+    return transform(image, 1.0, 0.0, pixels, 0.0, 1.0, 0.0)
+
+
+def translate_y(image: np.ndarray, pixels: float) -> np.ndarray:
+    """Output (x, y) reads input (x, y + pixels): content moves up by `pixels`."""
+    return transform(image, 1.0, 0.0, 0.0, 0.0, 1.0, pixels)
+
+
+def cutout(image: np.ndarray, pad_size: int, centre: tuple[int, int]) -> np.ndarray:
+    """Rows [cy - pad, cy + pad) x columns [cx - pad, cx + pad), clipped to the image, set to 128."""
+    cy, cx = centre
+    h, w = image.shape[:2]
+    out = image.copy()
+    out[max(0, cy - pad_size):min(h, cy + pad_size), max(0, cx - pad_size):min(w, cx + pad_size)] = FILL
+    return out
+
+
+# ---- level -> argument (automl level_to_arg) and the policy ----------------------------------
+def level_to_arg(name: str, magnitude: float, rng: np.random.Generator | None = None, sign: float | None = None):
+    """The argument of op `name` at `magnitude` (no cap). Signed ops take `sign` or draw it from `rng`."""
+    m = float(magnitude) / MAX_LEVEL
+    if name in SIGNED and sign is None:
+        sign = -1.0 if rng.random() < 0.5 else 1.0  # automl keeps the sign iff floor(u + 0.5) == 1
+    if name == "Rotate":
+        return sign * m * 30.0
+    if name in ("ShearX", "ShearY"):
+        return sign * m * 0.3
+    if name in ("TranslateX", "TranslateY"):
+        return sign * m * float(TRANSLATE_CONST)
+    if name in ("Color", "Contrast", "Brightness", "Sharpness"):
+        return m * 1.8 + 0.1
+    if name == "Posterize":
+        return int(m * 4)
+    if name == "Solarize":
+        return int(m * 256)
+    if name == "SolarizeAdd":
+        return int(m * 110)
+    if name == "Cutout":
+        return int(m * CUTOUT_CONST)
+    if name in ("AutoContrast", "Equalize", "Invert"):
+        return None
+    raise KeyError(f"unknown RandAugment op {name!r}; available: {', '.join(OP_NAMES)}")
+
+
+_FUNCS = {
+    "AutoContrast": lambda im, a: autocontrast(im), "Equalize": lambda im, a: equalize(im),
+    "Invert": lambda im, a: invert(im), "Rotate": rotate, "Posterize": posterize, "Solarize": solarize,
+    "Color": color, "Contrast": contrast, "Brightness": brightness, "Sharpness": sharpness,
+    "ShearX": shear_x, "ShearY": shear_y, "TranslateX": translate_x, "TranslateY": translate_y,
+    "SolarizeAdd": solarize_add,
+}
+
+
+def _as_rgb(img: np.ndarray) -> np.ndarray:
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (1, 3):
+        raise ValueError(f"randaugment: expected a uint8 (H, W, 1|3) image, got {img.dtype} {img.shape}")
+    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+
+
+def apply_op(name: str, img: np.ndarray, magnitude: float, rng: np.random.Generator | None = None,
+             sign: float | None = None) -> np.ndarray:
+    """Op `name` at `magnitude` on a uint8 (H, W, 1|3) image; randomness (sign, cutout centre) from `rng`."""
+    rgb = _as_rgb(img)
+    arg = level_to_arg(name, magnitude, rng, sign)
+    if name == "Cutout":
+        h, w = rgb.shape[:2]
+        centre = (int(rng.integers(h)), int(rng.integers(w)))
+        out = cutout(rgb, arg, centre)
+    else:
+        out = _FUNCS[name](rgb, arg)
+    return out[..., :1].copy() if img.shape[2] == 1 else out
+
+
+def randaugment(img: np.ndarray, layers: int, magnitude: float, rng: np.random.Generator) -> np.ndarray:
+    """automl distort_image_with_randaugment: `layers` ops drawn uniformly from the 16, always applied."""
+    if magnitude < 0:
+        raise ValueError(f"randaugment: magnitude must be >= 0, got {magnitude}")
+    _as_rgb(img)
+    out = img
+    for _ in range(int(layers)):
+        out = apply_op(OP_NAMES[int(rng.integers(len(OP_NAMES)))], out, magnitude, rng)
+    return out
+
+
+def randaugment_image(img: np.ndarray, layers: int, magnitude: float, rng: np.random.Generator,
+                      variant: str = "automl") -> np.ndarray:
+    """RandAugment one uint8 (H, W, C) image: `variant` 'automl' (this module, magnitude on the official
+    open-ended scale, 10 = each op's reference maximum) or 'torchvision' (effv2_reference.data.randaugment,
+    magnitude on torchvision's 0..30 bins)."""
+    if variant == "automl":
+        return randaugment(img, layers, magnitude, rng)
+    if variant == "torchvision":
+        return _torchvision_randaugment(img, int(layers), magnitude, rng)
+    raise ValueError(f"randaugment: unknown variant {variant!r}; use one of {', '.join(VARIANTS)}")
