@@ -7,7 +7,6 @@ framework, mismatched weights) is one clear message and exit code 1, never a tra
 
 from __future__ import annotations
 
-import inspect
 import re
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import click
 
 from effv2_spec.accounting import ResourceError, check_training_fits
 from effv2_spec.architecture import MAX_IMAGE_SIZE
-from effv2_spec.cli.common import SpecInputError, cannot_write, display_name, echo_json, load_or_fail, print_table
+from effv2_spec.console import SpecInputError, cannot_write, display_name, echo_json, load_or_fail, print_table
 from effv2_spec.documents import load_architecture
 from effv2_spec.errors import SpecError
 from effv2_spec.resolve import compound_image_size, resolve
@@ -41,20 +40,19 @@ def _known(option: str, value: str, table: dict, what: str) -> str:
 
 
 def _framework_name(ctx, param, value: str) -> str:
-    return _known("--framework", value, registry.ADAPTERS, "framework")
+    """A built-in or installed backend name, or a "package.module:Class" (checked when loaded)."""
+    if value is None or ":" in value:
+        return value
+    return _known(f"--{param.name}", value, dict.fromkeys(registry.framework_names()), "framework")
 
 
-def _adapter(framework: str):
-    _known("--framework", framework, registry.ADAPTERS, "framework")
+def _adapter(framework: str, option: str = "--framework"):
+    from .conformance import CheckError, get_framework
+
     try:
-        adapter = registry.get_adapter(framework)
-    except ImportError as exc:
-        raise SpecInputError(f"--framework {framework}: the {framework} adapter cannot be imported ({exc}); "
-                             f"install it, e.g. pip install 'effv2[{framework}]'") from None
-    reason = adapter.available()
-    if reason:
-        raise SpecInputError(f"--framework {framework}: not available: {reason}")
-    return adapter
+        return get_framework(framework, option)
+    except CheckError as exc:
+        raise SpecInputError(str(exc)) from None
 
 
 def _load_spec(spec: str):
@@ -65,7 +63,7 @@ def _load_spec(spec: str):
 @click.command()
 @click.argument("spec")
 @click.option("--framework", "-f", required=True, callback=_framework_name,
-              help=f"Target framework: {', '.join(registry.ADAPTERS)}.")
+              help=f"Target framework: {', '.join(registry.framework_names())}, or package.module:Class.")
 @click.option("-o", "--output", default="-", show_default=True, help="Output .py file ('-' for stdout).")
 @click.option("--image-size", type=click.IntRange(min=1, max=MAX_IMAGE_SIZE), default=None,
               help="Nominal image size recorded in the file (default: the spec's eval size; any size runs).")
@@ -81,10 +79,9 @@ def generate(spec: str, framework: str, output: str, image_size: int | None) -> 
     if size < arch.total_stride:
         raise SpecInputError(f"--image-size: must be >= the network's total stride {arch.total_stride} (got {size})")
     resolved = resolve(arch, size)
-    kwargs = {}
-    if output != "-" and "module_name" in inspect.signature(adapter.emit_source).parameters:
-        kwargs["module_name"] = Path(output).stem
-    source = adapter.emit_source(resolved, **kwargs)
+    if not callable(getattr(adapter, "emit_source", None)):
+        raise SpecInputError(f"--framework {framework}: this backend cannot emit source (no emit_source)")
+    source = adapter.emit_source(resolved, module_name=Path(output).stem if output != "-" else "model")
     if output == "-":
         click.echo(source, nl=False)
         return
@@ -99,7 +96,10 @@ def generate(spec: str, framework: str, output: str, image_size: int | None) -> 
 @click.command()
 @click.argument("spec")
 @click.option("--framework", "-f", required=True, callback=_framework_name,
-              help=f"Framework to check: {', '.join(registry.ADAPTERS)}.")
+              help=f"Backend to check: {', '.join(registry.framework_names())}, an installed plug-in "
+                   "(entry points 'effv2.adapters'), or package.module:Class.")
+@click.option("--against", "against", default="reference", show_default=True, callback=_framework_name,
+              help="Baseline backend the first is compared with (any name --framework takes).")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="float64 (tolerance 1e-9) or float32 (1e-4 logits, 1e-3 gradients).")
 @click.option("--image-size", type=click.IntRange(min=1, max=MAX_IMAGE_SIZE), default=None,
@@ -115,26 +115,35 @@ def generate(spec: str, framework: str, output: str, image_size: int | None) -> 
               help="Instead: train K steps (two stages, every regulariser on) with the framework's trainer and "
                    "with the oracle, and compare the final weights, BN statistics, optimiser state and EMA.")
 @click.option("--nproc", type=click.IntRange(min=1, max=64), default=1, show_default=True,
-              help="With --train-steps: processes for the framework's trainer (torchrun, gloo, 127.0.0.1).")
+              help="With --train-steps: processes for the framework's trainer (torch: torchrun, gloo; jax: "
+                   "jax.distributed; 127.0.0.1).")
+@click.option("--devices", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="With --train-steps and jax: simulated CPU devices per process (a mesh of that many).")
 @click.option("--optimizer", type=click.Choice(["rmsprop", "sgd"]), default="rmsprop", show_default=True,
               help="With --train-steps: RMSProp with the TF conventions, or SGD with Nesterov momentum.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report (every tensor's relative error).")
-def check(spec: str, framework: str, dtype: str, image_size: int | None, batch: int, seed: int, checks: str | None,
-          oracle_dtype: str, per_tensor: bool, train_steps: int | None, nproc: int, optimizer: str,
+def check(spec: str, framework: str, against: str, dtype: str, image_size: int | None, batch: int, seed: int, checks: str | None,
+          oracle_dtype: str, per_tensor: bool, train_steps: int | None, nproc: int, devices: int, optimizer: str,
           as_json: bool) -> None:
-    """Compare FRAMEWORK's model of SPEC against the NumPy oracle, tensor by tensor.
+    """Compare FRAMEWORK's model of SPEC against the NumPy oracle (or --against), tensor by tensor.
 
     Same canonical weights and input on both sides; compares eval logits, train-mode logits
     (dropout and drop path on, with the oracle's masks), every gradient, BN running statistics
     after the step, and the update of one SGD and one RMSProp (TF convention) run. The relative
-    error of a tensor is max|a - b| / max|b|. Exit 0 when every check is within tolerance, 1 otherwise.
+    error of a tensor is max|a - b| / max|b|. A check the backend lacks the capability for (e.g.
+    optimiser steps) is reported "not run", never passed. Exit 0 when every check that ran is within
+    tolerance, 1 otherwise.
     """
-    from .check import CHECKS, CheckError, format_report, run_check
+    from . import conformance
+    from .conformance import CHECKS, CheckError, format_report, verdict
 
     if train_steps is not None:
-        return _train_check(spec, framework, dtype, image_size, seed, train_steps, nproc, optimizer, as_json)
+        return _train_check(spec, framework, dtype, image_size, seed, train_steps, nproc, optimizer, as_json,
+                            devices)
     if nproc != 1:
         raise click.UsageError("--nproc: only with --train-steps")
+    if devices != 1:
+        raise click.UsageError("--devices: only with --train-steps")
     selected = CHECKS if checks is None else _selected_checks(checks, CHECKS)
     arch = _load_spec(spec)
     try:  # refuse before allocating what cannot fit (one network's training step is a lower bound)
@@ -142,10 +151,12 @@ def check(spec: str, framework: str, dtype: str, image_size: int | None, batch: 
     except ResourceError as exc:
         raise SpecInputError(str(exc)) from None
     adapter = _adapter(framework)
+    baseline = _adapter(against, "--against")
     progress = None if as_json else (lambda msg: click.echo(f"  .. {msg}", err=True))
     try:
-        report = run_check(arch, framework, dtype=dtype, image_size=image_size, batch=batch, seed=seed,
-                           checks=selected, oracle_dtype=oracle_dtype, adapter=adapter, progress=progress)
+        report = conformance.run_check(arch, framework, dtype=dtype, image_size=image_size, batch=batch, seed=seed,
+                                       checks=selected, oracle_dtype=oracle_dtype, adapter=adapter,
+                                       baseline=baseline, progress=progress)
     except (CheckError, WeightsError, SpecError) as exc:
         raise SpecInputError(f"{spec}: {exc}") from None
     except (MemoryError, RuntimeError) as exc:  # out of memory, or the framework failed (XLA / torch errors)
@@ -157,20 +168,22 @@ def check(spec: str, framework: str, dtype: str, image_size: int | None, batch: 
     else:
         columns, rows = format_report(report, per_tensor)
         h, w = report.image_size
-        print_table(f"{arch.name}: {framework} {dtype} vs oracle {oracle_dtype}, batch {batch}, {h}x{w}, seed {seed}",
+        print_table(f"{arch.name}: {framework} {dtype} vs {against} {oracle_dtype}, batch {batch}, {h}x{w}, seed {seed}",
                     columns, rows, right_align={"tensors", "rel err", "tolerance", "s"})
-        click.echo("PASS" if report.passed else "FAIL")
+        click.echo(verdict(report))
     if not report.passed:
         raise SystemExit(1)
 
 
 def _train_check(spec: str, framework: str, dtype: str, image_size: int | None, seed: int, steps: int, nproc: int,
-                 optimizer: str, as_json: bool) -> None:
+                 optimizer: str, as_json: bool, devices: int = 1) -> None:
     """`effv2 check --train-steps K`: the framework's trainer against the oracle's, end state compared."""
     from .train_check import run_train_check
 
-    if framework != "torch":
-        raise click.UsageError(f"--train-steps: a training check exists for torch (got {framework!r})")
+    if framework not in ("torch", "jax"):
+        raise click.UsageError(f"--train-steps: training checks exist for torch and jax (got {framework!r})")
+    if devices != 1 and framework != "jax":
+        raise click.UsageError("--devices: simulated devices are for --framework jax")
     arch = _load_spec(spec)
     size = image_size or 24
     if size < 16 or size % 8:
@@ -179,10 +192,11 @@ def _train_check(spec: str, framework: str, dtype: str, image_size: int | None, 
     _adapter(framework)  # a clear line when torch is missing
     if not as_json:
         click.echo(f"  .. training {arch.name} {steps} steps with the oracle and with {framework} "
-                   f"({nproc} process{'es' if nproc > 1 else ''}), {dtype}", err=True)
+                   f"({nproc} process{'es' if nproc > 1 else ''}"
+                   f"{f' x {devices} devices' if devices > 1 else ''}), {dtype}", err=True)
     try:
         report = run_train_check(arch, framework=framework, steps=steps, nproc=nproc, dtype=dtype,
-                                 optimizer=optimizer, size=size, seed=seed)
+                                 optimizer=optimizer, size=size, seed=seed, devices=devices)
     except (ValueError, RuntimeError) as exc:
         raise SpecInputError(f"{spec}: {exc}") from None
     if as_json:
@@ -190,7 +204,8 @@ def _train_check(spec: str, framework: str, dtype: str, image_size: int | None, 
     else:
         rows = [[p.part, str(p.tensors), p.worst_name, f"{p.worst:.1e}", f"{report.tolerance:.0e}",
                  "ok" if p.worst <= report.tolerance else "FAIL"] for p in report.parts]
-        print_table(f"{arch.name}: {framework} trainer ({nproc} process{'es' if nproc > 1 else ''}) vs oracle, "
+        print_table(f"{arch.name}: {framework} trainer ({nproc} process{'es' if nproc > 1 else ''}"
+                    f"{f' x {devices} devices' if devices > 1 else ''}) vs oracle, "
                     f"{steps} steps, {dtype}", ["state", "tensors", "worst tensor", "rel err", "tolerance", "result"],
                     rows, right_align={"tensors", "rel err", "tolerance"})
         for problem in report.problems:
@@ -225,8 +240,8 @@ def convert(input_path: str, source: str | None, target: str | None, spec: str |
     """Convert peer weights to canonical safetensors (--from) or canonical weights to a peer (--to).
 
     \b
-    effv2 convert --from torchvision|timm|keras STATE_DICT --spec SPEC -o OUT.safetensors
-    effv2 convert --to torchvision|timm CANONICAL.safetensors [--spec SPEC] -o OUT
+    effv2 convert --from torchvision|timm|keras|efficientnet_pytorch STATE_DICT --spec SPEC -o OUT.safetensors
+    effv2 convert --to torchvision|timm|efficientnet_pytorch CANONICAL.safetensors [--spec SPEC] -o OUT
     """
     from effv2_spec.weights import check_tensors, load_weights, save_weights
 

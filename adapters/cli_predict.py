@@ -16,7 +16,7 @@ import time
 import click
 import numpy as np
 
-from effv2_spec.cli.common import SpecInputError, echo_json, load_or_fail
+from effv2_spec.console import SpecInputError, echo_json, load_or_fail
 from effv2_spec.documents import load_architecture
 from effv2_spec.errors import SpecError
 from effv2_spec.weights import WeightsError, load_weights

@@ -36,19 +36,18 @@ def _rule(resolved: ResolvedModel, name: str) -> list:
 
 def _row(resolved: ResolvedModel, unit) -> dict:
     if isinstance(unit, ConvBN):
-        return {"name": unit.name, "kind": "conv_bn", "in": unit.in_channels, "out": unit.out_channels,
+        return {"name": unit.name, "slot": unit.slot, "kind": "conv_bn", "in": unit.in_channels, "out": unit.out_channels,
                 "kernel": unit.kernel, "stride": unit.stride, "groups": unit.groups, "act": unit.activation,
                 "init": _rule(resolved, f"{unit.name}.conv.weight")}
     if isinstance(unit, SqueezeExcite):
-        return {"name": unit.name, "kind": "se", "channels": unit.channels, "squeeze": unit.squeeze_channels,
-                "init": [_rule(resolved, f"{unit.name}.reduce.weight"), _rule(resolved, f"{unit.name}.expand.weight")]}
+        return {"name": unit.name, "slot": unit.slot, "kind": "se", "channels": unit.channels, "squeeze": unit.squeeze_channels,
+                "act": unit.activation, "gate": unit.gate, "init": [_rule(resolved, f"{unit.name}.reduce.weight"), _rule(resolved, f"{unit.name}.expand.weight")]}
     raise TypeError(f"unknown unit {unit!r}")
 
 
 def config_from_resolved(resolved: ResolvedModel, backend: str = "this") -> dict:
     """The plain-data CONFIG table of `resolved` (JSON-compatible)."""
     _check_constant_inits(resolved, backend)
-    norm = resolved.spec.input.normalization
     cls = resolved.classifier
     return {
         "name": resolved.spec.name,
@@ -56,7 +55,8 @@ def config_from_resolved(resolved: ResolvedModel, backend: str = "this") -> dict
         "padding": resolved.padding,
         "activation": resolved.activation,
         "batch_norm": {"eps": resolved.bn_eps, "momentum": resolved.bn_momentum, "running_var": resolved.bn_running_var},
-        "normalization": {"in_model": resolved.normalize_in_model, "mean": list(norm.mean), "std": list(norm.std)},
+        "normalization": {"in_model": resolved.normalize_in_model, "mean": list(resolved.input_mean),
+                          "std": list(resolved.input_std)},
         "stem": _row(resolved, resolved.stem),
         "blocks": [{"index": b.index, "stage": b.stage, "type": b.type, "residual": b.residual,
                     "drop_path_rate": b.drop_path_rate, "layers": [_row(resolved, u) for u in b.layers]}

@@ -18,9 +18,9 @@ from effv2_spec.weights import WeightsError, check_tensors
 
 from . import registry
 
-#: the oracle plus every registered adapter
+#: the oracle plus every registered adapter (the oracle is one of them)
 def frameworks() -> tuple[str, ...]:
-    return ("reference", *registry.ADAPTERS)
+    return tuple(dict.fromkeys(("reference", *registry.ADAPTERS)))
 
 
 #: fields that do not change eval-mode logits for given weights and network input

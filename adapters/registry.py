@@ -1,28 +1,14 @@
-"""Which backends and weight importers exist, as lazily imported "module:attr" strings.
+"""Which backends and weight converters exist, as lazily imported "module:attr" strings.
 
-Nothing here imports torch or jax; `get_adapter` does, when asked for one.
+Nothing here imports torch or jax; `get_adapter` does, when asked for one. The backend protocol
+is code: `effv2_adapters.conformance.protocol.Adapter` (required: build, forward,
+forward_backward, export_tensors; optional capabilities: optimizer_steps, emit_source).
 
-Adapter protocol (one class per framework, instances are stateless factories):
-
-    name: str
-    available() -> str | None
-        None when the framework imports, else a human-readable reason.
-    build(resolved, dtype, tensors) -> model
-        A runtime model with the canonical `tensors` (params and buffers) loaded.
-    forward(model, x, *, training, masks=None) -> np.ndarray
-        Logits for NCHW `x`; training=True uses batch statistics, updates the BN running
-        statistics held by `model`, and applies dropout / drop path with the given masks.
-    forward_backward(model, x, dlogits, *, masks=None) -> (logits, grads)
-        Training-mode forward, then gradients of sum(logits * dlogits) for every trainable
-        canonical parameter (dict name -> np.ndarray). Updates BN running statistics.
-    export_tensors(model) -> dict[str, np.ndarray]
-        Canonical names and layouts, params and buffers.
-    optimizer_steps(tensors, grads_per_step, config, lrs, resolved) -> dict[str, np.ndarray]
-        Apply len(lrs) steps of the framework's own optimiser, configured from the
-        TrainingConfig `config` (weight decay by role included), starting from fresh
-        optimiser state; returns the updated trainable tensors.
-    emit_source(resolved) -> str
-        One standalone source file building the model.
+A framework is named in one of three ways:
+* a built-in name (`ADAPTERS`: reference, torch, jax);
+* an installed package's name, registered in the entry-point group `effv2.adapters`
+  (`[project.entry-points."effv2.adapters"] mine = "my_pkg.adapter:MyAdapter"`);
+* a "package.module:Class" string, imported from sys.path (nothing to install).
 
 Importer signature: import_X(path, spec) -> dict[str, np.ndarray] (canonical tensors);
 exporter signature: export_X(tensors, spec, path) -> None.
@@ -30,9 +16,15 @@ exporter signature: export_X(tensors, spec, path) -> None.
 
 from __future__ import annotations
 
-import importlib
+from importlib import metadata
+
+from effv2_spec.lazy import TargetError, load_target
+
+#: the entry-point group through which installed packages register a backend by name
+ENTRY_POINT_GROUP = "effv2.adapters"
 
 ADAPTERS: dict[str, str] = {
+    "reference": "effv2_adapters.oracle:ReferenceAdapter",
     "torch": "effv2_adapters.torch.adapter:TorchAdapter",
     "jax": "effv2_adapters.jax.adapter:JaxAdapter",
 }
@@ -41,32 +33,56 @@ IMPORTERS: dict[str, str] = {
     "torchvision": "effv2_adapters.torch.peers:import_torchvision",
     "timm": "effv2_adapters.torch.peers:import_timm",
     "keras": "effv2_adapters.jax.keras_import:import_keras",
+    "efficientnet_pytorch": "effv2_adapters.torch.peers:import_efficientnet_pytorch",
 }
 
 EXPORTERS: dict[str, str] = {
     "torchvision": "effv2_adapters.torch.peers:export_torchvision",
     "timm": "effv2_adapters.torch.peers:export_timm",
+    "efficientnet_pytorch": "effv2_adapters.torch.peers:export_efficientnet_pytorch",
 }
 
 
-def _load(target: str):
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)
+def _entry_points() -> dict[str, str]:
+    return {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def framework_names() -> list[str]:
+    """Built-in backends, then those installed packages register (a built-in name wins)."""
+    return list(ADAPTERS) + [n for n in _entry_points() if n not in ADAPTERS]
+
+
+def adapter_target(name: str) -> str:
+    """The "module:Class" behind a framework name; KeyError (one line) for an unknown name."""
+    if ":" in name:
+        return name
+    if name in ADAPTERS:
+        return ADAPTERS[name]
+    plugins = _entry_points()
+    if name in plugins:
+        return plugins[name]
+    raise KeyError(f"unknown framework {name!r}; available: {', '.join(framework_names())} "
+                   "(or a 'package.module:Class' of your own)")
 
 
 def get_adapter(name: str):
-    if name not in ADAPTERS:
-        raise KeyError(f"unknown framework {name!r}; available: {', '.join(ADAPTERS)}")
-    return _load(ADAPTERS[name])()
+    """An adapter instance. ImportError when its module cannot be imported; KeyError for an unknown
+    name; TargetError (a ValueError) when a "module:Class" names nothing."""
+    factory = load_target(adapter_target(name))
+    return factory() if isinstance(factory, type) else factory  # a class, or a ready instance
 
 
 def get_importer(name: str):
     if name not in IMPORTERS:
         raise KeyError(f"unknown source {name!r}; available: {', '.join(IMPORTERS)}")
-    return _load(IMPORTERS[name])
+    return load_target(IMPORTERS[name])
 
 
 def get_exporter(name: str):
     if name not in EXPORTERS:
         raise KeyError(f"unknown target {name!r}; available: {', '.join(EXPORTERS)}")
-    return _load(EXPORTERS[name])
+    return load_target(EXPORTERS[name])
+
+
+__all__ = ["ADAPTERS", "IMPORTERS", "EXPORTERS", "ENTRY_POINT_GROUP", "TargetError", "framework_names",
+           "adapter_target", "get_adapter", "get_importer", "get_exporter"]

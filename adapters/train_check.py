@@ -71,13 +71,14 @@ class TrainCheckReport:
     tolerance: float
     parts: list[PartReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    devices: int = 1
 
     @property
     def passed(self) -> bool:
         return not self.problems and all(p.worst <= self.tolerance for p in self.parts)
 
     def to_json(self) -> dict:
-        return {"framework": self.framework, "processes": self.processes, "dtype": self.dtype,
+        return {"framework": self.framework, "processes": self.processes, "devices": self.devices, "dtype": self.dtype,
                 "tolerance": self.tolerance, "passed": self.passed, "problems": self.problems,
                 "parts": [p.__dict__ for p in self.parts]}
 
@@ -142,17 +143,36 @@ def local_process_env() -> dict:
     return env
 
 
+def jax_process_commands(nproc: int, args: list[str], port: int | None = None,
+                         timeout_s: float = 120.0) -> list[list[str]]:
+    """One `effv2 <args> --coordinator 127.0.0.1:PORT --num-processes N --process-id i` per process."""
+    port = port or free_port()
+    return [[sys.executable, "-m", "effv2_spec.cli", *args, "--coordinator", f"127.0.0.1:{port}",
+             "--num-processes", str(nproc), "--process-id", str(i), "--timeout", str(timeout_s)] for i in range(nproc)]
+
+
+def jax_device_env(devices: int) -> dict:
+    """`local_process_env()` with `devices` simulated CPU devices for jax (XLA_FLAGS)."""
+    env = local_process_env()
+    flags = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f)
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+    return env
+
+
 def run_train_check(spec: ArchitectureSpec, *, framework: str = "torch", steps: int = 6, nproc: int = 1,
                     dtype: str = "float64", optimizer: str = "rmsprop", size: int = 24, batch: int = 16,
                     group_size: int | None = None, seed: int = 0, timeout_s: float = 600.0,
-                    workdir: str | os.PathLike | None = None) -> TrainCheckReport:
-    """Train `spec` `steps` steps with the oracle and with `framework` (`nproc` processes) and compare."""
-    if framework != "torch":
-        raise ValueError(f"--train-steps: training checks exist for 'torch' (got {framework!r})")
-    if batch % nproc:
-        raise ValueError(f"--nproc {nproc}: must divide the check's batch of {batch}")
-    group = group_size or batch // nproc
-    report = TrainCheckReport(framework, nproc, dtype, TOLERANCE[dtype])
+                    workdir: str | os.PathLike | None = None, devices: int = 1) -> TrainCheckReport:
+    """Train `spec` `steps` steps with the oracle and with `framework` (`nproc` processes; jax: `devices`
+    simulated CPU devices per process) and compare."""
+    if framework not in ("torch", "jax"):
+        raise ValueError(f"--train-steps: training checks exist for 'torch' and 'jax' (got {framework!r})")
+    if devices != 1 and framework != "jax":
+        raise ValueError("--devices: simulated devices are a jax check (torch runs one device per process)")
+    if batch % (nproc * devices):
+        raise ValueError(f"--nproc {nproc} x --devices {devices}: must divide the check's batch of {batch}")
+    group = group_size or batch // nproc  # each process's rows (DDP's groups); with devices, a group spans them
+    report = TrainCheckReport(framework, nproc, dtype, TOLERANCE[dtype], devices=devices)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         root = Path(tmp)
         docs = {"spec.json": json.loads(spec.model_dump_json()), "schedule.json": check_schedule(steps, size),
@@ -166,7 +186,14 @@ def run_train_check(spec: ArchitectureSpec, *, framework: str = "torch", steps: 
                   "--checkpoint-every", "0"]
         _run_cli(["train", *common, "--out", str(root / "oracle")], timeout_s)
         other = ["train", *common, "--framework", framework, "--device", "cpu", "--out", str(root / framework)]
-        if nproc == 1:
+        if framework == "jax":
+            env = jax_device_env(devices)
+            env["EFFV2_JAX_CACHE"] = env.get("EFFV2_JAX_CACHE", str(root / "jax-cache"))
+            if nproc == 1:
+                _run([sys.executable, "-m", "effv2_spec.cli", *other], timeout_s, env)
+            else:
+                _run_all(jax_process_commands(nproc, other, timeout_s=min(timeout_s, 120.0)), timeout_s, env)
+        elif nproc == 1:
             _run_cli(other, timeout_s)
         else:
             _run(torchrun_command(nproc, other + ["--timeout", str(min(timeout_s, 120.0))]), timeout_s)
@@ -191,9 +218,33 @@ def _run_cli(args: list[str], timeout_s: float) -> None:
     _run([sys.executable, "-m", "effv2_spec.cli", *args], timeout_s)
 
 
-def _run(cmd: list[str], timeout_s: float) -> None:
+def _run_all(cmds: list[list[str]], timeout_s: float, env: dict) -> None:
+    """Start every command at once (the processes of one run), wait for all; the first failure is one line."""
+    import time
+
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for c in cmds]
+    deadline = time.monotonic() + timeout_s
+    outputs = []
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=local_process_env())
+        for p in procs:
+            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            outputs.append((p.returncode, out, err))
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"training check: {len(cmds)} processes did not finish in {timeout_s:.0f} s") from None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for code, out, err in outputs:
+        if code != 0:
+            lines = [ln for ln in (err + out).splitlines() if ln.strip()] or ["no output"]
+            raise RuntimeError(f"training check: a run failed (exit {code}): {lines[0]}")
+
+
+def _run(cmd: list[str], timeout_s: float, env: dict | None = None) -> None:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env or local_process_env())
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"training check: '{' '.join(cmd[-12:])}' did not finish in {timeout_s:.0f} s") from None
     if done.returncode != 0:

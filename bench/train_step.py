@@ -4,9 +4,10 @@ oracle (NumPy/Numba) vs PyTorch CPU on the same spec and weights, in the same pr
     python bench/train_step.py [--spec efficientnetv2-nano] [--batch 32] [--sizes 32 64 128]
                                [--threads 1] [--steps 20] [--json]
 
-Both sides run with `--threads N`: torch.set_num_threads(N), and threadpoolctl limits every
-BLAS / OpenMP pool in the process (OpenBLAS, torch's libgomp) to N; the oracle's Numba
-kernels split their work by channel blocks over the same N (numba.set_num_threads). The
+Both sides run with `--threads N`: torch.set_num_threads(N), a threadpoolctl limit of N on every
+BLAS / OpenMP pool in the process (OpenBLAS, torch's libgomp), and
+`effv2_reference.kernels.set_num_threads(N)`: the oracle's kernels and GEMMs split their work by
+channel / sample blocks over N threads of one pool (NumPy's BLAS then runs one thread per call). The
 steps are interleaved (oracle, torch, oracle, torch, ...) so that a load change on a
 shared machine hits both sides alike. Reported per side: median wall time, its spread
 (min-max), and the median CPU time (process_time: all threads of the process), plus
@@ -28,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def set_threads(n: int):
-    """Limit torch, BLAS, OpenMP and Numba to n threads; returns the threadpoolctl context (keep it alive)."""
+    """Limit torch, BLAS, OpenMP and the oracle's kernel pool to n threads; returns the threadpoolctl context."""
     from threadpoolctl import threadpool_limits
 
     import torch

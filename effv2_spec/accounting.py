@@ -55,8 +55,7 @@ def count(resolved: ResolvedModel) -> Accounting:
     by_prefix: dict[str, int] = {}
     for p in resolved.params:
         if p.trainable:
-            unit = p.name.rsplit(".", 2)[0] if p.name.split(".")[-2] in ("conv", "bn", "reduce", "expand") else p.name.rsplit(".", 1)[0]
-            by_prefix[unit] = by_prefix.get(unit, 0) + p.numel
+            by_prefix[p.unit] = by_prefix.get(p.unit, 0) + p.numel
     units = []
     for unit in resolved.units():
         units.append(UnitCount(unit.name, unit.kind, by_prefix.get(unit.name, 0), unit_macs(unit), unit_shape(unit)))

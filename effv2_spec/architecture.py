@@ -218,6 +218,13 @@ class SESpec(SpecModel):
     'divisible': round_channels(base * ratio) with the scaling divisor (d-li14)."""
     base: Literal["block_input", "expanded"] = "block_input"
     """Channels the ratio applies to: the block's input (official) or the expanded width."""
+    activation: Literal["silu", "relu"] | None = None
+    """Activation between the two SE convs; null: the network's activation (official: swish, as
+    torchvision's SqueezeExcitation(activation=SiLU)). 'relu' is MobileNetV3's and timm's
+    `se_layer` with act_layer=ReLU."""
+    gate: Literal["sigmoid", "hard_sigmoid"] = "sigmoid"
+    """The gate on the excitation: sigmoid (official, torchvision, Keras); hard_sigmoid = relu6(x + 3) / 6
+    (MobileNetV3, torch.nn.Hardsigmoid)."""
 
 
 class StochasticDepthSpec(SpecModel):

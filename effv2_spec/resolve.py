@@ -46,15 +46,20 @@ class ParamEntry:
     ]
     trainable: bool
     init: InitRule
+    unit: str = ""
+    """The unit that owns the tensor ('blocks.3.project', 'classifier'): no backend parses names."""
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
 
+Slot = Literal["stem", "expand", "dw", "se", "project", "fused", "head"]
+
+
 @dataclass(frozen=True)
 class ConvBN:
-    """Conv (no bias) -> BN -> optional activation. Depthwise when groups == in_channels."""
+    """Conv (no bias) -> BN -> activation (None: none). Depthwise when groups == in_channels."""
 
     name: str
     in_channels: int
@@ -62,10 +67,13 @@ class ConvBN:
     kernel: int
     stride: int
     groups: int
-    activation: bool
+    activation: str | None
+    """The activation's name ('silu', 'relu', ...), or None for a linear unit (the projection)."""
     in_size: Size
     out_size: Size
     kind: Literal["conv_bn"] = "conv_bn"
+    slot: Slot = "stem"
+    """The unit's attribute name in its block (its canonical name's last part)."""
 
     @property
     def depthwise(self) -> bool:
@@ -74,13 +82,16 @@ class ConvBN:
 
 @dataclass(frozen=True)
 class SqueezeExcite:
-    """mean over H, W -> 1x1 conv (bias) -> act -> 1x1 conv (bias) -> sigmoid -> scale the input."""
+    """mean over H, W -> 1x1 conv (bias) -> activation -> 1x1 conv (bias) -> gate -> scale the input."""
 
     name: str
     channels: int
     squeeze_channels: int
     size: Size
     kind: Literal["se"] = "se"
+    activation: str = "silu"
+    gate: Literal["sigmoid", "hard_sigmoid"] = "sigmoid"
+    slot: Slot = "se"
 
 
 Layer = Union[ConvBN, SqueezeExcite]
@@ -168,6 +179,15 @@ class ResolvedModel:
     @property
     def normalize_in_model(self) -> bool:
         return self.spec.input.normalization.in_model
+
+    @property
+    def input_mean(self) -> tuple[float, ...]:
+        """Per-channel mean subtracted from the input (inside the model only when normalize_in_model)."""
+        return tuple(float(v) for v in self.spec.input.normalization.mean)
+
+    @property
+    def input_std(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.spec.input.normalization.std)
 
     def param(self, name: str) -> ParamEntry:
         return self._by_name[name]
@@ -301,36 +321,39 @@ class _Resolver:
     # ---- units and their parameters -------------------------------------------------
     def conv(self, name, cin, cout, k, stride, groups, act, size) -> ConvBN:
         out_size = (conv_output_size(size[0], k, stride), conv_output_size(size[1], k, stride))
-        unit = ConvBN(name, cin, cout, k, stride, groups, act, tuple(size), out_size)
+        activation = self.spec.conventions.activation if act else None
+        unit = ConvBN(name, cin, cout, k, stride, groups, activation, tuple(size), out_size, slot=name.rsplit(".", 1)[-1])
         init = self.spec.conventions.init
         depthwise = groups > 1
         # TF sees a depthwise kernel as (k, k, C, 1): fan_out = k*k; PyTorch's kaiming sees C*k*k
         fan_out = k * k if depthwise and init.depthwise_fan_out == "kernel_area" else k * k * cout
         role = "depthwise_kernel" if depthwise else "conv_kernel"
-        self.add(f"{name}.conv.weight", (cout, cin // groups, k, k), role, True, self.conv_init(fan_out))
-        self.batch_norm(f"{name}.bn", cout)
+        self.add(name, "conv.weight", (cout, cin // groups, k, k), role, True, self.conv_init(fan_out))
+        self.batch_norm(name, cout)
         return unit
 
     def squeeze(self, name, channels, squeeze, size) -> SqueezeExcite:
-        self.add(f"{name}.reduce.weight", (squeeze, channels, 1, 1), "se_kernel", True, self.conv_init(squeeze))
-        self.add(f"{name}.reduce.bias", (squeeze,), "se_bias", True, InitRule("zeros"))
-        self.add(f"{name}.expand.weight", (channels, squeeze, 1, 1), "se_kernel", True, self.conv_init(channels))
-        self.add(f"{name}.expand.bias", (channels,), "se_bias", True, InitRule("zeros"))
-        return SqueezeExcite(name, channels, squeeze, tuple(size))
+        self.add(name, "reduce.weight", (squeeze, channels, 1, 1), "se_kernel", True, self.conv_init(squeeze))
+        self.add(name, "reduce.bias", (squeeze,), "se_bias", True, InitRule("zeros"))
+        self.add(name, "expand.weight", (channels, squeeze, 1, 1), "se_kernel", True, self.conv_init(channels))
+        self.add(name, "expand.bias", (channels,), "se_bias", True, InitRule("zeros"))
+        conv = self.spec.conventions
+        return SqueezeExcite(name, channels, squeeze, tuple(size), activation=conv.se.activation or conv.activation,
+                             gate=conv.se.gate)
 
     def dense(self, c: Classifier) -> None:
         if self.spec.conventions.init.dense == "uniform_fan_out":
             init = InitRule("uniform", 1.0 / math.sqrt(c.out_features))
         else:
             init = InitRule("normal", 0.001)
-        self.add(f"{c.name}.weight", (c.out_features, c.in_features), "dense_kernel", True, init)
-        self.add(f"{c.name}.bias", (c.out_features,), "dense_bias", True, InitRule("zeros"))
+        self.add(c.name, "weight", (c.out_features, c.in_features), "dense_kernel", True, init)
+        self.add(c.name, "bias", (c.out_features,), "dense_bias", True, InitRule("zeros"))
 
-    def batch_norm(self, name, channels) -> None:
-        self.add(f"{name}.weight", (channels,), "bn_gamma", True, InitRule("ones"))
-        self.add(f"{name}.bias", (channels,), "bn_beta", True, InitRule("zeros"))
-        self.add(f"{name}.running_mean", (channels,), "bn_running_mean", False, InitRule("zeros"))
-        self.add(f"{name}.running_var", (channels,), "bn_running_var", False, InitRule("ones"))
+    def batch_norm(self, unit, channels) -> None:
+        self.add(unit, "bn.weight", (channels,), "bn_gamma", True, InitRule("ones"))
+        self.add(unit, "bn.bias", (channels,), "bn_beta", True, InitRule("zeros"))
+        self.add(unit, "bn.running_mean", (channels,), "bn_running_mean", False, InitRule("zeros"))
+        self.add(unit, "bn.running_var", (channels,), "bn_running_var", False, InitRule("ones"))
 
     def conv_init(self, fan_out: int) -> InitRule:
         std = math.sqrt(2.0 / fan_out)
@@ -339,8 +362,9 @@ class _Resolver:
             return InitRule("truncated_normal", std / 0.87962566103423978)
         return InitRule("normal", std)
 
-    def add(self, name, shape, role, trainable, init) -> None:
-        self.params.append(ParamEntry(name, tuple(int(s) for s in shape), role, trainable, init))
+    def add(self, unit: str, name: str, shape, role, trainable, init) -> None:
+        """Tensor `name` of `unit` (canonical name: unit.name)."""
+        self.params.append(ParamEntry(f"{unit}.{name}", tuple(int(s) for s in shape), role, trainable, init, unit))
 
 
 def as_resolved(source) -> ResolvedModel:

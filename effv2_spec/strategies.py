@@ -51,6 +51,8 @@ def conventions(draw, *, official: bool = False) -> dict[str, Any]:
         "se": {
             "width_rule": draw(st.sampled_from(["int", "round", "divisible"])),
             "base": draw(st.sampled_from(["block_input", "expanded"])),
+            "activation": draw(st.sampled_from([None, "silu", "relu"])),
+            "gate": draw(st.sampled_from(["sigmoid", "hard_sigmoid"])),
         },
         "fused_expand1": draw(st.sampled_from(["single_conv", "expand_project"])),
         "stochastic_depth": {"rate": draw(st.sampled_from([0.0, 0.2, 0.5]))},

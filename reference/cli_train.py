@@ -16,7 +16,7 @@ import time
 
 import click
 
-from effv2_spec.cli.common import SpecInputError, echo_json, load_or_fail
+from effv2_spec.console import SpecInputError, echo_json, load_or_fail
 from effv2_spec.documents import load_architecture, load_schedule, load_training, parse_obj
 from effv2_spec.errors import SpecError
 
@@ -49,26 +49,35 @@ def _with_changes(doc, source: str, option: str, **changes):
         raise SpecInputError("\n".join(exc.lines(f"{source} (with {option})"))) from None
 
 
-#: framework trainers, looked up by name like plug-ins (effv2_adapters builds on effv2_reference, not back)
-FRAMEWORK_TRAINERS = {"torch": ("effv2_adapters.torch.train", "make_torch_backend", "torch")}
+#: framework trainers, looked up by name like plug-ins (effv2_adapters builds on effv2_reference, not back):
+#: module, factory, the pip extra, the third-party modules it needs
+FRAMEWORK_TRAINERS = {"torch": ("effv2_adapters.torch.train", "make_torch_backend", "torch", ("torch",)),
+                      "jax": ("effv2_adapters.jax.train", "make_jax_backend", "jax",
+                              ("jax", "jaxlib", "flax", "optax"))}
 
 
-def _torch_backend(dtype, device, precision, channels_last, compile_, timeout_s):
-    """(process layout, make_backend) of the PyTorch trainer; one line when it cannot start."""
-    module_name, attr, extra = FRAMEWORK_TRAINERS["torch"]
+def _framework_backend(framework: str, **options):
+    """(process layout, make_backend) of a framework trainer; one line when it cannot start.
+
+    The factory takes the command's options and returns (make_backend(plan, tensors), processes);
+    its module's `TrainSetupError` is a refusal to report in one line.
+    """
+    module_name, attr, extra, needs = FRAMEWORK_TRAINERS[framework]
     try:
         module = importlib.import_module(module_name)
+        for name in needs[1:]:
+            importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] == "torch":
-            raise SpecInputError(f"--framework torch: PyTorch is not installed (pip install 'effv2[{extra}]')") from None
+        if exc.name and exc.name.split(".")[0] in needs:
+            raise SpecInputError(f"--framework {framework}: {exc.name} is not installed "
+                                 f"(pip install 'effv2[{extra}]')") from None
         raise
     try:
-        make, procs = getattr(module, attr)(dtype=dtype, device=device, precision=precision,
-                                            channels_last=channels_last, compile=compile_, timeout_s=timeout_s)
+        make, procs = getattr(module, attr)(**options)
     except module.TrainSetupError as exc:
         raise SpecInputError(str(exc)) from None
     except RuntimeError as exc:  # a rendezvous that never completes, a dead peer
-        raise SpecInputError(f"--framework torch: cannot start the process group ({_first_line(exc)})") from None
+        raise SpecInputError(f"--framework {framework}: cannot start the process group ({_first_line(exc)})") from None
 
     def make_backend(plan, tensors):
         try:
@@ -118,8 +127,9 @@ def _stage_line(rec: dict, num_stages: int) -> str:
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=100, show_default=True,
               help="Also checkpoint every N steps (0: only at stage ends).")
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
-              help="BLAS threads for the matrix products (0: the library's default). One is the default: "
-                   "the oracle's GEMMs are small, and spare BLAS threads spin-wait badly on a busy machine.")
+              help="Threads for the oracle (N > 1: its kernels and GEMMs split over one shared pool of N threads "
+                   "whose idle workers block instead of spinning; 0: BLAS's own default). One is the default: "
+                   "spare BLAS threads spin-wait badly on a busy machine. With --framework torch: its CPU threads.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes preparing each step's images (crop, flip, RandAugment); 0: in this process. "
                    "The result does not depend on it.")
@@ -130,25 +140,38 @@ def _stage_line(rec: dict, num_stages: int) -> str:
                    "--init-from every other tensor is loaded).")
 @click.option("--frozen-bn", "frozen_bn", is_flag=True,
               help="Train with batch norm in inference mode (running statistics, not updated): fine-tuning.")
+@click.option("--eval-size", "eval_size", type=click.IntRange(min=1, max=8192), default=None,
+              help="Held-out evaluation size after the last stage [default: the spec's eval_image_size].")
 @click.option("--stop-at", "stop_at", type=click.IntRange(min=1), default=None,
               help="Stop after this global step with a checkpoint (continue later with --resume, with any "
                    "framework or number of processes).")
-@click.option("--framework", type=click.Choice(["reference", "torch"]), default="reference", show_default=True,
-              help="Who computes the steps: the NumPy oracle, or PyTorch (also under torchrun, one process per "
-                   "device). Same plan, same result.")
-@click.option("--device", default=None, help="torch: cpu, cuda or cuda:N [default: cuda when available].")
+@click.option("--framework", type=click.Choice(["reference", "torch", "jax"]), default="reference", show_default=True,
+              help="Who computes the steps: the NumPy oracle, PyTorch (also under torchrun, one process per "
+                   "device), or JAX (every local device; several hosts with --coordinator). Same plan, same result.")
+@click.option("--device", default=None,
+              help="torch: cpu, cuda or cuda:N [default: cuda when available]; jax: cpu, gpu or tpu [default: jax's].")
 @click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-              show_default=True, help="torch: autocast precision (float16 with a gradient scaler, CUDA only).")
+              show_default=True, help="torch: autocast precision (float16 with a gradient scaler, CUDA only); "
+                                        "jax: float32 or bfloat16 compute (float32 weights).")
 @click.option("--channels-last", "channels_last", is_flag=True, help="torch: channels-last memory format.")
 @click.option("--compile", "compile_", is_flag=True, help="torch: torch.compile the model (one compile per stage).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1.0), default=600.0, show_default=True,
-              help="torch under torchrun: seconds a collective waits for the other processes before failing.")
+              help="torch under torchrun: seconds a collective waits for the other processes before failing; jax: "
+                   "seconds to join the --coordinator.")
+@click.option("--coordinator", default=None, metavar="ADDR:PORT",
+              help="jax on several processes / hosts: the jax.distributed coordinator (process 0 listens there); "
+                   "default from JAX_COORDINATOR_ADDRESS. Joining waits at most --timeout seconds.")
+@click.option("--num-processes", "num_processes", type=click.IntRange(min=1), default=None,
+              help="jax with --coordinator: number of processes (default JAX_NUM_PROCESSES).")
+@click.option("--process-id", "process_id", type=click.IntRange(min=0), default=None,
+              help="jax with --coordinator: this process's index (default JAX_PROCESS_ID).")
 @click.option("--json", "as_json", is_flag=True,
               help="End with one JSON object (final_accuracy, seconds, stages, ...).")
 def train(spec_source, schedule_source, training_source, data_source, out_dir, resume, overwrite, seed, steps, epochs, dtype,
-          checkpoint_every, threads, workers, init_from, num_classes, frozen_bn, stop_at, framework, device, precision,
-          channels_last, compile_, timeout_s, as_json):
-    """Train SPEC progressively: with the NumPy/Numba oracle on CPU, or with PyTorch (torchrun for many devices)."""
+          checkpoint_every, threads, workers, init_from, num_classes, frozen_bn, eval_size, stop_at, framework, device, precision,
+          channels_last, compile_, timeout_s, coordinator, num_processes, process_id, as_json):
+    """Train SPEC progressively: with the NumPy/Numba oracle on CPU, with PyTorch (torchrun for many devices) or
+    with JAX (every local device; --coordinator for several processes / hosts)."""
     t_start = time.perf_counter()
     if steps is not None and epochs is not None:
         raise click.UsageError("give at most one of --steps and --epochs")
@@ -173,10 +196,20 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
 
     torch_options = {"--device": device is not None, "--precision": precision != "float32",
                      "--channels-last": channels_last, "--compile": compile_}
+    jax_options = {"--coordinator": coordinator is not None, "--num-processes": num_processes is not None,
+                   "--process-id": process_id is not None}
+    if framework != "jax":
+        given = [k for k, v in jax_options.items() if v]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: only with --framework jax")
+    if framework == "jax":
+        given = [k for k in ("--channels-last", "--compile") if torch_options[k]]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: only with --framework torch")
     if framework == "reference":
         given = [k for k, v in torch_options.items() if v]
         if given:
-            raise click.UsageError(f"{', '.join(given)}: only with --framework torch")
+            raise click.UsageError(f"{', '.join(given)}: only with --framework torch or jax")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SpecInputError("the oracle trains in one process; under torchrun use --framework torch")
 
@@ -200,12 +233,18 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
         out = prepare_out_dir(out_dir, spec.name, resume=resume, overwrite=overwrite)
         if framework == "reference":
             trainer = Trainer(spec, sched, config, train_data, heldout, seed=seed, dtype=dtype, out_dir=out,
-                              checkpoint_every=checkpoint_every or None, workers=workers, init_from=initial)
+                              checkpoint_every=checkpoint_every or None, workers=workers, init_from=initial,
+                              eval_size=eval_size)
         else:
-            procs, make_backend = _torch_backend(dtype, device, precision, channels_last, compile_, timeout_s)
+            options = dict(dtype=dtype, device=device, precision=precision, timeout_s=timeout_s)
+            if framework == "jax":
+                options.update(coordinator=coordinator, num_processes=num_processes, process_id=process_id)
+            else:
+                options.update(channels_last=channels_last, compile=compile_)
+            procs, make_backend = _framework_backend(framework, **options)
             trainer = ProgressiveLoop(spec, sched, config, train_data, heldout, make_backend, seed=seed, dtype=dtype,
                                       out_dir=out, checkpoint_every=checkpoint_every or None, workers=workers,
-                                      init_from=initial)
+                                      init_from=initial, eval_size=eval_size)
         if resume:
             trainer.resume()
     except CheckpointError as exc:
@@ -227,7 +266,11 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
          + (f", resumed at step {trainer.step}" if resume else ""))
 
     try:
-        with _blas_threads(threads):
+        if framework == "torch" and threads:
+            import torch  # CPU intra-op threads; spare ones spin as badly as BLAS's
+
+            torch.set_num_threads(threads)
+        with _oracle_threads(threads if framework == "reference" else 1):
             result = (_run_with_progress(trainer, stream, echo, n_stages, stop_at) if lead
                       else trainer.run(stop_at=stop_at))
     except TrainingDiverged as exc:
@@ -258,7 +301,20 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
         payload.update(seconds=seconds, training_seconds=result.seconds, spec=spec.name, schedule=sched.name,
                        training=config.name, data=data.name, seed=seed, dtype=dtype,
                        train_images=len(train_data), heldout_images=len(heldout))
+        if getattr(trainer.backend, "compile_seconds", None) is not None:  # jax: seconds compiling each stage's step
+            payload["compile_seconds"] = dict(trainer.backend.compile_seconds)
+            payload["devices"] = len(trainer.backend.procs.devices)
         echo_json(payload)
+
+
+def _oracle_threads(n: int):
+    """n > 1: the oracle's shared kernel pool (BLAS one thread per call inside it); else BLAS limited to n."""
+    if n > 1:
+        from .kernels import set_num_threads
+
+        set_num_threads(n)
+        return _blas_threads(0)
+    return _blas_threads(n)
 
 
 def _blas_threads(n: int):

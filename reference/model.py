@@ -125,9 +125,8 @@ class ReferenceModel:
         dropout and drop path on; batch_stats: train-mode BN in `groups` groups, else running stats."""
         r = self.resolved
         if r.normalize_in_model:
-            norm = r.spec.input.normalization
-            mean = np.asarray(norm.mean, dtype=self.dtype)[None, :, None, None]
-            std = np.asarray(norm.std, dtype=self.dtype)[None, :, None, None]
+            mean = np.asarray(r.input_mean, dtype=self.dtype)[None, :, None, None]
+            std = np.asarray(r.input_std, dtype=self.dtype)[None, :, None, None]
             x = (x - mean) / std
         h = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
         n = h.shape[1]
@@ -195,7 +194,7 @@ class ReferenceModel:
             h = ops.batch_norm_eval_forward(h, gamma, beta, rm, rv, eps=r.bn_eps)
         act_cache = None
         if unit.activation:
-            h, act_cache = ops.activation_forward(r.activation, h)
+            h, act_cache = ops.activation_forward(unit.activation, h)
         if tape is not None:
             tape.append(("conv_bn", unit, (conv_cache, bn_cache, act_cache)))
         return h
@@ -204,7 +203,7 @@ class ReferenceModel:
         p = self.params
         y, cache = ops.squeeze_excite_forward(
             h, p[f"{unit.name}.reduce.weight"], p[f"{unit.name}.reduce.bias"], p[f"{unit.name}.expand.weight"],
-            p[f"{unit.name}.expand.bias"], activation=self.resolved.activation)
+            p[f"{unit.name}.expand.bias"], activation=unit.activation, gate=unit.gate)
         if tape is not None:
             tape.append(("se", unit, cache))
         return y
@@ -241,7 +240,7 @@ class ReferenceModel:
             elif kind == "conv_bn":
                 g = self._conv_bn_backward(unit, g, cache, grads)
             elif kind == "se":
-                g, dwr, dbr, dwe, dbe = ops.squeeze_excite_backward(g, cache, activation=r.activation)
+                g, dwr, dbr, dwe, dbe = ops.squeeze_excite_backward(g, cache, activation=unit.activation)
                 for suffix, d in (("reduce.weight", dwr), ("reduce.bias", dbr), ("expand.weight", dwe),
                                   ("expand.bias", dbe)):
                     grads[f"{unit.name}.{suffix}"] += d
@@ -257,14 +256,14 @@ class ReferenceModel:
             return grads
         dx = g.transpose(1, 0, 2, 3)
         if r.normalize_in_model:
-            dx = dx / np.asarray(r.spec.input.normalization.std, dtype=self.dtype)[None, :, None, None]
+            dx = dx / np.asarray(r.input_std, dtype=self.dtype)[None, :, None, None]
         return grads, np.ascontiguousarray(dx)
 
     def _conv_bn_backward(self, unit: ConvBN, g: np.ndarray, cache, grads: dict) -> np.ndarray:
         conv_cache, bn_cache, act_cache = cache
         p = unit.name
         if unit.activation:
-            g = ops.activation_backward(self.resolved.activation, g, act_cache)
+            g = ops.activation_backward(unit.activation, g, act_cache)
         if isinstance(bn_cache, np.ndarray):  # running statistics: the cache is BN's input
             g, dgamma, dbeta = ops.batch_norm_eval_backward(
                 g, bn_cache, self.params[f"{p}.bn.weight"], self.buffers[f"{p}.bn.running_mean"],

@@ -1,9 +1,8 @@
-"""The conformance harness (effv2_adapters.check) and `effv2 check`: its own mechanics.
+"""The conformance harness (effv2_adapters.conformance) and `effv2 check`: its own mechanics.
 
 The harness must report agreement when there is agreement and catch any disagreement. Its
-mechanics are tested here against a stand-in oracle (the float64 torch model driven through
-the oracle interface), so they do not depend on any one backend being right; the real
-oracle-vs-backend checks live in tests/torch (and tests/jax).
+mechanics are tested here with torch against torch (one side perturbed), so they do not depend
+on any one backend being right; the oracle-vs-backend checks live in tests/conformance.
 """
 
 from __future__ import annotations
@@ -14,8 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from effv2_adapters import check as harness
-from effv2_adapters.check import CHECKS, CheckError, gradient_scales, rel_err, run_check, unit_of
+from effv2_adapters import conformance
+from effv2_adapters import conformance as harness
+from effv2_adapters.conformance import CHECKS, CheckError, gradient_scales, rel_err, run_check, unit_of
 from effv2_spec.architecture import ArchitectureSpec
 from effv2_spec.cli import main
 from effv2_spec.documents import load_architecture, parse_obj
@@ -91,66 +91,50 @@ def test_generate_cli_bad_input(tmp_path):
     assert not (tmp_path / "m.py").exists()
 
 
-# ---- mechanics against a stand-in oracle -------------------------------------------------------------
-class StandInOracle:
-    """The float64 torch model behind the oracle interface (masks drawn with NumPy, as the oracle does)."""
+# ---- mechanics: torch against torch, one side perturbed ---------------------------------------------
+class Perturbed:
+    """The torch adapter with one check's output nudged by a relative `amount` (the harness must see it)."""
 
-    def __init__(self, spec, resolved, dtype, seed, perturb: dict | None = None):
-        import torch
+    name = "perturbed-torch"
 
-        from effv2_adapters.torch import build_model
+    def __init__(self, check: str = "", amount: float = 0.0):
+        from effv2_adapters.torch.adapter import TorchAdapter
 
-        self.torch = torch
-        self.resolved = resolved
-        self.model = build_model(resolved, torch.float64, seed=seed)
-        self.rng = np.random.default_rng(seed)
-        self.last = {}
-        self.out = None
-        self.perturb = perturb or {}
+        self.inner, self.check, self.amount = TorchAdapter(), check, amount
 
-    def state(self):
-        return {k: v.numpy().copy() for k, v in self.model.state_dict().items()}
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
 
-    def release(self):
-        self.model = None
+    def forward(self, model, x, *, training, masks=None):
+        out = self.inner.forward(model, x, training=training, masks=masks)
+        return out * (1 + self.amount) if self.check == ("train_logits" if training else "eval_logits") else out
 
-    def load(self, tensors):
-        self.model.load_state_dict({k: self.torch.from_numpy(np.array(v, np.float64)) for k, v in tensors.items()})
+    def forward_backward(self, model, x, dlogits, *, masks=None):
+        logits, grads = self.inner.forward_backward(model, x, dlogits, masks=masks)
+        if self.check == "gradients":
+            grads["classifier.weight"] = grads["classifier.weight"] * (1 + self.amount)
+        if self.check == "train_logits":
+            logits = logits * (1 + self.amount)
+        return logits, grads
 
-    def forward(self, x, training, masks=None):
-        if training and masks is None:
-            masks = {}
-            for b in self.resolved.blocks:
-                if b.residual and b.drop_path_rate > 0:
-                    masks[f"blocks.{b.index}.drop_path"] = (self.rng.random(x.shape[0]) >= b.drop_path_rate) * 1.0
-            p = self.resolved.classifier.dropout
-            if p > 0:
-                masks["classifier.dropout"] = (self.rng.random((x.shape[0], self.resolved.classifier.in_features)) >= p) * 1.0
-        self.last = masks or {}
-        self.model.train(training)
-        t = {k: self.torch.from_numpy(v) for k, v in self.last.items()}
-        self.out = self.model(self.torch.from_numpy(np.asarray(x, np.float64)), t)
-        out = self.out.detach().numpy().copy()
-        return out * (1 + self.perturb.get("train_logits" if training else "eval_logits", 0.0))
-
-    def last_masks(self):
-        return dict(self.last)
-
-    def backward(self, dlogits):
-        self.model.zero_grad()
-        (self.out * self.torch.from_numpy(dlogits)).sum().backward()
-        grads = {n: p.grad.numpy().copy() for n, p in self.model.named_parameters()}
-        if "gradients" in self.perturb:
-            grads["classifier.weight"] = grads["classifier.weight"] * (1 + self.perturb["gradients"])
-        return grads
-
-    def optimizer_steps(self, tensors, grads_per_step, config, lrs):
-        from effv2_adapters.torch.optim import optimizer_steps
-
-        out = optimizer_steps(tensors, grads_per_step, config, lrs, self.resolved)
-        if config.optimizer.type in self.perturb:
-            out["stem.conv.weight"] = out["stem.conv.weight"] + self.perturb[config.optimizer.type]
+    def optimizer_steps(self, tensors, grads_per_step, config, lrs, resolved):
+        out = self.inner.optimizer_steps(tensors, grads_per_step, config, lrs, resolved)
+        if config.optimizer.type == self.check:
+            out["stem.conv.weight"] = out["stem.conv.weight"] + self.amount
         return out
+
+
+class NoOptimizer:
+    """A backend with only the four required methods (the torch adapter's)."""
+
+    name = "no-optimizer"
+
+    def __init__(self):
+        from effv2_adapters.torch.adapter import TorchAdapter
+
+        inner = TorchAdapter()
+        self.build, self.forward, self.forward_backward = inner.build, inner.forward, inner.forward_backward
+        self.export_tensors = inner.export_tensors
 
 
 def _spec() -> ArchitectureSpec:
@@ -162,11 +146,11 @@ def _spec() -> ArchitectureSpec:
 
 def test_run_check_agreement_and_report():
     pytest.importorskip("torch")
-    report = run_check(_spec(), "torch", dtype="float64", image_size=33, batch=3, seed=1, oracle_factory=StandInOracle)
+    report = run_check(_spec(), "torch", dtype="float64", image_size=33, batch=3, seed=1, baseline="torch")
     assert report.passed, report.to_dict(per_tensor=False)
-    assert [c.check for c in report.checks] == list(CHECKS)
+    assert [c.check for c in report.checks] == list(CHECKS) and report.baseline == "torch"
     data = json.loads(json.dumps(report.to_dict()))
-    assert data["passed"] and data["image_size"] == [33, 33] and data["batch"] == 3
+    assert data["passed"] and data["image_size"] == [33, 33] and data["batch"] == 3 and data["not_run"] == []
     by_check = {c["check"]: c for c in data["checks"]}
     n_trainable = sum(1 for t in data["tensors"] if t["check"] == "gradients")
     assert by_check["gradients"]["tensors"] == n_trainable > 10
@@ -179,23 +163,49 @@ def test_run_check_agreement_and_report():
 @pytest.mark.parametrize("check", ["eval_logits", "train_logits", "gradients", "sgd", "rmsprop"])
 def test_run_check_catches_disagreement(check):
     pytest.importorskip("torch")
-
-    def factory(spec, resolved, dtype, seed):
-        return StandInOracle(spec, resolved, dtype, seed, perturb={check: 1e-6})
-
-    report = run_check(_spec(), "torch", image_size=32, checks=(check,), oracle_factory=factory)
+    report = run_check(_spec(), "perturbed", image_size=32, checks=(check,), adapter=Perturbed(check, 1e-6),
+                       baseline="torch")
     assert not report.passed
-    assert report.checks[0].worst_rel_err > 1e-9
+    assert report.checks[0].worst_rel_err > 1e-9 and report.checks[0].status == "failed"
+
+
+def test_a_missing_capability_is_reported_not_run_never_passed():
+    pytest.importorskip("torch")
+    report = run_check(_spec(), "no-optimizer", image_size=32, adapter=NoOptimizer(), baseline="torch")
+    status = {c.check: c.status for c in report.checks}
+    assert status == {"eval_logits": "passed", "train_logits": "passed", "gradients": "passed",
+                      "running_stats": "passed", "sgd": "not run", "rmsprop": "not run"}
+    assert all(c.passed is None and "capability missing" in c.reason for c in report.not_run)
+    assert report.passed  # every check that ran passed; the report names what did not run
+    assert harness.verdict(report).endswith("(2 check(s) not run: capability missing: sgd, rmsprop)")
+    only = run_check(_spec(), "no-optimizer", image_size=32, adapter=NoOptimizer(), baseline="torch", checks=("sgd",))
+    assert not only.passed and only.not_run  # nothing ran: never a pass
+
+
+def test_the_adapter_protocol_is_checked_at_runtime():
+    pytest.importorskip("torch")
+    from effv2_adapters.conformance import Adapter, capabilities
+    from effv2_adapters.registry import get_adapter
+
+    for name in ("reference", "torch"):
+        adapter = get_adapter(name)
+        assert isinstance(adapter, Adapter), name
+    assert capabilities(get_adapter("torch")) == {"optimizer", "source"}
+    assert capabilities(get_adapter("reference")) == {"optimizer"}
+    assert not isinstance(object(), Adapter)
+    with pytest.raises(CheckError, match="not an effv2 adapter: it lacks name, build, forward"):
+        run_check(_spec(), "x", adapter=object(), image_size=32)
 
 
 def test_calibrated_weights_make_eval_mode_non_trivial():
     pytest.importorskip("torch")
-    spec = _spec()
+    from effv2_adapters.torch.adapter import TorchAdapter
     from effv2_spec.resolve import resolve
 
+    spec = _spec()
     resolved = resolve(spec, 32)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32))
-    tensors = harness.conformance_tensors(spec, resolved, 0, x, "float64", StandInOracle)
+    tensors = harness.conformance_tensors(spec, resolved, 0, x, "float64", TorchAdapter())
     for p in resolved.params:
         t = tensors[p.name]
         assert np.all(np.isfinite(t)), p.name
@@ -205,35 +215,35 @@ def test_calibrated_weights_make_eval_mode_non_trivial():
             assert np.std(t) > 0, p.name
 
 
-def test_cli_check_exit_codes(monkeypatch):
+def test_cli_check_exit_codes():
     pytest.importorskip("torch")
     runner = CliRunner()
-    monkeypatch.setattr(harness, "Oracle", StandInOracle)
-    ok = runner.invoke(main, ["check", "efficientnetv2-nano", "--framework", "torch", "--image-size", "32", "--json"])
+    base = ["check", "efficientnetv2-nano", "--image-size", "32", "--against", "torch"]
+    ok = runner.invoke(main, [*base, "--framework", "torch", "--json"])
     assert ok.exit_code == 0, ok.output
     data = json.loads(ok.output)
-    assert data["passed"] and data["framework"] == "torch" and data["dtype"] == "float64"
-    table = runner.invoke(main, ["check", "efficientnetv2-nano", "--framework", "torch", "--image-size", "32",
-                                 "--checks", "eval_logits,gradients"])
+    assert data["passed"] and data["framework"] == "torch" and data["baseline"] == "torch" and data["dtype"] == "float64"
+    table = runner.invoke(main, [*base, "--framework", "torch", "--checks", "eval_logits,gradients"])
     assert table.exit_code == 0 and "PASS" in table.output and "gradients" in table.output
+    bad = runner.invoke(main, [*base, "--framework", "test_check_harness:WrongEval", "--checks", "eval_logits"])
+    assert bad.exit_code == 1 and "FAIL: eval_logits worst tensor logits" in bad.output, bad.output
 
-    def wrong(spec, resolved, dtype, seed):
-        return StandInOracle(spec, resolved, dtype, seed, perturb={"eval_logits": 1e-3})
 
-    monkeypatch.setattr(harness, "Oracle", wrong)
-    bad = runner.invoke(main, ["check", "efficientnetv2-nano", "--framework", "torch", "--image-size", "32",
-                               "--checks", "eval_logits"])
-    assert bad.exit_code == 1 and "FAIL" in bad.output
+class WrongEval(Perturbed):
+    def __init__(self):
+        super().__init__("eval_logits", 1e-3)
 
 
 def test_check_error_for_impossible_requests():
     pytest.importorskip("torch")
     with pytest.raises(CheckError, match="total stride"):
-        run_check(_spec(), "torch", image_size=2, oracle_factory=StandInOracle)
+        run_check(_spec(), "torch", image_size=2)
     with pytest.raises(CheckError, match="unknown check"):
-        run_check(_spec(), "torch", checks=("nope",), oracle_factory=StandInOracle)
+        run_check(_spec(), "torch", checks=("nope",))
     with pytest.raises(CheckError, match="unknown framework"):
-        run_check(_spec(), "mxnet", oracle_factory=StandInOracle)
+        run_check(_spec(), "mxnet")
+    with pytest.raises(CheckError, match="has no attribute 'Nope'"):
+        run_check(_spec(), "effv2_adapters.oracle:Nope", image_size=32)
 
 
 @pytest.mark.parametrize("error", [MemoryError(), RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 34913012224 bytes.")])
@@ -241,10 +251,15 @@ def test_cli_check_reports_a_framework_failure_in_one_line(monkeypatch, error):
     def failing(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(harness, "run_check", failing)
+    monkeypatch.setattr(conformance, "run_check", failing)
     result = CliRunner().invoke(main, ["check", "efficientnetv2-nano", "--framework", "torch"])
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("efficientnetv2-nano: torch check failed: " + type(error).__name__)
     assert "--image-size" in lines[0]
+
+
+def test_generate_with_a_backend_that_cannot_emit_source():
+    result = CliRunner().invoke(main, ["generate", "efficientnetv2-nano", "--framework", "reference"])
+    assert result.exit_code == 1 and "cannot emit source" in result.output and "Traceback" not in result.output

@@ -143,12 +143,12 @@ def test_a_broken_import_inside_effv2_surfaces(monkeypatch):
     (MemoryError(), True),
 ])
 def test_memory_advice_only_when_memory_is_the_cause(monkeypatch, error, advice):
-    from effv2_adapters import check as harness
+    from effv2_adapters import conformance
 
     def failing(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(harness, "run_check", failing)
+    monkeypatch.setattr(conformance, "run_check", failing)
     result = run("check", "efficientnetv2-nano", "--framework", "torch")
     assert result.exit_code == 1 and ("needs less memory" in one_line(result)) == advice
 

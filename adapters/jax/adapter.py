@@ -1,4 +1,4 @@
-"""`JaxAdapter`: the JAX / Flax NNX backend behind the adapter protocol (effv2_adapters.registry)."""
+"""`JaxAdapter`: the JAX / Flax NNX backend behind the adapter protocol (effv2_adapters.conformance.protocol)."""
 
 from __future__ import annotations
 

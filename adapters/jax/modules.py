@@ -77,9 +77,14 @@ def relu6(x: jax.Array) -> jax.Array:
 
 
 def activate(name: str, x: jax.Array) -> jax.Array:
-    """silu x*sigmoid(x); relu; relu6 min(max(x, 0), 6); hard_swish x*relu6(x + 3)/6."""
+    """silu x*sigmoid(x); relu; relu6 min(max(x, 0), 6); hard_swish x*relu6(x + 3)/6; the SE gates
+    sigmoid and hard_sigmoid relu6(x + 3)/6."""
     if name == "silu":
         return x * jax.nn.sigmoid(x)
+    if name == "sigmoid":
+        return jax.nn.sigmoid(x)
+    if name == "hard_sigmoid":
+        return jnp.clip(x + 3.0, 0.0, 6.0) / 6.0
     if name == "relu":
         return jnp.maximum(x, 0)
     if name == "relu6":
@@ -272,7 +277,7 @@ class ConvBN(nnx.Module):
         bn = cfg["batch_norm"]
         self.conv = Conv(row["in"], row["out"], row["kernel"], row["stride"], row["groups"], False, cfg["padding"], dtype)
         self.bn = BatchNorm(row["out"], bn["eps"], bn["momentum"], bn["running_var"], dtype)
-        self.act = cfg["activation"] if row["act"] else None
+        self.act = row["act"]
 
     def __call__(self, x: jax.Array, training: bool) -> jax.Array:
         x = self.bn(self.conv(x), training)
@@ -280,17 +285,17 @@ class ConvBN(nnx.Module):
 
 
 class SqueezeExcite(nnx.Module):
-    """x * sigmoid(expand(act(reduce(mean_HW(x))))), 1x1 convs with bias."""
+    """x * gate(expand(act(reduce(mean_HW(x))))), 1x1 convs with bias; gate sigmoid or hard_sigmoid."""
 
     def __init__(self, row: dict, cfg: dict, dtype: Any):
         self.reduce = Conv(row["channels"], row["squeeze"], 1, bias=True, dtype=dtype)
         self.expand = Conv(row["squeeze"], row["channels"], 1, bias=True, dtype=dtype)
-        self.act = cfg["activation"]
+        self.act, self.gate = row["act"], row["gate"]
 
     def __call__(self, x: jax.Array, training: bool) -> jax.Array:
         s = jnp.mean(x, axis=(1, 2), keepdims=True)
         s = activate(self.act, self.reduce(s))
-        return x * jax.nn.sigmoid(self.expand(s))
+        return x * activate(self.gate, self.expand(s))
 
 
 UNITS = {"conv_bn": ConvBN, "se": SqueezeExcite}
@@ -302,7 +307,7 @@ class Block(nnx.Module):
     def __init__(self, row: dict, cfg: dict, dtype: Any):
         order = []
         for layer in row["layers"]:
-            name = layer["name"].rsplit(".", 1)[-1]  # expand | dw | se | project | fused
+            name = layer["slot"]  # expand | dw | se | project | fused
             setattr(self, name, UNITS[layer["kind"]](layer, cfg, dtype))
             order.append(name)
         self.order = tuple(order)

@@ -83,7 +83,14 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | Non
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None  # a cache that cannot be written only costs compile time
-    jax.config.update("jax_compilation_cache_dir", str(folder))
+    if jax.config.jax_compilation_cache_dir != str(folder):
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+        try:  # jax opens its cache once per process, at the first compile: open it again at the new place
+            from jax._src import compilation_cache
+
+            compilation_cache.reset_cache()
+        except (ImportError, AttributeError):
+            pass
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return str(folder)
 
@@ -130,11 +137,20 @@ class Processes:
                                       f"--process-id in [0, N) (got {n} and {i})")
             platform = _platform(device)
             if platform == "cpu":
-                jax.config.update("jax_platforms", "cpu")
+                try:  # before the backends start: then only the CPU client joins the service
+                    jax.config.update("jax_platforms", "cpu")
+                except RuntimeError:
+                    pass
+            host, port = _address(coordinator)
+            # jax's coordination client ends the process (a C++ fatal error) when the service does not answer in
+            # time; meet on the coordinator's port first, where a missing peer is a clean one-line error
+            _rendezvous(host, port, n, i, timeout_s)
+            loopback = host in ("127.0.0.1", "localhost", "::1")
             try:
                 jax.distributed.initialize(coordinator, n, i, initialization_timeout=max(1, int(timeout_s)),
                                            heartbeat_timeout_seconds=max(10, int(timeout_s)),
-                                           shutdown_timeout_seconds=max(10, int(min(timeout_s, 60))))
+                                           shutdown_timeout_seconds=max(10, int(min(timeout_s, 60))),
+                                           coordinator_bind_address=coordinator if loopback else None)
             except (RuntimeError, ValueError) as exc:
                 raise TrainSetupError(f"--coordinator {coordinator}: process {i} of {n} could not join within "
                                       f"{timeout_s:.0f} s ({_first_line(exc)})") from None
@@ -158,6 +174,78 @@ class Processes:
             except RuntimeError:
                 pass
             self.initialized = False
+
+
+def _address(coordinator: str) -> tuple[str, int]:
+    host, sep, port = coordinator.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise TrainSetupError(f"--coordinator: expected HOST:PORT (got {coordinator!r})")
+    return host.strip("[]"), int(port)
+
+
+def _rendezvous(host: str, port: int, n: int, i: int, timeout_s: float) -> None:
+    """Every process checks in on the coordinator's port before jax.distributed starts there.
+
+    Process 0 listens on HOST:PORT until the other n - 1 processes have sent their index, answers each
+    'go' and closes the port (jax's coordination service binds it next); the others connect (retrying
+    until the deadline) and wait for 'go'. Nothing arriving within `timeout_s` is a TrainSetupError."""
+    import socket
+    import time
+
+    if n == 1:
+        return
+    deadline = time.monotonic() + timeout_s
+    where = f"{host}:{port}"
+    if i == 0:
+        try:
+            server = socket.create_server((host, port), reuse_port=False)
+        except OSError as exc:
+            raise TrainSetupError(f"--coordinator {where}: process 0 cannot listen there ({exc.strerror or exc})") \
+                from None
+        peers: dict[int, socket.socket] = {}
+        try:
+            while len(peers) < n - 1:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = sorted(set(range(1, n)) - set(peers))
+                    raise TrainSetupError(f"--coordinator {where}: process(es) {', '.join(map(str, missing))} of {n} "
+                                          f"did not join within {timeout_s:.0f} s")
+                server.settimeout(left)
+                try:
+                    conn, _ = server.accept()
+                except socket.timeout:
+                    continue
+                conn.settimeout(max(0.1, deadline - time.monotonic()))
+                try:
+                    peer = int(conn.recv(64).decode().strip() or -1)
+                except (OSError, ValueError):
+                    conn.close()
+                    continue
+                if not 0 < peer < n or peer in peers:
+                    conn.close()
+                    raise TrainSetupError(f"--coordinator {where}: a process announced index {peer} (expected "
+                                          f"1..{n - 1}, each once)")
+                peers[peer] = conn
+            for conn in peers.values():
+                conn.sendall(b"go\n")
+        finally:
+            for conn in peers.values():
+                conn.close()
+            server.close()
+        return
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TrainSetupError(f"--coordinator {where}: no answer from process 0 within {timeout_s:.0f} s")
+        try:
+            with socket.create_connection((host, port), timeout=min(left, 5.0)) as conn:
+                conn.sendall(f"{i}\n".encode())
+                conn.settimeout(max(0.1, deadline - time.monotonic()))
+                if conn.recv(16).startswith(b"go"):
+                    return
+        except (OSError, socket.timeout):
+            pass
+        time.sleep(0.2)
 
 
 def _platform(device: str | None) -> str | None:
@@ -266,6 +354,7 @@ class _StepStatics:
     compute_dtype: str
     param_dtype: str
     label_smoothing: float
+    frozen_bn: bool = False
 
 
 @functools.lru_cache(maxsize=16)
@@ -284,11 +373,20 @@ def _tx(config_json: str, group_names: tuple, lr):
                           config.gradient_clip_norm)
 
 
-def _train_step(statics: _StepStatics, packed, fixed_p, stats, other, opt_state, ema, x, targets, masks, lr,
+def _train_step(statics: _StepStatics, columns: tuple, packed, fixed_p, stats, other, opt_state, ema, x, rowdata, lr,
                 ema_rate):
+    """One optimisation step. `rowdata` holds each row's soft targets and masks side by side (one transfer):
+    `columns` = ((name, width), ...) in that order, 'targets' first; a (N,) mask has width 0."""
     import jax
     import jax.numpy as jnp
     import optax
+
+    masks, offset = {}, 0
+    for name, width in columns:
+        cols = rowdata[:, offset:offset + max(width, 1)]
+        masks[name] = cols[:, 0] if width == 0 else cols
+        offset += max(width, 1)
+    targets = masks.pop("targets")
 
     layout = statics.layout
     cdt = jnp.dtype(statics.compute_dtype)
@@ -303,6 +401,8 @@ def _train_step(statics: _StepStatics, packed, fixed_p, stats, other, opt_state,
         st = stats
         if low:
             allp = {k: v.astype(cdt) for k, v in allp.items()}
+            if statics.frozen_bn:  # inference-mode BN feeds the next conv: it must compute in bfloat16 too
+                st = {k: v.astype(cdt) for k, v in stats.items()}
         model = layout.merge(allp, st, other)
         logits = model(jnp.transpose(x, (0, 2, 3, 1)).astype(cdt), True,
                        {k: v.astype(cdt) for k, v in masks.items()})
@@ -341,6 +441,13 @@ def _eval_logits(layout: _Layout, params, stats, other, x):
 _TRAIN_FNS: dict = {}
 
 
+@functools.lru_cache(maxsize=1)
+def _eval_fn():
+    import jax
+
+    return jax.jit(_eval_logits, static_argnums=(0,))
+
+
 def _unpack_np(vector: np.ndarray, spec: tuple) -> dict:
     return _unpack(np.asarray(vector), spec)
 
@@ -353,7 +460,6 @@ class JaxBackend:
 
     def __init__(self, plan: TrainingPlan, tensors: Mapping[str, np.ndarray], *, dtype: str = "float32",
                  procs: Processes | None = None, precision: str = "float32"):
-        import jax
         from jax.sharding import NamedSharding, PartitionSpec as P
 
         from .build import build_model
@@ -396,7 +502,6 @@ class JaxBackend:
         self.steps = 0
         self.compile_seconds: dict[str, float] = {}
         self._rates: tuple = ()
-        self._eval_fn = jax.jit(_eval_logits, static_argnums=(0,))
         self._load_model(tensors, ema=None)
         self.opt_state = self._fresh_opt_state()
         self.set_stage(plan.base)
@@ -435,7 +540,8 @@ class JaxBackend:
 
     def _statics(self) -> _StepStatics:
         return _StepStatics(self._train_layout, self._config_json, self.groups, self.ema_spec, self.compute_dtype,
-                            self.dtype.name, float(self.config.label_smoothing))
+                            self.dtype.name, float(self.config.label_smoothing),
+                            self.config.batch_norm.mode == "frozen")
 
     # -- stage and step --
     def set_stage(self, resolved: ResolvedModel) -> None:
@@ -444,6 +550,7 @@ class JaxBackend:
         if rates == self._rates:
             return
         self._rates = rates
+        self._fns: dict = {}  # compiled steps of this stage, by row-data columns
         m = self.model
         for block, row in zip(m.blocks, resolved.blocks):
             block.drop_path_rate = float(row.drop_path_rate)
@@ -454,15 +561,15 @@ class JaxBackend:
         m.dtype = saved
         self._eval_layout = _split(m)[0]
 
-    def _train_fn(self, statics: _StepStatics, mask_names: tuple):
+    def _train_fn(self, statics: _StepStatics, columns: tuple):
         import jax
 
-        key = (statics, mask_names, tuple(d.id for d in self.procs.devices))
+        key = (statics, columns, tuple(d.id for d in self.procs.devices))
         fn = _TRAIN_FNS.get(key)
         if fn is None:
             r, d = self.replicated, self.rows
-            fn = jax.jit(functools.partial(_train_step, statics),
-                         in_shardings=(r, r, r, r, r, r, d, d, d, r, r),
+            fn = jax.jit(functools.partial(_train_step, statics, columns),
+                         in_shardings=(r, r, r, r, r, r, d, d, r, r),
                          out_shardings=(r, r, r, r, r, r), donate_argnums=(0, 2, 4, 5))
             _TRAIN_FNS[key] = fn
         return fn
@@ -471,17 +578,28 @@ class JaxBackend:
         import jax
 
         value = np.ascontiguousarray(value)
+        if self.world == 1:
+            return jax.device_put(value, self.rows)
         shape = (value.shape[0] * self.world,) + value.shape[1:]
         return jax.make_array_from_process_local_data(self.rows, value, shape)
+
+    def _step_inputs(self, x, targets, masks):
+        """(compiled step, x on the devices, targets and masks side by side on the devices)."""
+        columns = (("targets", targets.shape[1]),) + tuple(
+            (k, 0 if np.ndim(v) == 1 else int(np.shape(v)[1])) for k, v in sorted(masks.items()))
+        fn = self._fns.get(columns)
+        if fn is None:
+            fn = self._fns[columns] = self._train_fn(self._statics(), columns)
+        parts = [targets] + [np.reshape(v, (len(v), -1)) for _, v in sorted(masks.items())]
+        rowdata = np.concatenate(parts, axis=1).astype(self.dtype, copy=False)
+        return fn, self._rows(x.astype(self.dtype, copy=False)), self._rows(rowdata)
 
     def train_step(self, x, targets, masks, *, lr: float, step: int) -> tuple[float, int]:
         import warnings
 
-        fn = self._train_fn(self._statics(), tuple(sorted(masks)))
+        fn, xd, rowdata = self._step_inputs(x, targets, masks)
         rate = 1.0 - ema_decay(self.config.ema, step + 1) if self.config.ema is not None else 0.0
-        args = (self.packed, self.fixed, self.stats, self.other, self.opt_state, self.ema,
-                self._rows(x.astype(self.dtype, copy=False)), self._rows(targets.astype(self.dtype, copy=False)),
-                {k: self._rows(v.astype(self.dtype, copy=False)) for k, v in masks.items()},
+        args = (self.packed, self.fixed, self.stats, self.other, self.opt_state, self.ema, xd, rowdata,
                 self._put(np.asarray(lr, self.dtype)), self._put(np.asarray(rate, self.dtype)))
         clock = compile_clock()
         before = clock.seconds
@@ -519,7 +637,7 @@ class JaxBackend:
         params = {n: jax.device_put(host[n], dev) for n in self._train_layout.param_names}
         stats = {n: jax.device_put(host[n], dev) for n in self.stats}
         other = tuple(v.addressable_data(0) for v in self.other)
-        out = self._eval_fn(self._eval_layout, params, stats, other, jax.device_put(np.asarray(x, self.dtype), dev))
+        out = _eval_fn()(self._eval_layout, params, stats, other, jax.device_put(np.asarray(x, self.dtype), dev))
         return np.asarray(out).astype(np.float64 if self.dtype == np.float64 else np.float32)
 
     def all_sum(self, values: np.ndarray) -> np.ndarray:

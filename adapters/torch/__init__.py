@@ -5,7 +5,7 @@ Imports torch lazily (attribute access), so `import effv2_adapters.torch` is che
 
 from __future__ import annotations
 
-import importlib
+from effv2_spec.lazy import lazy_exports
 
 _EXPORTS = {
     "build_model": "build", "emit_source": "build", "config_from_resolved": "build",
@@ -13,12 +13,10 @@ _EXPORTS = {
     "state_dict_to_canonical": "weights", "optimizer_steps": "optim", "make_optimizer": "optim",
     "TFRMSProp": "optim", "TorchAdapter": "adapter",
     "import_torchvision": "peers", "import_timm": "peers", "export_torchvision": "peers", "export_timm": "peers",
+    "import_efficientnet_pytorch": "peers", "export_efficientnet_pytorch": "peers",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

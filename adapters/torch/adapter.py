@@ -1,4 +1,4 @@
-"""`TorchAdapter`: the PyTorch backend behind the adapter protocol (effv2_adapters.registry)."""
+"""`TorchAdapter`: the PyTorch backend behind the adapter protocol (effv2_adapters.conformance.protocol)."""
 
 from __future__ import annotations
 
@@ -76,10 +76,10 @@ class TorchAdapter:
         return optimizer_steps(tensors, grads_per_step, config, lrs, resolved)
 
     # ---- code generation ----------------------------------------------------------------------
-    def emit_source(self, resolved) -> str:
+    def emit_source(self, resolved, module_name: str = "model") -> str:
         from .build import emit_source
 
-        return emit_source(resolved)
+        return emit_source(resolved, module_name)
 
 
 def get_adapter() -> TorchAdapter:

@@ -45,9 +45,14 @@ def conv_padding(convention: str, size: int, kernel: int, stride: int) -> Tuple[
 
 # ---- activations ---------------------------------------------------------------------------
 def activate(name: str, x: torch.Tensor) -> torch.Tensor:
-    """silu x*sigmoid(x); relu; relu6 min(max(x, 0), 6); hard_swish x*relu6(x + 3)/6."""
+    """silu x*sigmoid(x); relu; relu6 min(max(x, 0), 6); hard_swish x*relu6(x + 3)/6; the SE gates
+    sigmoid and hard_sigmoid relu6(x + 3)/6."""
     if name == "silu":
         return F.silu(x)
+    if name == "sigmoid":
+        return torch.sigmoid(x)
+    if name == "hard_sigmoid":  # not F.hardsigmoid: its float64 backward uses a float32 1/6 (error 3e-8)
+        return F.relu6(x + 3.0) / 6.0
     if name == "relu":
         return F.relu(x)
     if name == "relu6":
@@ -198,7 +203,7 @@ class ConvBN(nn.Module):
         self.conv = Conv(row["in"], row["out"], row["kernel"], row["stride"], row["groups"], False, cfg["padding"])
         bn = cfg["batch_norm"]
         self.bn = BatchNorm(row["out"], bn["eps"], bn["momentum"], bn["running_var"])
-        self.act = cfg["activation"] if row["act"] else None
+        self.act = row["act"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn(self.conv(x))
@@ -206,18 +211,18 @@ class ConvBN(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    """x * sigmoid(expand(act(reduce(mean_HW(x))))), 1x1 convs with bias."""
+    """x * gate(expand(act(reduce(mean_HW(x))))), 1x1 convs with bias; gate sigmoid or hard_sigmoid."""
 
     def __init__(self, row: dict, cfg: dict):
         super().__init__()
         self.reduce = Conv(row["channels"], row["squeeze"], 1, bias=True)
         self.expand = Conv(row["squeeze"], row["channels"], 1, bias=True)
-        self.act = cfg["activation"]
+        self.act, self.gate = row["act"], row["gate"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean(dim=(2, 3), keepdim=True)
         s = activate(self.act, self.reduce(s))
-        return x * torch.sigmoid(self.expand(s))
+        return x * activate(self.gate, self.expand(s))
 
 
 UNITS = {"conv_bn": ConvBN, "se": SqueezeExcite}
@@ -235,7 +240,7 @@ class Block(nn.Module):
         super().__init__()
         self.order: List[str] = []
         for layer in row["layers"]:
-            name = layer["name"].rsplit(".", 1)[-1]  # expand | dw | se | project | fused
+            name = layer["slot"]  # expand | dw | se | project | fused
             self.add_module(name, UNITS[layer["kind"]](layer, cfg))
             self.order.append(name)
         self.residual = bool(row["residual"])
@@ -327,7 +332,7 @@ def initialize(model: EfficientNet, generator: Optional[torch.Generator] = None)
     _init_conv_bn(model.stem, cfg["stem"], generator)
     for block, row in zip(model.blocks, cfg["blocks"]):
         for layer in row["layers"]:
-            unit = block._modules[layer["name"].rsplit(".", 1)[-1]]
+            unit = block._modules[layer["slot"]]
             if layer["kind"] == "conv_bn":
                 _init_conv_bn(unit, layer, generator)
             else:

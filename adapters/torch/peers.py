@@ -1,8 +1,8 @@
 """Weight exchange with torchvision and timm EfficientNet / EfficientNetV2 state dicts.
 
 Both peers use PyTorch layouts (conv OIHW, depthwise C x 1 x k x k, linear (out, in)), so a
-conversion is a renaming derived from the resolved block table (names in
-/work/shared/facts/peer-implementations.md section 3):
+conversion is a renaming derived from the resolved block table (names read
+from each library's module attributes):
 
 * torchvision `efficientnet_v2_{s,m,l}` (and V1 `efficientnet_b*`): `features.0.{0,1}` stem,
   `features.{stage+1}.{j}.block.{k}.{0,1}` (conv, BN) or `.block.{k}.fc1/fc2` (SE), where k is the
@@ -11,6 +11,9 @@ conversion is a renaming derived from the resolved block table (names in
   with `conv`+`bn1` (fused, expand 1), `conv_exp`+`bn1`, `conv_pwl`+`bn2` (fused),
   `conv_pw`+`bn1`, `conv_dw`+`bn2`, `conv_pwl`+`bn3` (MBConv), `conv_dw`+`bn1`, `conv_pw`+`bn2`
   (MBConv without expansion), `se.conv_reduce/conv_expand`; `conv_head`/`bn2`, `classifier`.
+
+* efficientnet_pytorch (lukemelas/EfficientNet-PyTorch, V1 B0-B8 and L2): see
+  `efficientnet_pytorch_names`.
 
 `num_batches_tracked` has no canonical counterpart: dropped on import, written as 0 on export.
 Behaviour (padding, BN eps, SE width) is the spec's business: pair torchvision weights with a
@@ -71,7 +74,7 @@ def timm_names(resolved: ResolvedModel) -> list[tuple[str, str]]:
     pairs = _unit_pairs(resolved.stem, "conv_stem", "bn1")
     for block in resolved.blocks:
         base = f"blocks.{block.stage}.{block.position}"
-        kinds = [u.name.rsplit(".", 1)[-1] for u in block.layers]
+        kinds = [u.slot for u in block.layers]
         if "fused" in kinds:  # ConvBnAct
             convs = {"fused": ("conv", "bn1")}
         elif block.type == "fused_mbconv":  # EdgeResidual
@@ -91,8 +94,30 @@ def timm_names(resolved: ResolvedModel) -> list[tuple[str, str]]:
     return pairs
 
 
+#: efficientnet_pytorch (lukemelas/EfficientNet-PyTorch) module names by slot: (conv, BN) or (reduce, expand)
+_LUKEMELAS_SLOTS = {"expand": ("_expand_conv", "_bn0"), "dw": ("_depthwise_conv", "_bn1"),
+                    "se": ("_se_reduce", "_se_expand"), "project": ("_project_conv", "_bn2")}
+
+
+def efficientnet_pytorch_names(resolved: ResolvedModel) -> list[tuple[str, str]]:
+    """(canonical name, efficientnet_pytorch name) for every tensor: `_conv_stem`/`_bn0`,
+    `_blocks.{i}._{expand_conv,bn0,depthwise_conv,bn1,se_reduce,se_expand,project_conv,bn2}` with one
+    flat block index (as ours), `_conv_head`/`_bn1`, `_fc`. The library builds V1 (MBConv) only."""
+    if any(b.type != "mbconv" for b in resolved.blocks):
+        raise WeightsError(f"spec {resolved.spec.name!r} has Fused-MBConv blocks; efficientnet_pytorch builds "
+                           "EfficientNet V1 (MBConv only): pair its weights with an efficientnet-b* spec")
+    pairs = _unit_pairs(resolved.stem, "_conv_stem", "_bn0")
+    for block in resolved.blocks:
+        for unit in block.layers:
+            first, second = _LUKEMELAS_SLOTS[unit.slot]
+            pairs += _unit_pairs(unit, f"_blocks.{block.index}.{first}", f"_blocks.{block.index}.{second}")
+    pairs += _unit_pairs(resolved.head, "_conv_head", "_bn1")
+    pairs += [("classifier.weight", "_fc.weight"), ("classifier.bias", "_fc.bias")]
+    return pairs
+
+
 NAME_TABLES: dict[str, Callable[[ResolvedModel], list[tuple[str, str]]]] = {
-    "torchvision": torchvision_names, "timm": timm_names,
+    "torchvision": torchvision_names, "timm": timm_names, "efficientnet_pytorch": efficientnet_pytorch_names,
 }
 
 
@@ -224,3 +249,13 @@ def export_torchvision(tensors, spec, path) -> None:
 def export_timm(tensors, spec, path) -> None:
     """Write canonical tensors as a timm state dict (torch.save, or safetensors by suffix), atomically."""
     _export(tensors, spec, path, "timm")
+
+
+def import_efficientnet_pytorch(path, spec) -> dict[str, np.ndarray]:
+    """Canonical tensors from an efficientnet_pytorch (lukemelas) EfficientNet-B* state dict file."""
+    return _import(path, spec, "efficientnet_pytorch")
+
+
+def export_efficientnet_pytorch(tensors, spec, path) -> None:
+    """Write canonical tensors as an efficientnet_pytorch state dict (torch.save, or safetensors by suffix)."""
+    _export(tensors, spec, path, "efficientnet_pytorch")

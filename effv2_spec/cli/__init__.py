@@ -7,9 +7,9 @@ Each subcommand lives in its own module and is imported only when invoked, so
 
 from __future__ import annotations
 
-import importlib
-
 import click
+
+from ..lazy import load_target
 
 #: subcommand name -> "module:attr" of its click command
 COMMANDS: dict[str, str] = {
@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "generate": "effv2_adapters.cli:generate",
     "check": "effv2_adapters.cli:check",
     "convert": "effv2_adapters.cli:convert",
+    "conformance": "effv2_adapters.cli_conformance:conformance",
+    "export": "effv2_adapters.cli_export:export",
     "predict": "effv2_adapters.cli_predict:predict",
     "eval": "effv2_adapters.cli_predict:evaluate",
 }
@@ -34,8 +36,10 @@ _HELP = {
     "schedule": "The per-stage table of a progressive schedule (Algorithm 1).",
     "train": "Train with the reference oracle (NumPy + Numba) on CPU.",
     "generate": "Emit a standalone PyTorch or JAX model file from a spec.",
-    "check": "Compare a framework model against the oracle, tensor by tensor.",
-    "convert": "Convert peer weights (torchvision, timm, Keras) to canonical safetensors and back.",
+    "check": "Compare a backend (built-in, plug-in or module:Class) against the oracle, tensor by tensor.",
+    "convert": "Convert peer weights (torchvision, timm, Keras, efficientnet_pytorch) to canonical safetensors and back.",
+    "conformance": "Random specs through the check harness against the oracle; shrinks and saves a failure.",
+    "export": "Export a spec with canonical weights to ONNX (dynamic batch).",
     "predict": "Top-K classes of images with canonical weights (oracle, torch or jax).",
     "eval": "Top-1/top-5 accuracy and images/s on an image folder or .npz.",
 }
@@ -57,9 +61,8 @@ class LazyGroup(click.Group):
         target = COMMANDS.get(name)
         if target is None:
             return None
-        module, attr = target.split(":")
         try:
-            return getattr(importlib.import_module(module), attr)
+            return load_target(target)
         except ModuleNotFoundError as exc:
             if not _third_party(exc.name):
                 raise  # a broken import inside effv2 is a bug to surface, not a missing extra

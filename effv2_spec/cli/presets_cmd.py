@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import presets as preset_registry
-from .common import echo_json, print_table
+from ..console import echo_json, print_table
 
 
 @click.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..documents import load_schedule
-from .common import SpecInputError, cannot_write, echo_json, load_or_fail, print_table
+from ..console import SpecInputError, cannot_write, echo_json, load_or_fail, print_table
 
 
 @click.command()

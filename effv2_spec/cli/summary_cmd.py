@@ -8,7 +8,7 @@ from ..accounting import block_rows, count
 from ..architecture import MAX_IMAGE_SIZE
 from ..documents import load_architecture
 from ..resolve import compound_image_size, resolve
-from .common import SpecInputError, echo_json, load_or_fail, print_table
+from ..console import SpecInputError, echo_json, load_or_fail, print_table
 
 
 @click.command()

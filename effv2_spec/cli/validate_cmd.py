@@ -6,7 +6,7 @@ import click
 
 from ..documents import load_document, shadowed_preset
 from ..errors import SpecError
-from .common import display_name
+from ..console import display_name
 
 
 @click.command()

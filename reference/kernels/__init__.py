@@ -1,11 +1,8 @@
 """Numba kernels of the reference oracle (the only place numba is imported).
 
 Each kernel has a slow NumPy twin next to it (`*_naive`), kept equal by tests.
+`set_num_threads(n)` spreads the kernels and the convolution GEMMs over n threads
+(kernels/pool.py); the default is one.
 """
 
-
-def set_num_threads(n: int) -> None:
-    """Threads the parallel kernels may use (at most numba's NUMBA_NUM_THREADS); BLAS is limited separately."""
-    import numba
-
-    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+from .pool import num_threads, set_num_threads  # noqa: F401

@@ -18,43 +18,52 @@ import numpy as np
 from numba import njit
 
 _FWD_SIGS = [
-    "void(float32[:, :, :, ::1], float32[:, :, ::1], int64, float32[:, :, :, ::1])",
-    "void(float64[:, :, :, ::1], float64[:, :, ::1], int64, float64[:, :, :, ::1])",
+    "void(float32[:, :, :, ::1], float32[:, :, ::1], int64, float32[:, :, :, ::1], uint64, uint64)",
+    "void(float64[:, :, :, ::1], float64[:, :, ::1], int64, float64[:, :, :, ::1], uint64, uint64)",
 ]
 _BWD_SIGS = [
     "void(float32[:, :, :, ::1], float32[:, :, ::1], float32[:, :, :, ::1], int64,"
-    " float32[:, :, :, ::1], float32[:, :, ::1])",
+    " float32[:, :, :, ::1], float32[:, :, ::1], uint64, uint64)",
     "void(float64[:, :, :, ::1], float64[:, :, ::1], float64[:, :, :, ::1], int64,"
-    " float64[:, :, :, ::1], float64[:, :, ::1])",
+    " float64[:, :, :, ::1], float64[:, :, ::1], uint64, uint64)",
 ]
 
 
-@njit(_FWD_SIGS, cache=True)
-def depthwise_forward_kernel(xp, w, stride, y):
-    """y[n, oh, ow, c] = sum_ij w[i, j, c] * xp[n, oh*stride + i, ow*stride + j, c]."""
-    N, Ho, Wo, C = y.shape
+@njit(_FWD_SIGS, cache=True, nogil=True)
+def depthwise_forward_channels(xp, w, stride, y, c0, c1):
+    """y[n, oh, ow, c] = sum_ij w[i, j, c] * xp[n, oh*stride + i, ow*stride + j, c], for c0 <= c < c1."""
+    N, Ho, Wo, _ = y.shape
     k = w.shape[0]
     for n in range(N):
         for oh in range(Ho):
             for ow in range(Wo):
                 out = y[n, oh, ow]
-                for c in range(C):
+                for c in range(c0, c1):
                     out[c] = 0.0
                 for i in range(k):
                     for j in range(k):
                         src = xp[n, oh * stride + i, ow * stride + j]
                         wk = w[i, j]
-                        for c in range(C):
+                        for c in range(c0, c1):
                             out[c] += wk[c] * src[c]
 
 
-@njit(_BWD_SIGS, cache=True)
-def depthwise_backward_kernel(xp, w, dy, stride, dxp, dw):
-    """One pass over dy: dxp and dw (both zeroed here) get the transposed conv and the correlation."""
-    N, Ho, Wo, C = dy.shape
+@njit(_BWD_SIGS, cache=True, nogil=True)
+def depthwise_backward_channels(xp, w, dy, stride, dxp, dw, c0, c1):
+    """One pass over dy: dxp and dw (both zeroed here, channels c0 <= c < c1) get the transposed conv
+    and the correlation."""
+    N, Ho, Wo, _ = dy.shape
     k = w.shape[0]
-    dxp[...] = 0.0
-    dw[...] = 0.0
+    for n in range(dxp.shape[0]):
+        for h in range(dxp.shape[1]):
+            for x in range(dxp.shape[2]):
+                row = dxp[n, h, x]
+                for c in range(c0, c1):
+                    row[c] = 0.0
+    for i in range(k):
+        for j in range(k):
+            for c in range(c0, c1):
+                dw[i, j, c] = 0.0
     for n in range(N):
         for oh in range(Ho):
             for ow in range(Wo):
@@ -65,9 +74,19 @@ def depthwise_backward_kernel(xp, w, dy, stride, dxp, dw):
                         dst = dxp[n, oh * stride + i, ow * stride + j]
                         wk = w[i, j]
                         dwk = dw[i, j]
-                        for c in range(C):
+                        for c in range(c0, c1):
                             dst[c] += wk[c] * g[c]
                             dwk[c] += g[c] * src[c]
+
+
+def depthwise_forward_kernel(xp, w, stride, y):
+    """All channels (see depthwise_forward_channels)."""
+    depthwise_forward_channels(xp, w, stride, y, 0, y.shape[3])
+
+
+def depthwise_backward_kernel(xp, w, dy, stride, dxp, dw):
+    """All channels (see depthwise_backward_channels)."""
+    depthwise_backward_channels(xp, w, dy, stride, dxp, dw, 0, dy.shape[3])
 
 
 # ---- NumPy twins (float64 reference for the kernels; slow and obvious on purpose) ----------

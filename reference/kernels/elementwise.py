@@ -14,7 +14,7 @@ from numba import njit
 
 
 @njit(["void(float32[:, ::1], float32[::1], float32[::1], float32[::1], float32[:, ::1])",
-       "void(float64[:, ::1], float64[::1], float64[::1], float64[::1], float64[:, ::1])"], cache=True)
+       "void(float64[:, ::1], float64[::1], float64[::1], float64[::1], float64[:, ::1])"], cache=True, nogil=True)
 def bn_normalize_kernel(xhat, inv_std, gamma, beta, y):
     """In place xhat *= inv_std[c] (xhat holds x - mean on entry); y = xhat * gamma[c] + beta[c]."""
     for c in range(xhat.shape[0]):
@@ -28,7 +28,7 @@ def bn_normalize_kernel(xhat, inv_std, gamma, beta, y):
 
 @njit(["void(float32[:, ::1], float32[:, ::1], float32[::1], float32[::1], float32[::1], float32[:, ::1])",
        "void(float64[:, ::1], float64[:, ::1], float64[::1], float64[::1], float64[::1], float64[:, ::1])"],
-      cache=True)
+      cache=True, nogil=True)
 def bn_backward_dx_kernel(dy, xhat, scale, mean_dy, mean_dy_xhat, dx):
     """dx = scale[c] * (dy - mean_dy[c] - xhat * mean_dy_xhat[c])."""
     for c in range(dy.shape[0]):
@@ -39,7 +39,7 @@ def bn_backward_dx_kernel(dy, xhat, scale, mean_dy, mean_dy_xhat, dx):
 
 
 @njit(["void(float32[::1], float32[::1], float32[::1])", "void(float64[::1], float64[::1], float64[::1])"],
-      cache=True)
+      cache=True, nogil=True)
 def silu_forward_kernel(x, s, y):
     """On entry s holds exp(-x); on exit s = 1 / (1 + exp(-x)) = sigmoid(x) and y = x * s."""
     for m in range(x.shape[0]):
@@ -49,7 +49,7 @@ def silu_forward_kernel(x, s, y):
 
 
 @njit(["void(float32[::1], float32[::1], float32[::1], float32[::1])",
-       "void(float64[::1], float64[::1], float64[::1], float64[::1])"], cache=True)
+       "void(float64[::1], float64[::1], float64[::1], float64[::1])"], cache=True, nogil=True)
 def silu_backward_kernel(dy, x, s, dx):
     """dx = dy * s * (1 + x * (1 - s)) with s = sigmoid(x) (flat arrays)."""
     for m in range(dy.shape[0]):

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.elementwise import silu_backward_kernel, silu_forward_kernel
+from ..kernels.elementwise import silu_backward_kernel
+from ..kernels.pool import parallel_for
+from ..kernels.silu import silu_exp_forward
+
+_ALIGN = 1024  # flat chunks start on 4 KiB boundaries (float32)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -34,11 +38,11 @@ def sigmoid_backward(dy, s):
 def silu_forward(x):
     if x.dtype in (np.float32, np.float64):
         x = np.ascontiguousarray(x)
-        s = np.negative(x)
-        with np.errstate(over="ignore"):
-            np.exp(s, out=s)  # NumPy's vectorised exp; the rest is one fused pass
+        s = np.empty_like(x)
         y = np.empty_like(x)
-        silu_forward_kernel(x.reshape(-1), s.reshape(-1), y.reshape(-1))
+        xf, sf, yf = x.reshape(-1), s.reshape(-1), y.reshape(-1)
+        # exp, sigmoid and product in one pass
+        parallel_for(lambda lo, hi: silu_exp_forward(xf[lo:hi], sf[lo:hi], yf[lo:hi]), xf.shape[0], align=_ALIGN)
         return y, (x, s)
     s = sigmoid(x)
     return x * s, (x, s)
@@ -49,8 +53,10 @@ def silu_backward(dy, cache):
     # d/dx x*s = s + x*s*(1-s) = s * (1 + x*(1-s)), fused into one pass
     if dy.dtype == x.dtype == s.dtype and dy.dtype in (np.float32, np.float64):
         dx = np.empty(x.shape, dtype=x.dtype)
-        silu_backward_kernel(np.ascontiguousarray(dy).reshape(-1), np.ascontiguousarray(x).reshape(-1),
-                             np.ascontiguousarray(s).reshape(-1), dx.reshape(-1))
+        dyf, xf, sf, dxf = (np.ascontiguousarray(dy).reshape(-1), np.ascontiguousarray(x).reshape(-1),
+                            np.ascontiguousarray(s).reshape(-1), dx.reshape(-1))
+        parallel_for(lambda lo, hi: silu_backward_kernel(dyf[lo:hi], xf[lo:hi], sf[lo:hi], dxf[lo:hi]), xf.shape[0],
+                     align=_ALIGN)
         return dx
     return dy * s * (1.0 + x * (1.0 - s))
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels.elementwise import bn_backward_dx_kernel, bn_normalize_kernel
+from ..kernels.pool import parallel_for
 
 
 @dataclass
@@ -70,15 +71,22 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     groups=k > 1 (k contiguous groups of N/k samples, see the module docstring) both are (C, k).
     """
     x2 = _group_rows(x, groups)
-    mean = x2.mean(axis=1)
-    centred = x2 - mean[:, None]
-    var = np.einsum("cm,cm->c", centred, centred) / x2.shape[1]
-    inv_std = 1.0 / np.sqrt(var + eps)
-    inv_std = inv_std.astype(x.dtype)
-    xhat = centred  # normalised in place: the centred buffer is not needed any more
-    y = np.empty_like(xhat)
-    bn_normalize_kernel(xhat, inv_std, _vec(_per_row(gamma, groups), x.dtype), _vec(_per_row(beta, groups), x.dtype),
-                        y)
+    rows, m = x2.shape
+    dt = x.dtype
+    mean, var, inv_std = np.empty(rows, dt), np.empty(rows, dt), np.empty(rows, dt)
+    xhat, y = np.empty_like(x2), np.empty_like(x2)
+    g_rows, b_rows = _vec(_per_row(gamma, groups), dt), _vec(_per_row(beta, groups), dt)
+
+    def part(lo, hi):  # rows lo:hi, the same operations as on all rows at once (statistics are per row)
+        xs, c = x2[lo:hi], xhat[lo:hi]
+        mu = xs.mean(axis=1)
+        np.subtract(xs, mu[:, None], out=c)
+        v = np.einsum("cm,cm->c", c, c) / m
+        inv = (1.0 / np.sqrt(v + eps)).astype(dt)
+        mean[lo:hi], var[lo:hi], inv_std[lo:hi] = mu, v, inv
+        bn_normalize_kernel(c, inv, g_rows[lo:hi], b_rows[lo:hi], y[lo:hi])  # c: centred in, normalised out
+
+    parallel_for(part, rows, m)
     if groups > 1:
         mean, var = mean.reshape(-1, groups), var.reshape(-1, groups)
     return y.reshape(x.shape), BatchNormCache(xhat, inv_std, gamma, x.shape, groups), mean, var
@@ -88,14 +96,21 @@ def batch_norm_backward(dy: np.ndarray, cache: BatchNormCache):
     """(dx, dgamma, dbeta) for the training forward (statistics depend on x, group by group)."""
     k = cache.groups
     dy2 = _group_rows(dy, k)
-    n = dy2.shape[1]
-    dbeta = dy2.sum(axis=1)
-    dgamma = np.einsum("cm,cm->c", dy2, cache.xhat)
-    # per row (channel, group): dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
+    rows, n = dy2.shape
     dt = dy2.dtype
+    dbeta, dgamma = np.empty(rows, dt), np.empty(rows, dt)
+    scale = _vec(_per_row(cache.gamma, k) * cache.inv_std, dt)
     dx = np.empty_like(dy2)
-    bn_backward_dx_kernel(dy2, cache.xhat, _vec(_per_row(cache.gamma, k) * cache.inv_std, dt), _vec(dbeta / n, dt),
-                          _vec(dgamma / n, dt), dx)
+
+    def part(lo, hi):
+        # per row (channel, group): dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
+        d, xh = dy2[lo:hi], cache.xhat[lo:hi]
+        db = d.sum(axis=1)
+        dg = np.einsum("cm,cm->c", d, xh)
+        dbeta[lo:hi], dgamma[lo:hi] = db, dg
+        bn_backward_dx_kernel(d, xh, scale[lo:hi], _vec(db / n, dt), _vec(dg / n, dt), dx[lo:hi])
+
+    parallel_for(part, rows, n)
     return dx.reshape(cache.shape), _sum_groups(dgamma, k), _sum_groups(dbeta, k)
 
 

@@ -15,8 +15,12 @@ import numpy as np
 
 from effv2_spec.rounding import conv_padding
 
-from ..kernels.depthwise import depthwise_backward_kernel, depthwise_forward_kernel
-from ..kernels.im2col import col2im_kernel, im2col_kernel
+from ..kernels.depthwise import depthwise_backward_channels, depthwise_forward_channels
+from ..kernels.im2col import col2im_crop_kernel, im2col_pad_kernel
+from ..kernels.layout import cnhw_to_nhwc_pad_kernel, nhwc_crop_to_cnhw_kernel
+from ..kernels.pool import parallel_for
+
+_CH_ALIGN = 16  # channels-last kernels split C in multiples of 16 (a 64-byte line of float32): no false sharing
 
 Pads = tuple[int, int, int, int]
 
@@ -54,19 +58,41 @@ class ConvCache:
     padded_shape: tuple[int, ...]
 
 
-def im2col(xp: np.ndarray, k: int, stride: int, ho: int, wo: int) -> np.ndarray:
-    """(C*k*k, N*Ho*Wo) with rows ordered (c, i, j), matching an OIHW weight reshaped to (O, C*k*k)."""
-    c, n = xp.shape[:2]
-    cols = np.empty((c * k * k, n * ho * wo), dtype=xp.dtype)
-    im2col_kernel(xp, k, stride, ho, wo, cols)
+def im2col(x: np.ndarray, k: int, stride: int, ho: int, wo: int, pads: Pads = (0, 0, 0, 0)) -> np.ndarray:
+    """(C*k*k, N*Ho*Wo) with rows ordered (c, i, j), matching an OIHW weight reshaped to (O, C*k*k);
+    x is zero-padded by `pads` on the fly (no padded copy)."""
+    x = np.ascontiguousarray(x)
+    c, n = x.shape[:2]
+    kk = k * k
+    cols = np.empty((c * kk, n * ho * wo), dtype=x.dtype)
+    parallel_for(lambda lo, hi: im2col_pad_kernel(x[lo:hi], k, stride, pads[0], pads[2], ho, wo,
+                                                  cols[lo * kk:hi * kk]), c, cols.shape[1] * kk)
     return cols
 
 
-def col2im(dcols: np.ndarray, padded_shape: tuple[int, ...], k: int, stride: int, ho: int, wo: int) -> np.ndarray:
-    """Adjoint of `im2col`: scatter-add the columns back onto the padded input."""
-    dxp = np.empty(padded_shape, dtype=dcols.dtype)
-    col2im_kernel(dxp, k, stride, ho, wo, np.ascontiguousarray(dcols))
-    return dxp
+def col2im(dcols: np.ndarray, shape: tuple[int, ...], k: int, stride: int, ho: int, wo: int,
+           pads: Pads = (0, 0, 0, 0)) -> np.ndarray:
+    """Adjoint of `im2col`: scatter-add the columns back onto an input of `shape` (padding dropped)."""
+    dx = np.empty(shape, dtype=dcols.dtype)
+    dcols = np.ascontiguousarray(dcols)
+    kk = k * k
+    parallel_for(lambda lo, hi: col2im_crop_kernel(dx[lo:hi], k, stride, pads[0], pads[2], ho, wo,
+                                                   dcols[lo * kk:hi * kk]), shape[0], dcols.shape[1] * kk)
+    return dx
+
+
+def matmul(a: np.ndarray, b: np.ndarray, split: str = "cols") -> np.ndarray:
+    """a @ b, split over the pool by columns of b (the samples) or rows of a; each piece is one BLAS
+    call on the same operands, so the result does not depend on the thread count."""
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    if split == "cols":
+        parallel_for(lambda lo, hi: np.matmul(a, b[:, lo:hi], out=out[:, lo:hi]), b.shape[1], a.shape[0] * a.shape[1],
+                     align=16)
+    else:
+        # pieces of 8 rows: OpenBLAS switches kernels for thinner ones (different float64 rounding)
+        parallel_for(lambda lo, hi: np.matmul(a[lo:hi], b, out=out[lo:hi]), a.shape[0], a.shape[1] * b.shape[1],
+                     align=8)
+    return out
 
 
 def conv2d_forward(x: np.ndarray, w: np.ndarray, *, stride: int, pads: Pads, groups: int = 1):
@@ -87,20 +113,27 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, *, stride: int, pads: Pads, gro
         if k == 1 and stride == 1 and not any(pads):
             saved = np.ascontiguousarray(x).reshape(c, n * h * wd)
         else:
-            saved = im2col(pad(x, pads), k, stride, ho, wo)
-        y = (w2 @ saved).reshape(o, n, ho, wo)
+            saved = im2col(x, k, stride, ho, wo, pads)
+        y = matmul(w2, saved).reshape(o, n, ho, wo)
         padded = (c, n, h + pads[0] + pads[1], wd + pads[2] + pads[3])
         return y, ConvCache(x.shape, w, stride, pads, groups, saved, padded)
     if groups == c == o and cg == 1:
-        # depthwise runs channels-last (see kernels/depthwise.py): pad while transposing in
+        # depthwise runs channels-last (see kernels/depthwise.py): pad while transposing in, transpose
+        # back out; the three steps are channel-local, so each block of channels does all of them
         t, b, l, r = pads
-        xp = np.zeros((n, h + t + b, wd + l + r, c), dtype=x.dtype)
-        xp[:, t:t + h, l:l + wd, :] = x.transpose(1, 2, 3, 0)
+        x = np.ascontiguousarray(x)
+        xp = np.empty((n, h + t + b, wd + l + r, c), dtype=x.dtype)
         wk = np.ascontiguousarray(w.reshape(c, k * k).T).reshape(k, k, c)
         y = np.empty((n, ho, wo, c), dtype=x.dtype)
-        depthwise_forward_kernel(xp, wk, stride, y)
-        return np.ascontiguousarray(y.transpose(3, 0, 1, 2)), ConvCache(x.shape, w, stride, pads, groups, xp,
-                                                                        xp.shape)
+        out = np.empty((c, n, ho, wo), dtype=x.dtype)
+
+        def part(lo, hi):
+            cnhw_to_nhwc_pad_kernel(x, xp, t, l, lo, hi)
+            depthwise_forward_channels(xp, wk, stride, y, lo, hi)
+            nhwc_crop_to_cnhw_kernel(y, out, 0, 0, lo, hi)
+
+        parallel_for(part, c, n * ho * wo * k * k, align=_CH_ALIGN)
+        return out, ConvCache(x.shape, w, stride, pads, groups, xp, xp.shape)
     raise NotImplementedError(f"conv2d: groups={groups} with C={c}, O={o} (only dense and depthwise)")
 
 
@@ -112,16 +145,24 @@ def conv2d_backward(dy: np.ndarray, cache: ConvCache):
     ho, wo = dy.shape[2:]
     if cache.groups == 1:
         dy2 = np.ascontiguousarray(dy).reshape(o, n * ho * wo)
-        dw = (dy2 @ cache.saved.T).reshape(w.shape)
-        dcols = w.reshape(o, c * k * k).T @ dy2
+        dw = matmul(dy2, cache.saved.T, split="rows").reshape(w.shape)
+        dcols = matmul(w.reshape(o, c * k * k).T, dy2)
         if k == 1 and s == 1 and not any(cache.pads):
             return dcols.reshape(c, n, h, wd), dw
-        dxp = col2im(dcols, cache.padded_shape, k, s, ho, wo)
+        return col2im(dcols, cache.x_shape, k, s, ho, wo, cache.pads), dw
     else:
         wk = np.ascontiguousarray(w.reshape(c, k * k).T).reshape(k, k, c)
         dxp = np.empty(cache.padded_shape, dtype=dy.dtype)
         dwk = np.empty_like(wk)
-        depthwise_backward_kernel(cache.saved, wk, np.ascontiguousarray(dy.transpose(1, 2, 3, 0)), s, dxp, dwk)
+        dy = np.ascontiguousarray(dy)
+        dyt = np.empty((n, ho, wo, c), dtype=dy.dtype)
+        dx = np.empty((c, n, h, wd), dtype=dy.dtype)
+
+        def part(lo, hi):
+            cnhw_to_nhwc_pad_kernel(dy, dyt, 0, 0, lo, hi)
+            depthwise_backward_channels(cache.saved, wk, dyt, s, dxp, dwk, lo, hi)
+            nhwc_crop_to_cnhw_kernel(dxp, dx, t, l, lo, hi)
+
+        parallel_for(part, c, n * ho * wo * k * k, align=_CH_ALIGN)
         dw = np.ascontiguousarray(dwk.reshape(k * k, c).T).reshape(w.shape)
-        return np.ascontiguousarray(dxp[:, t:t + h, l:l + wd, :].transpose(3, 0, 1, 2)), dw
-    return np.ascontiguousarray(dxp[:, :, t:t + h, l:l + wd]), dw
+        return dx, dw

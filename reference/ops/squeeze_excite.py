@@ -1,8 +1,9 @@
 """Squeeze-and-excitation on CNHW activations.
 
-s = mean_HW(x) (C, N); h = act(Wr @ s + br) (r, N); g = sigmoid(We @ h + be) (C, N);
+s = mean_HW(x) (C, N); h = act(Wr @ s + br) (r, N); g = gate(We @ h + be) (C, N);
 y = x * g. The two 1x1 convs act on a 1x1 map, so they are plain matrix products with
-the canonical (out, in, 1, 1) kernels reshaped to (out, in).
+the canonical (out, in, 1, 1) kernels reshaped to (out, in). The gate is sigmoid or
+hard_sigmoid = relu6(z + 3) / 6 (derivative 1/6 on (-3, 3), 0 outside, as torch's).
 """
 
 from __future__ import annotations
@@ -14,6 +15,28 @@ import numpy as np
 from .activations import activation_backward, activation_forward, sigmoid
 
 
+def _sigmoid_gate(z):
+    g = sigmoid(z)
+    return g, g
+
+
+def _sigmoid_gate_backward(dg, g):
+    return dg * g * (1.0 - g)
+
+
+def _hard_sigmoid_gate(z):
+    return np.clip(z / 6.0 + 0.5, 0.0, 1.0), z
+
+
+def _hard_sigmoid_gate_backward(dg, z):
+    return dg * (((z > -3.0) & (z < 3.0)) / 6.0)
+
+
+#: gate name -> (forward z -> (g, cache), backward (dg, cache) -> dz)
+GATES = {"sigmoid": (_sigmoid_gate, _sigmoid_gate_backward),
+         "hard_sigmoid": (_hard_sigmoid_gate, _hard_sigmoid_gate_backward)}
+
+
 @dataclass
 class SECache:
     x: np.ndarray
@@ -23,9 +46,11 @@ class SECache:
     g: np.ndarray
     w_reduce: np.ndarray
     w_expand: np.ndarray
+    gate: str = "sigmoid"
+    gate_cache: object = None
 
 
-def squeeze_excite_forward(x, w_reduce, b_reduce, w_expand, b_expand, *, activation: str):
+def squeeze_excite_forward(x, w_reduce, b_reduce, w_expand, b_expand, *, activation: str, gate: str = "sigmoid"):
     """x (C, N, H, W); w_reduce (r, C, 1, 1), w_expand (C, r, 1, 1) -> (y, cache)."""
     c, n = x.shape[:2]
     wr = w_reduce.reshape(w_reduce.shape[0], c)
@@ -33,9 +58,9 @@ def squeeze_excite_forward(x, w_reduce, b_reduce, w_expand, b_expand, *, activat
     s = x.reshape(c, n, -1).mean(axis=2)
     z = wr @ s + b_reduce[:, None]
     h, act_cache = activation_forward(activation, z)
-    g = sigmoid(we @ h + b_expand[:, None])
+    g, gate_cache = GATES[gate][0](we @ h + b_expand[:, None])
     y = x * g[:, :, None, None]
-    return y, SECache(x, s, act_cache, h, g, wr, we)
+    return y, SECache(x, s, act_cache, h, g, wr, we, gate, gate_cache)
 
 
 def squeeze_excite_backward(dy, cache: SECache, *, activation: str):
@@ -45,7 +70,7 @@ def squeeze_excite_backward(dy, cache: SECache, *, activation: str):
     hw = x.shape[2] * x.shape[3]
     # gate gradient: sum over H, W of dy * x
     dg = np.einsum("cnk,cnk->cn", dy.reshape(c, n, hw), x.reshape(c, n, hw))
-    dz2 = dg * g * (1.0 - g)
+    dz2 = GATES[cache.gate][1](dg, cache.gate_cache)
     dwe = dz2 @ cache.h.T
     dbe = dz2.sum(axis=1)
     dh = cache.w_expand.T @ dz2

@@ -50,8 +50,9 @@ def torch_forward(r, t, x, training, masks):
 
     def se(u, h):
         s = h.mean(dim=(2, 3), keepdim=True)
-        s = act(F.conv2d(s, t[f"{u.name}.reduce.weight"], t[f"{u.name}.reduce.bias"]))
-        return h * torch.sigmoid(F.conv2d(s, t[f"{u.name}.expand.weight"], t[f"{u.name}.expand.bias"]))
+        s = ACT[u.activation](F.conv2d(s, t[f"{u.name}.reduce.weight"], t[f"{u.name}.reduce.bias"]))
+        z = F.conv2d(s, t[f"{u.name}.expand.weight"], t[f"{u.name}.expand.bias"])
+        return h * (torch.sigmoid(z) if u.gate == "sigmoid" else F.relu6(z + 3) / 6)
 
     h = conv_bn(r.stem, x)
     for b in r.blocks:

@@ -80,7 +80,7 @@ def test_fused_expand1_layouts():
     conv = spec.conventions.model_copy(update={"fused_expand1": "expand_project"})
     split = resolve(spec.model_copy(update={"conventions": conv})).blocks[0]
     assert [(layer.name, layer.kernel, layer.activation) for layer in split.layers] == [
-        ("blocks.0.expand", 3, True), ("blocks.0.project", 1, False)]
+        ("blocks.0.expand", 3, "silu"), ("blocks.0.project", 1, None)]
 
 
 def test_spatial_sizes_at_odd_input():

@@ -140,10 +140,10 @@ def test_onnx_export_matches(generated, tmp_path, size):
     got = session.run(None, {"images": x.numpy()})[0]
     with torch.no_grad():
         assert rel(got, model(x)) < 1e-5
-    from effv2_adapters.check import Oracle  # onnxruntime against the NumPy oracle, not only against torch
+    from effv2_reference.model import ReferenceModel  # onnxruntime against the NumPy oracle, not only torch
 
     spec = tiny_spec()
-    oracle = Oracle(spec, resolve(spec, size), "float64", 0)
-    oracle.load({k: v.double().numpy() for k, v in model.state_dict().items()})
+    oracle = ReferenceModel(resolve(spec, size), dtype="float64")
+    oracle.load_state_dict({k: v.double().numpy() for k, v in model.state_dict().items()})
     expected = oracle.forward(x.double().numpy(), training=False)
     assert rel(got, expected) < 1e-4

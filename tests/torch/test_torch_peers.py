@@ -53,13 +53,13 @@ def test_imported_weights_give_the_peer_logits_in_torch(peer, size):
 
 
 def test_imported_weights_give_the_peer_logits_in_the_oracle(peer):
-    from effv2_adapters.check import Oracle
+    from effv2_reference.model import ReferenceModel
 
     name, model, _, tensors = peer
     spec = preset(PEERS[name][1])
     size = 64  # even: TF SAME is asymmetric at every stride-2 layer, so the padding convention matters
-    oracle = Oracle(spec, resolve(spec, size), "float64", 0)
-    oracle.load({k: v.astype(np.float64) for k, v in tensors.items()})
+    oracle = ReferenceModel(resolve(spec, size), dtype="float64")
+    oracle.load_state_dict({k: v.astype(np.float64) for k, v in tensors.items()})
     x = torch.randn(2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(x).numpy()

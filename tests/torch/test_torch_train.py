@@ -214,3 +214,19 @@ def test_a_dead_process_stops_the_others_with_one_line(tmp_path):
     assert procs[0].returncode == 1, err[-2000:]
     lines = [ln for ln in err.splitlines() if ln.strip() and "Warning" not in ln and "warn" not in ln]
     assert len(lines) == 1 and "training stopped at step" in lines[0] and "Traceback" not in err, err[-2000:]
+
+
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    from effv2_reference.checkpoint import load_checkpoint
+    from effv2_reference.trainloop import TrainingDiverged
+
+    cfg = check_training("sgd", 16, 8)
+    cfg["learning_rate"] = {"base": 100.0, "reference_batch_size": 1, "warmup_epochs": 0.0, "decay": {"type": "constant"}}
+    docs = (spec(), parse_obj(check_schedule(6, SIZE)), parse_obj(cfg))
+    make, _ = make_torch_backend(dtype="float32", device="cpu", precision="float32", channels_last=False, compile=False)
+    loop = ProgressiveLoop(*docs, *data, make, seed=1, dtype="float32", out_dir=tmp_path, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint|non-finite"):
+        loop.run()
+    ck = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert ck.meta["step"] >= 1 and ck.meta["framework"] == "torch"
+    assert all(np.isfinite(v).all() for v in ck.model.values())

@@ -14,6 +14,8 @@ from effv2_spec.documents import load_architecture  # noqa: E402
 from effv2_spec.rounding import conv_padding as spec_conv_padding  # noqa: E402
 from shared_specs import tiny_spec  # noqa: E402,F401  (re-exported to the test modules)
 
+from asserts import rel_err
+
 ACTIVATIONS = {  # docs/internals.md, written out
     "silu": lambda x: x * torch.sigmoid(x),
     "relu": lambda x: torch.where(x > 0, x, torch.zeros_like(x)),
@@ -41,10 +43,8 @@ def randomize_bn(model, seed: int = 1) -> None:
 
 
 def rel(a, b) -> float:
-    a = np.asarray(a.detach() if hasattr(a, "detach") else a, dtype=np.float64)
-    b = np.asarray(b.detach() if hasattr(b, "detach") else b, dtype=np.float64)
-    scale = np.max(np.abs(b))
-    return float(np.max(np.abs(a - b)) / (scale if scale > 0 else 1.0))
+    """The suite's one relative error (tests/asserts.py), for torch tensors too."""
+    return rel_err(a.detach().cpu() if hasattr(a, "detach") else a, b.detach().cpu() if hasattr(b, "detach") else b)
 
 
 def manual_forward(model, x, masks, training):
@@ -79,7 +79,8 @@ def manual_forward(model, x, masks, training):
             if layer["kind"] == "se":
                 s = h.mean(dim=(2, 3), keepdim=True)
                 s = F.conv2d(s, unit.reduce.weight, unit.reduce.bias)
-                s = torch.sigmoid(F.conv2d(ACTIVATIONS[cfg["activation"]](s), unit.expand.weight, unit.expand.bias))
+                z = F.conv2d(ACTIVATIONS[layer["act"]](s), unit.expand.weight, unit.expand.bias)
+                s = torch.sigmoid(z) if layer["gate"] == "sigmoid" else torch.clamp(z + 3, 0, 6) / 6  # hard sigmoid
                 h = h * s
             else:
                 h = conv_bn(unit, layer, h)

@@ -1,4 +1,6 @@
-"""Helpers shared by the spec subcommands: loading with clean errors, JSON output, atomic files."""
+"""Helpers every effv2 command shares (spec, reference and adapter commands alike): clean one-line
+errors, loading with exit code 1, JSON and table output. Nothing here knows any command, so any
+package can import it without a cycle through the command-line front end (effv2_spec.cli)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import sys
 
 import click
 
-from ..errors import SpecError
+from .errors import SpecError
 
 
 class SpecInputError(click.ClickException):
@@ -29,7 +31,7 @@ def load_or_fail(loader, source: str):
     """Run `loader(source)`; turn a SpecError into a one-line-per-problem click error.
 
     A bare preset name wins over a file or folder of the same name here; say so on stderr."""
-    from ..documents import shadowed_preset
+    from .documents import shadowed_preset
 
     note = shadowed_preset(source)
     if note:

@@ -1,0 +1,246 @@
+"""`run_check`: one backend against a baseline (the oracle by default), check by check, tensor by tensor.
+
+What is compared (docs/internals.md, Tolerances), with the same canonical weights, input and masks:
+
+* `eval_logits`     eval-mode logits (BN running statistics, no dropout / drop path);
+* `train_logits`    train-mode logits, dropout and drop path ON with the same keep masks;
+* `gradients`       the gradient of sum(logits * dlogits) for every trainable tensor;
+* `running_stats`   every BN running mean / variance after that train-mode step;
+* `sgd`, `rmsprop`  trainable tensors after two optimiser steps (SGD with Nesterov momentum;
+                    RMSProp in the TF convention), from the same gradients, coupled L2 weight decay
+                    on kernels; compared as the update w_after - w_before. These need the optional
+                    `optimizer_steps` capability on both sides; without it they are reported
+                    "not run: capability missing", never passed.
+
+The baseline runs in `oracle_dtype` (float64 by default) whatever `dtype` is, so a float32 check
+measures the backend's float32 error against the exact answer; weights and inputs are rounded to
+`dtype` first, so both sides see identical numbers. Relative error: see numerics.rel_err.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from effv2_spec.architecture import ArchitectureSpec
+from effv2_spec.resolve import ResolvedModel, resolve
+
+from .inputs import conformance_tensors, keep_masks, make_input, training_configs
+from .numerics import gradient_scales, rel_err
+from .protocol import availability, capabilities, missing_methods
+from .report import NOT_RUN, CheckReport, CheckResult, TensorResult
+
+CHECKS = ("eval_logits", "train_logits", "gradients", "running_stats", "sgd", "rmsprop")
+TRAIN_CHECKS = ("train_logits", "gradients", "running_stats")
+OPTIMIZER_CHECKS = ("sgd", "rmsprop")
+TOLERANCES = {
+    "float64": {c: 1e-9 for c in CHECKS},
+    "float32": {"eval_logits": 1e-4, "train_logits": 1e-4, "gradients": 1e-3, "running_stats": 1e-3,
+                "sgd": 1e-3, "rmsprop": 1e-3},
+}
+DEFAULT_IMAGE_SIZE = 64
+
+
+class CheckError(Exception):
+    """Bad input for a check (unknown framework, framework not installed, size too small, ...)."""
+
+
+def get_framework(framework: str, option: str = "--framework") -> Any:
+    """The adapter a framework name or "module:Class" names, ready to run; CheckError (one line) otherwise."""
+    from .. import registry
+
+    try:
+        adapter = registry.get_adapter(framework)
+    except KeyError as exc:
+        raise CheckError(f"{option}: {exc.args[0]}") from None
+    except registry.TargetError as exc:
+        raise CheckError(f"{option} {framework}: {exc}") from None
+    except ImportError as exc:
+        raise CheckError(f"{option} {framework}: the {framework} adapter cannot be imported ({exc}); install it, "
+                         f"e.g. pip install 'effv2[{framework}]'") from None
+    return ready(adapter, framework, option)
+
+
+def ready(adapter: Any, framework: str, option: str = "--framework") -> Any:
+    """`adapter` if it implements the protocol and can run here; CheckError naming what is missing."""
+    missing = missing_methods(adapter)
+    if missing:
+        raise CheckError(f"{option} {framework}: not an effv2 adapter: it lacks {', '.join(missing)} "
+                         "(see effv2_adapters.conformance.protocol.Adapter)")
+    reason = availability(adapter)
+    if reason:
+        raise CheckError(f"{option} {framework}: not available: {reason}")
+    return adapter
+
+
+@dataclass
+class _Run:
+    """One check run's fixed inputs and its growing report."""
+
+    spec: ArchitectureSpec
+    resolved: ResolvedModel
+    checks: tuple[str, ...]
+    dtype: str
+    baseline_dtype: str
+    seed: int
+    report: CheckReport
+    say: Callable[[str], None]
+    x: np.ndarray = field(default=None, repr=False)
+    dlogits: np.ndarray = field(default=None, repr=False)
+    masks: dict = field(default_factory=dict, repr=False)
+    tensors: dict = field(default_factory=dict, repr=False)
+
+    def record(self, check: str, pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], started: float,
+               floors: Mapping[str, float] | None = None) -> None:
+        tol = TOLERANCES[self.dtype][check]
+        worst_name, worst, n = "", 0.0, 0
+        for name, got, want in pairs:
+            err, max_ref, scale = rel_err(got, want, (floors or {}).get(name, 0.0))  # inf for NaN/inf/shape
+            self.report.tensors.append(TensorResult(check, name, err, max_ref, scale))
+            n += 1
+            if not worst_name or err > worst:
+                worst_name, worst = name, err
+        ok = bool(worst <= tol)
+        self.report.checks.append(CheckResult(check, tol, n, worst_name, worst, ok,
+                                              round(time.perf_counter() - started, 3), "passed" if ok else "failed"))
+
+    def not_run(self, check: str, reason: str) -> None:
+        self.report.checks.append(CheckResult(check, TOLERANCES[self.dtype][check], 0, "", None, None, 0.0,
+                                              NOT_RUN, reason))
+
+
+def _validate_request(spec: ArchitectureSpec, dtype: str, checks: Iterable[str], batch: int,
+                      image_size: int | tuple[int, int] | None) -> tuple[tuple[str, ...], tuple[int, int]]:
+    if dtype not in TOLERANCES:
+        raise CheckError(f"--dtype: must be one of {', '.join(TOLERANCES)} (got {dtype!r})")
+    checks = tuple(checks)
+    unknown = [c for c in checks if c not in CHECKS]
+    if unknown:
+        raise CheckError(f"unknown check(s) {', '.join(unknown)}; choose from {', '.join(CHECKS)}")
+    if batch < 1:
+        raise CheckError(f"--batch: must be >= 1 (got {batch})")
+    if image_size is None:
+        image_size = max(DEFAULT_IMAGE_SIZE, spec.total_stride)
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if min(size) < spec.total_stride:
+        raise CheckError(f"--image-size: must be >= the network's total stride {spec.total_stride} (got {size[0]})")
+    if batch < 2 and any(c in checks for c in TRAIN_CHECKS + OPTIMIZER_CHECKS):
+        h, w = resolve(spec, size).head.out_size
+        if batch * h * w < 2:
+            raise CheckError("--batch: train-mode checks need at least 2 values per BN channel; use --batch 2")
+    return checks, size
+
+
+def _prepare(run: _Run, batch: int, baseline: Any) -> None:
+    """Input, dlogits and keep masks from the seed; calibrated weights rounded to `dtype` (both sides see them)."""
+    run.say(f"initialising weights ({run.report.baseline})")
+    rng = np.random.default_rng([run.seed, 2])
+    run.x = make_input(run.resolved, batch, rng).astype(run.dtype)
+    run.dlogits = rng.standard_normal((batch, run.resolved.num_classes)).astype(run.dtype)
+    run.masks = keep_masks(run.resolved, batch, np.random.default_rng([run.seed, 4]))
+    tensors = conformance_tensors(run.spec, run.resolved, run.seed, run.x.astype(run.baseline_dtype),
+                                  run.baseline_dtype, baseline)
+    run.tensors = {k: np.asarray(v).astype(run.dtype) for k, v in tensors.items()}
+
+
+def _model_checks(run: _Run, fw: Any, baseline: Any) -> dict[str, np.ndarray] | None:
+    """eval_logits, train_logits, gradients, running_stats; returns the baseline's gradients when an
+    optimiser check needs them. Both networks are local: they are freed when this returns."""
+    wants_train = any(c in run.checks for c in TRAIN_CHECKS + OPTIMIZER_CHECKS)
+    base = baseline.build(run.resolved, run.baseline_dtype, run.tensors)
+    run.say(f"building the {run.report.framework} model")
+    model = fw.build(run.resolved, run.dtype, run.tensors)
+    if "eval_logits" in run.checks:
+        t0 = time.perf_counter()
+        run.say("eval forward")
+        want = baseline.forward(base, run.x.astype(run.baseline_dtype), training=False)
+        got = fw.forward(model, run.x, training=False)
+        run.record("eval_logits", [("logits", got, want)], t0)
+    if not wants_train:
+        return None
+    t0 = time.perf_counter()
+    run.say("train forward + backward")
+    masks = {k: v.astype(run.baseline_dtype) for k, v in run.masks.items()}
+    want_logits, grads_ref = baseline.forward_backward(base, run.x.astype(run.baseline_dtype),
+                                                       run.dlogits.astype(run.baseline_dtype), masks=masks)
+    if any(c in run.checks for c in TRAIN_CHECKS):
+        masks = {k: v.astype(run.dtype) for k, v in run.masks.items()}
+        got_logits, grads = fw.forward_backward(model, run.x, run.dlogits, masks=masks)
+        if "train_logits" in run.checks:
+            run.record("train_logits", [("logits", got_logits, want_logits)], t0)
+        if "gradients" in run.checks:
+            t1 = time.perf_counter()
+            run.record("gradients", [(p.name, grads.get(p.name, np.full(p.shape, np.nan)), grads_ref[p.name])
+                                     for p in run.resolved.trainable()], t1, gradient_scales(grads_ref, run.dtype))
+        if "running_stats" in run.checks:
+            t1 = time.perf_counter()
+            after_ref, after = baseline.export_tensors(base), fw.export_tensors(model)
+            run.record("running_stats", [(p.name, after.get(p.name, np.full(p.shape, np.nan)), after_ref[p.name])
+                                         for p in run.resolved.buffers()], t1)
+    return grads_ref
+
+
+def _optimizer_checks(run: _Run, fw: Any, baseline: Any, grads_ref: Mapping[str, np.ndarray]) -> None:
+    """Two steps of SGD and of RMSProp on each side from the same gradients; compares the updates."""
+    trainable = {p.name: run.tensors[p.name] for p in run.resolved.trainable()}
+    grads1 = {k: np.asarray(v, dtype=run.dtype) for k, v in grads_ref.items()}
+    noise = np.random.default_rng([run.seed, 3])
+    grads2 = {k: (0.5 * g + noise.standard_normal(g.shape) * (np.max(np.abs(g)) + 1e-3)).astype(run.dtype)
+              for k, g in grads1.items()}
+    lrs = [0.1, 0.05]
+    for name, config in training_configs().items():
+        if name not in run.checks:
+            continue
+        t0 = time.perf_counter()
+        run.say(f"{name}: two optimiser steps")
+        want = baseline.optimizer_steps(trainable, [grads1, grads2], config, lrs, run.resolved)
+        got = fw.optimizer_steps(dict(trainable), [grads1, grads2], config, lrs, run.resolved)
+        before = {n: np.asarray(t, np.float64) for n, t in trainable.items()}
+        run.record(name, [(n, np.asarray(got[n], np.float64) - before[n], np.asarray(want[n], np.float64) - before[n])
+                          for n in trainable], t0)
+
+
+def _runnable_optimizer_checks(run: _Run, fw: Any, baseline: Any) -> tuple[str, ...]:
+    """The optimiser checks both sides can run; the others are reported as not run, with the reason."""
+    asked = [c for c in OPTIMIZER_CHECKS if c in run.checks]
+    lacking = [who for who, a in ((run.report.framework, fw), (run.report.baseline, baseline))
+               if "optimizer" not in capabilities(a)]
+    if not lacking:
+        return tuple(asked)
+    for c in asked:
+        run.not_run(c, f"capability missing: optimizer_steps ({' and '.join(lacking)})")
+    return ()
+
+
+def run_check(spec: ArchitectureSpec, framework: str, *, dtype: str = "float64",
+              image_size: int | tuple[int, int] | None = None, batch: int = 2, seed: int = 0,
+              checks: Iterable[str] = CHECKS, oracle_dtype: str = "float64", adapter: Any = None,
+              baseline: Any = "reference", progress: Callable[[str], None] | None = None) -> CheckReport:
+    """Compare `framework` (a name or "module:Class"; `adapter` overrides the lookup) against `baseline`
+    (a name or an adapter; the oracle by default) on `spec`; see the module docstring."""
+    checks, size = _validate_request(spec, dtype, checks, batch, image_size)
+    fw = ready(adapter, framework) if adapter is not None else get_framework(framework)
+    if isinstance(baseline, str):
+        baseline_name, base = baseline, get_framework(baseline, "--against")
+    else:
+        baseline_name, base = getattr(baseline, "name", type(baseline).__name__), ready(baseline, "baseline", "--against")
+    resolved = resolve(spec, size)
+    report = CheckReport(spec.name, framework, dtype, oracle_dtype, size, batch, seed, baseline=baseline_name)
+    run = _Run(spec, resolved, checks, dtype, oracle_dtype, seed, report, progress or (lambda msg: None))
+    optimizer_checks = _runnable_optimizer_checks(run, fw, base)
+    run.checks = tuple(c for c in checks if c not in OPTIMIZER_CHECKS or c in optimizer_checks)
+    if not run.checks:  # everything asked for needs a missing capability: nothing to compute
+        return report
+    _prepare(run, batch, base)
+    grads_ref = _model_checks(run, fw, base)
+    if grads_ref is not None and optimizer_checks:
+        _optimizer_checks(run, fw, base, grads_ref)
+    order = {c: i for i, c in enumerate(CHECKS)}
+    report.checks.sort(key=lambda c: order[c.check])
+    return report
+
+
+__all__ = ["CHECKS", "TOLERANCES", "DEFAULT_IMAGE_SIZE", "CheckError", "get_framework", "ready", "run_check"]

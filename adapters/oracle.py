@@ -1,0 +1,56 @@
+"""`ReferenceAdapter`: the NumPy/Numba oracle behind the same protocol as every other backend.
+
+The harness compares any two adapters; this one is the default baseline. It cannot emit
+source (it is a library, not a code generator), so `effv2 generate --framework reference`
+says so instead of writing a file.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+class ReferenceAdapter:
+    name = "reference"
+
+    def available(self) -> str | None:
+        try:
+            import effv2_reference.model  # noqa: F401  (numba)
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            return f"the reference oracle cannot be imported ({exc}); pip install 'effv2[reference]'"
+        return None
+
+    def build(self, resolved, dtype, tensors: Mapping[str, np.ndarray] | None = None):
+        from effv2_reference.model import ReferenceModel
+
+        model = ReferenceModel(resolved, dtype=str(np.dtype(dtype)))
+        if tensors is not None:
+            model.load_state_dict(tensors)
+        return model
+
+    def forward(self, model, x, *, training: bool, masks: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        return np.array(model.forward(np.asarray(x), training=training, masks=masks), copy=True)
+
+    def forward_backward(self, model, x, dlogits, *, masks=None):
+        logits = self.forward(model, x, training=True, masks=masks)
+        grads = model.backward(np.asarray(dlogits, dtype=model.dtype))
+        return logits, {k: np.array(v, copy=True) for k, v in grads.items()}
+
+    def export_tensors(self, model) -> dict[str, np.ndarray]:
+        return model.state_dict()
+
+    def optimizer_steps(self, tensors, grads_per_step: Sequence[Mapping[str, np.ndarray]], config, lrs,
+                        resolved) -> dict[str, np.ndarray]:
+        from effv2_reference.optim import build_optimizer
+
+        opt = build_optimizer(config, resolved)
+        dtype = np.result_type(*[np.asarray(v).dtype for v in tensors.values()])
+        params = {p.name: np.array(tensors[p.name], dtype=dtype, copy=True) for p in resolved.trainable()}
+        for grads, lr in zip(grads_per_step, lrs):
+            opt.step(params, {k: np.asarray(grads[k], dtype=dtype) for k in params}, lr)  # in place
+        return params
+
+
+__all__ = ["ReferenceAdapter"]
