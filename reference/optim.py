@@ -17,6 +17,7 @@ in the parameter's dtype, so float32 and float64 runs each stay in their own pre
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Mapping
 
 import numpy as np
@@ -25,7 +26,7 @@ from effv2_spec.resolve import ResolvedModel
 from effv2_spec.training import RMSProp, SGD, TrainingConfig
 
 
-class Optimizer:
+class Optimizer(ABC):
     """Shared part: weight decay by role, optional global-norm clipping, slot storage."""
 
     #: names of the per-tensor slots this optimiser keeps (state_dict keys are "<slot>/<param>")
@@ -69,8 +70,9 @@ class Optimizer:
             self._update(name, w, g, w.dtype.type(lr))
         self.steps += 1
 
-    def _update(self, name: str, w: np.ndarray, g: np.ndarray, lr) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _update(self, name: str, w: np.ndarray, g: np.ndarray, lr) -> None:
+        """Update `w` in place from the effective gradient `g` (each optimiser's own rule)."""
 
     def _slot(self, slot: str, name: str, like: np.ndarray, fill: float = 0.0) -> np.ndarray:
         store = self.state[slot]

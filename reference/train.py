@@ -12,6 +12,7 @@ A non-finite loss (or non-finite weights at a checkpoint) stops the run with
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Mapping
 
@@ -43,16 +44,24 @@ def evaluate(model: ReferenceModel, data: Dataset, size: int) -> float:
     return correct / max(len(data), 1)
 
 
-def evaluate_with(model: ReferenceModel, tensors: dict[str, np.ndarray] | None, data: Dataset, size: int) -> float:
-    """Accuracy with `tensors` (e.g. the EMA shadow) swapped in, the model's own state restored after."""
+@contextlib.contextmanager
+def swapped_in(model: ReferenceModel, tensors: Mapping[str, np.ndarray] | None):
+    """`tensors` (e.g. the EMA shadow) loaded into `model` inside the block, its own state restored after."""
     if tensors is None:
-        return evaluate(model, data, size)
+        yield model
+        return
     saved = model.state_dict()
     model.load_state_dict(tensors)
     try:
-        return evaluate(model, data, size)
+        yield model
     finally:
         model.load_state_dict(saved)
+
+
+def evaluate_with(model: ReferenceModel, tensors: dict[str, np.ndarray] | None, data: Dataset, size: int) -> float:
+    """Accuracy with `tensors` (e.g. the EMA shadow) swapped in, the model's own state restored after."""
+    with swapped_in(model, tensors):
+        return evaluate(model, data, size)
 
 
 # ---- the oracle's side of a step ------------------------------------------------------------------
@@ -93,14 +102,8 @@ class OracleBackend:
         return loss, correct
 
     def logits(self, x, *, use_ema: bool) -> np.ndarray:
-        if not use_ema or self.ema is None:
+        with swapped_in(self.model, self.ema.shadow if use_ema and self.ema is not None else None):
             return self.model.forward(x, training=False)
-        saved = self.model.state_dict()
-        self.model.load_state_dict(self.ema.shadow)
-        try:
-            return self.model.forward(x, training=False)
-        finally:
-            self.model.load_state_dict(saved)
 
     def all_sum(self, values: np.ndarray) -> np.ndarray:
         return values
