@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import _median_ms, interleaved, set_threads  # noqa: E402,F401
+from train_step import _heap, _median_ms, interleaved, set_threads  # noqa: E402,F401
 
 
 def sgemm_gflops(threads: int, n: int = 2048, reps: int = 3) -> float:
@@ -45,9 +45,11 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="threads for both sides (torch, BLAS, OpenMP, Numba)")
+    ap.add_argument("--no-retain-heap", dest="retain_heap", action="store_false",
+                    help="let glibc return freed memory to the OS (page faults every forward, on both sides)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    limits = set_threads(args.threads)  # noqa: F841
+    limits = set_threads(args.threads, args.retain_heap)  # noqa: F841
 
     import torch
 
@@ -74,7 +76,7 @@ def main(argv=None):
            "torch_cpu_ms": round(p["cpu_ms"], 1), "ratio": round(o["median_ms"] / p["median_ms"], 3),
            "gflop": round(gflop, 2), "oracle_gflops": round(gflop / o["median_ms"] * 1e3, 1),
            "torch_gflops": round(gflop / p["median_ms"] * 1e3, 1), "sgemm_gflops": round(sgemm_gflops(args.threads), 1),
-           "logit_rel_err": err, "torch_model": how, "load1": round(os.getloadavg()[0], 2)}
+           "logit_rel_err": err, "torch_model": how, "heap": _heap(), "load1": round(os.getloadavg()[0], 2)}
     if args.json:
         print(json.dumps([row], indent=2))
     else:

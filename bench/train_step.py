@@ -2,14 +2,16 @@
 oracle (NumPy/Numba) vs PyTorch CPU on the same spec and weights, in the same process.
 
     python bench/train_step.py [--spec efficientnetv2-nano] [--batch 32] [--sizes 32 64 128]
-                               [--threads 1] [--steps 20] [--json]
+                               [--threads 1] [--steps 20] [--block 3] [--no-retain-heap] [--json]
 
 Both sides run with `--threads N`: torch.set_num_threads(N), a threadpoolctl limit of N on every
 BLAS / OpenMP pool in the process (OpenBLAS, torch's libgomp), and
 `effv2_reference.kernels.set_num_threads(N)`: the oracle's kernels and GEMMs split their work by
-channel / sample blocks over N threads of one pool (NumPy's BLAS then runs one thread per call). The
-steps are interleaved (oracle, torch, oracle, torch, ...) so that a load change on a
-shared machine hits both sides alike. Reported per side: median wall time, its spread
+channel / sample blocks over N threads of one pool (NumPy's BLAS then runs one thread per call).
+Freed memory stays in the process heap for both sides (as in `effv2 train`; --no-retain-heap: not).
+The sides alternate in blocks of `--block` steps, the first of each block untimed (oracle x3, torch x3,
+...), so that a load change on a shared machine hits both sides alike while each side is timed in its
+own steady state. Reported per side: median wall time, its spread
 (min-max), and the median CPU time (process_time: all threads of the process), plus
 ratio = oracle / torch of the medians (< 1: oracle faster) and the 1-minute load average.
 """
@@ -28,9 +30,17 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def set_threads(n: int):
-    """Limit torch, BLAS, OpenMP and the oracle's kernel pool to n threads; returns the threadpoolctl context."""
+def set_threads(n: int, retain_heap: bool = True):
+    """Limit torch, BLAS, OpenMP and the oracle's kernel pool to n threads; returns the threadpoolctl context.
+
+    With retain_heap, freed memory stays in the process heap (effv2_reference.kernels.heap, as `effv2 train`
+    does): both sides then reuse their activations' pages instead of page-faulting them in every step.
+    """
     from threadpoolctl import threadpool_limits
+
+    if retain_heap:
+        from effv2_reference.kernels.heap import retain_freed_memory
+        retain_freed_memory()
 
     import torch
     torch.set_num_threads(n)
@@ -46,18 +56,27 @@ def _timed(step):
     return time.perf_counter() - t, time.process_time() - c
 
 
-def interleaved(steps_by_name: dict, reps: int, warmup: int = 3) -> dict:
-    """{name: {median_ms, min_ms, max_ms, cpu_ms}} timing each step in turn, `reps` rounds."""
+def interleaved(steps_by_name: dict, reps: int, warmup: int = 3, block: int = 1) -> dict:
+    """{name: {median_ms, min_ms, max_ms, cpu_ms}} timing each step in turn, `reps` timed runs per step.
+
+    block > 1: each step runs `block` times in a row and the first run of each block is not timed, so a
+    side is measured in its own steady state, not in the wake of the other side's threads (torch's OpenMP
+    workers spin for milliseconds after a step; the oracle's pool workers sleep).
+    """
     for _ in range(warmup):
         for step in steps_by_name.values():
             step()
     wall = {k: [] for k in steps_by_name}
     cpu = {k: [] for k in steps_by_name}
-    for _ in range(reps):
+    timed_per_block = max(1, block - 1)
+    for _ in range(-(-reps // timed_per_block)):
         for name, step in steps_by_name.items():
-            w, c = _timed(step)
-            wall[name].append(w * 1000)
-            cpu[name].append(c * 1000)
+            if block > 1:
+                step()
+            for _ in range(timed_per_block):
+                w, c = _timed(step)
+                wall[name].append(w * 1000)
+                cpu[name].append(c * 1000)
     return {k: {"median_ms": statistics.median(wall[k]), "min_ms": min(wall[k]), "max_ms": max(wall[k]),
                 "cpu_ms": statistics.median(cpu[k])} for k in steps_by_name}
 
@@ -105,10 +124,15 @@ def _row(config, threads, t, how):
             "torch_ms": round(p["median_ms"], 2), "torch_spread_ms": [round(p["min_ms"], 2), round(p["max_ms"], 2)],
             "torch_cpu_ms": round(p["cpu_ms"], 2), "ratio": round(o["median_ms"] / p["median_ms"], 3),
             "cpu_ratio": round(o["cpu_ms"] / p["cpu_ms"], 3), "torch_model": how,
-            "load1": round(os.getloadavg()[0], 2)}
+            "heap": _heap(), "load1": round(os.getloadavg()[0], 2)}
 
 
-def run(spec: str, batch: int, sizes, steps: int, threads: int):
+def _heap() -> str:
+    from effv2_reference.kernels.heap import heap_retained
+    return "retained" if heap_retained() else "os"
+
+
+def run(spec: str, batch: int, sizes, steps: int, threads: int, block: int = 3):
     import torch
 
     from effv2_reference.model import ReferenceModel
@@ -121,7 +145,8 @@ def run(spec: str, batch: int, sizes, steps: int, threads: int):
         rng = np.random.default_rng(0)
         x = rng.standard_normal((batch, model.resolved.input_channels, size, size)).astype(np.float32)
         labels = rng.integers(0, model.resolved.num_classes, batch)
-        t = interleaved({"oracle": oracle_step_fn(model, x, labels), "torch": torch_step_fn(tmodel, x, labels)}, steps)
+        t = interleaved({"oracle": oracle_step_fn(model, x, labels), "torch": torch_step_fn(tmodel, x, labels)}, steps,
+                        block=block)
         rows.append(_row(f"{spec} train step batch {batch} {size}x{size} float32", threads, t, how))
     return rows
 
@@ -132,7 +157,7 @@ def print_rows(rows):
               f"[{r['oracle_spread_ms'][0]:.1f}-{r['oracle_spread_ms'][1]:.1f}] cpu {r['oracle_cpu_ms']:.1f}, "
               f"torch {r['torch_ms']:.1f} ms [{r['torch_spread_ms'][0]:.1f}-{r['torch_spread_ms'][1]:.1f}] "
               f"cpu {r['torch_cpu_ms']:.1f} ({r['torch_model']}), ratio {r['ratio']:.2f} "
-              f"(cpu {r['cpu_ratio']:.2f}), load {r['load1']}")
+              f"(cpu {r['cpu_ratio']:.2f}), heap {r['heap']}, load {r['load1']}")
 
 
 def main(argv=None):
@@ -142,10 +167,14 @@ def main(argv=None):
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1, help="threads for both sides (torch, BLAS, OpenMP, Numba)")
+    ap.add_argument("--block", type=int, default=3,
+                    help="steps of one side in a row, the first untimed (1: strict alternation)")
+    ap.add_argument("--no-retain-heap", dest="retain_heap", action="store_false",
+                    help="let glibc return freed memory to the OS (page faults every step, on both sides)")
     ap.add_argument("--json", action="store_true", help="print a JSON list of rows")
     args = ap.parse_args(argv)
-    limits = set_threads(args.threads)  # noqa: F841 (kept alive for the whole run)
-    rows = run(args.spec, args.batch, args.sizes, args.steps, args.threads)
+    limits = set_threads(args.threads, args.retain_heap)  # noqa: F841 (kept alive for the whole run)
+    rows = run(args.spec, args.batch, args.sizes, args.steps, args.threads, args.block)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

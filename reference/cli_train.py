@@ -23,6 +23,7 @@ from effv2_spec.errors import SpecError
 DEFAULT_SPEC = "efficientnetv2-nano"
 DEFAULT_SCHEDULE = "progressive-efficientnetv2-nano-paper"
 DEFAULT_TRAINING = "training-cpu"
+AUTO_WORKER_STEPS = 500  # --workers auto: runs shorter than this prepare their images in-process
 
 
 def _override_length(sched, source: str, steps: int | None, epochs: float | None):
@@ -130,9 +131,10 @@ def _stage_line(rec: dict, num_stages: int) -> str:
               help="Threads for the oracle (N > 1: its kernels and GEMMs split over one shared pool of N threads "
                    "whose idle workers block instead of spinning; 0: BLAS's own default). One is the default: "
                    "spare BLAS threads spin-wait badly on a busy machine. With --framework torch: its CPU threads.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Processes preparing each step's images (crop, flip, RandAugment); 0: in this process. "
-                   "The result does not depend on it.")
+@click.option("--workers", default="auto", show_default=True, callback=lambda ctx, param, v: _parse_workers(v),
+              help="Processes preparing each step's images (crop, flip, RandAugment) one step ahead; 0: in this "
+                   f"process; auto: one when this machine has a spare core and the run has {AUTO_WORKER_STEPS}+ steps "
+                   "in one process. The result does not depend on it.")
 @click.option("--init-from", "init_from", default=None, type=click.Path(dir_okay=False),
               help="Start from these canonical weights (e.g. from `effv2 convert`) instead of the seeded init.")
 @click.option("--num-classes", "num_classes", type=click.IntRange(min=1, max=1_000_000), default=None,
@@ -233,7 +235,7 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
         out = prepare_out_dir(out_dir, spec.name, resume=resume, overwrite=overwrite)
         if framework == "reference":
             trainer = Trainer(spec, sched, config, train_data, heldout, seed=seed, dtype=dtype, out_dir=out,
-                              checkpoint_every=checkpoint_every or None, workers=workers, init_from=initial,
+                              checkpoint_every=checkpoint_every or None, workers=workers or 0, init_from=initial,
                               eval_size=eval_size)
         else:
             options = dict(dtype=dtype, device=device, precision=precision, timeout_s=timeout_s)
@@ -243,7 +245,7 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
                 options.update(channels_last=channels_last, compile=compile_)
             procs, make_backend = _framework_backend(framework, **options)
             trainer = ProgressiveLoop(spec, sched, config, train_data, heldout, make_backend, seed=seed, dtype=dtype,
-                                      out_dir=out, checkpoint_every=checkpoint_every or None, workers=workers,
+                                      out_dir=out, checkpoint_every=checkpoint_every or None, workers=workers or 0,
                                       init_from=initial, eval_size=eval_size)
         if resume:
             trainer.resume()
@@ -254,6 +256,8 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
         schedule_problem = msg != str(exc) or msg.startswith("regularizers.")
         raise SpecInputError(f"{schedule_source}: {msg}" if schedule_problem else msg) from None
 
+    if workers is None:
+        trainer.workers = _auto_workers(trainer.total_steps - trainer.step, trainer.backend.world)
     lead = trainer.backend.rank == 0  # one process prints
     stream = sys.stderr if as_json else sys.stdout
     echo = (lambda s: click.echo(s, err=as_json) if lead else None)
@@ -265,6 +269,9 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
          + (f", from {init_from}" if init_from else "") + (", frozen BN" if config.batch_norm.mode == "frozen" else "")
          + (f", resumed at step {trainer.step}" if resume else ""))
 
+    from .kernels.heap import retain_freed_memory
+
+    retain_freed_memory()  # every step frees and reallocates its activations: keep them paged in (kernels/heap.py)
     try:
         if framework == "torch" and threads:
             import torch  # CPU intra-op threads; spare ones spin as badly as BLAS's
@@ -305,6 +312,21 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
             payload["compile_seconds"] = dict(trainer.backend.compile_seconds)
             payload["devices"] = len(trainer.backend.procs.devices)
         echo_json(payload)
+
+
+def _parse_workers(value) -> int | None:
+    """--workers: a count >= 0, or 'auto' (None: decided once the run's length is known)."""
+    if isinstance(value, int) or str(value).strip().isdigit():
+        return int(value)
+    if str(value).strip().lower() == "auto":
+        return None
+    raise click.BadParameter(f"{value!r} is neither a count >= 0 nor 'auto'", param_hint="'--workers'")
+
+
+def _auto_workers(steps_left: int, world: int) -> int:
+    """One loader process when it can run beside the model: a single training process, a spare core, and
+    enough steps to repay starting it (~1 s; it then takes about a tenth of the default run off the model's core)."""
+    return int(world == 1 and (os.cpu_count() or 1) >= 2 and steps_left >= AUTO_WORKER_STEPS)
 
 
 def _oracle_threads(n: int):

@@ -30,6 +30,8 @@ from effv2_spec.resolve import ResolvedModel, resolve
 from effv2_spec.schedule import ProgressiveSchedule, ScheduleStage
 from effv2_spec.training import TrainingConfig, learning_rate_at
 
+from .keyed import keyed_generators
+
 #: regularisers the trainers apply; a schedule naming another with a non-zero value is refused
 SUPPORTED_REGULARIZERS = ("dropout", "drop_path_rate", "randaugment_magnitude", "mixup_alpha", "cutmix_alpha")
 
@@ -44,6 +46,11 @@ class PlanError(ValueError):
 def keyed_rng(seed: int, purpose: int, step: int, row: int) -> np.random.Generator:
     """The generator of one (seed, purpose, step, row): Philox seeded from the four integers."""
     return np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, purpose, step, row])))
+
+
+def keyed_rngs(seed: int, purpose: int, step: int, rows) -> list[np.random.Generator]:
+    """`keyed_rng(seed, purpose, step, r)` for each r of `rows`: the same streams, the keys derived in one pass."""
+    return keyed_generators((seed, purpose, step), rows)
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,10 @@ class TrainingPlan:
     def sample_rng(self, purpose: int, step: int, row: int) -> np.random.Generator:
         return keyed_rng(self.seed, purpose, step, row)
 
+    def sample_rngs(self, purpose: int, step: int, rows) -> list[np.random.Generator]:
+        """`sample_rng` of each row of `rows` (cheaper than one by one)."""
+        return keyed_rngs(self.seed, purpose, step, rows)
+
     def masks(self, step: int, rows: slice | range | np.ndarray, resolved: ResolvedModel,
               dtype=np.float32) -> dict[str, np.ndarray]:
         """Keep masks (1 = keep) for the rows of step `step`, under the canonical mask names.
@@ -163,13 +174,13 @@ class TrainingPlan:
         out: dict[str, np.ndarray] = {}
         active = [(i, b) for i, b in enumerate(blocks) if b.drop_path_rate > 0]
         if active:
-            u = np.stack([self.sample_rng(PURPOSE_DROP_PATH, step, r).random(len(blocks)) for r in rows])
+            u = np.stack([g.random(len(blocks)) for g in self.sample_rngs(PURPOSE_DROP_PATH, step, rows)])
             for i, b in active:
                 out[f"{b.name}.drop_path"] = (u[:, i] >= b.drop_path_rate).astype(dtype)
         rate = resolved.classifier.dropout
         if rate > 0:
             features = resolved.classifier.in_features
-            u = np.stack([self.sample_rng(PURPOSE_DROPOUT, step, r).random(features) for r in rows])
+            u = np.stack([g.random(features) for g in self.sample_rngs(PURPOSE_DROPOUT, step, rows)])
             out["classifier.dropout"] = (u >= rate).astype(dtype)
         return out
 

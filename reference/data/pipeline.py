@@ -18,18 +18,22 @@ import numpy as np
 from effv2_spec.resolve import ResolvedModel
 from effv2_spec.training import Augmentation
 
+from .crop import horizontal_flip, random_resized_crop
+from .mixup import one_hot
+from .randaugment_automl import randaugment_image
 from .resize import resize_bilinear
 from ..plan import PURPOSE_AUGMENT, PURPOSE_MIX
-from .mixup import one_hot
 
 
 def normalise(images: np.ndarray, resolved: ResolvedModel, dtype=np.float32) -> np.ndarray:
     """uint8 (or float) NHWC at the final size -> float NCHW, normalised unless the model does it."""
-    x = images.astype(dtype)
+    # NCHW first, while the pixels are still small: the arithmetic is element-wise, so the layout
+    # changes no value, and the per-channel constants then broadcast over contiguous planes
+    x = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(dtype)
     if not resolved.normalize_in_model:
         norm = resolved.spec.input.normalization
-        x = (x - np.asarray(norm.mean, dtype=dtype)) / np.asarray(norm.std, dtype=dtype)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=dtype)
+        x = (x - np.asarray(norm.mean, dtype=dtype)[:, None, None]) / np.asarray(norm.std, dtype=dtype)[:, None, None]
+    return x
 
 
 def to_input(images: np.ndarray, size: int, resolved: ResolvedModel, dtype=np.float32) -> np.ndarray:
@@ -40,24 +44,29 @@ def to_input(images: np.ndarray, size: int, resolved: ResolvedModel, dtype=np.fl
     return normalise(x, resolved, dtype)
 
 
-def _resize_uint8(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[0] == size and img.shape[1] == size:
-        return img
-    out = resize_bilinear(img[None].astype(np.float32), size, channels_last=True)[0]
+def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (..., H, W, C) -> (..., size, size, C), rounded; a batch in one call gives each image's own result
+    (the matmul runs image by image and channel by channel, so batching changes no rounding)."""
+    if images.shape[-3] == size and images.shape[-2] == size:
+        return images
+    out = resize_bilinear(images.astype(np.float32), size, channels_last=True)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def prepare_image(image: np.ndarray, *, size: int, augmentation: Augmentation, randaugment_layers: int,
                   magnitude: float, rng: np.random.Generator) -> np.ndarray:
     """One training image: crop/resize to `size`, flip, RandAugment; uint8 HWC in and out."""
-    from .crop import horizontal_flip, random_resized_crop  # noqa: E402  (TEMP until the module lands)
-    from .randaugment_automl import randaugment_image
-
     crop = augmentation.random_resized_crop
     if crop is not None:
         img = random_resized_crop(image, size, rng, area=crop.area, aspect=crop.aspect)
     else:
         img = _resize_uint8(image, size)
+    return _flip_and_augment(img, augmentation=augmentation, randaugment_layers=randaugment_layers,
+                             magnitude=magnitude, rng=rng)
+
+
+def _flip_and_augment(img: np.ndarray, *, augmentation: Augmentation, randaugment_layers: int, magnitude: float,
+                      rng: np.random.Generator) -> np.ndarray:
     if augmentation.horizontal_flip and rng.random() < 0.5:
         img = horizontal_flip(img)
     if randaugment_layers > 0 and magnitude > 0:
@@ -83,11 +92,18 @@ class StepData:
         indices = plan.batch_indices(step)
         magnitude = float(stage.regularizers.get("randaugment_magnitude", 0.0))
         start, stop, _ = rows.indices(plan.batch_size)
-        return np.stack([
-            prepare_image(self.images[indices[r]], size=stage.image_size, augmentation=self.config.augmentation,
-                          randaugment_layers=self.config.randaugment_layers, magnitude=magnitude,
-                          rng=plan.sample_rng(PURPOSE_AUGMENT, step, r))
-            for r in range(start, stop)])
+        augmentation, layers = self.config.augmentation, self.config.randaugment_layers
+        options = dict(augmentation=augmentation, randaugment_layers=layers, magnitude=magnitude)
+        if augmentation.random_resized_crop is not None:
+            rngs = plan.sample_rngs(PURPOSE_AUGMENT, step, range(start, stop))
+            return np.stack([prepare_image(self.images[indices[r]], size=stage.image_size, rng=rng, **options)
+                             for r, rng in zip(range(start, stop), rngs)])
+        # the whole-image resize draws nothing: all the rows at once, then each row's own draws, if any
+        resized = _resize_uint8(self.images[indices[start:stop]], stage.image_size)
+        if not augmentation.horizontal_flip and not (layers > 0 and magnitude > 0):
+            return resized
+        rngs = plan.sample_rngs(PURPOSE_AUGMENT, step, range(start, stop))
+        return np.stack([_flip_and_augment(img, rng=rng, **options) for img, rng in zip(resized, rngs)])
 
     def assemble(self, step: int, rows: slice, images: np.ndarray, resolved: ResolvedModel, dtype=np.float32):
         """(x NCHW, soft targets (rows, K)) for prepared `images` of `rows`: normalise, then mix per group.
@@ -109,11 +125,11 @@ class StepData:
         g = plan.mix_group_size
         if start % g or stop % g:
             raise ValueError(f"assemble: rows {start}:{stop} cut a mix group of {g}")
-        for a in range(start, stop, g):
-            lo, hi = a - start, a - start + g
-            rngs = [plan.sample_rng(PURPOSE_MIX, step, r) for r in range(a, a + g)]
+        rngs = plan.sample_rngs(PURPOSE_MIX, step, range(start, stop))
+        for lo in range(0, stop - start, g):
+            hi = lo + g
             x[lo:hi], targets[lo:hi] = mix_group(x[lo:hi], targets[lo:hi], mixup_alpha=mixup_alpha,
-                                                 cutmix_alpha=cutmix_alpha, rngs=rngs)
+                                                 cutmix_alpha=cutmix_alpha, rngs=rngs[lo:hi])
         return x, targets
 
     def batch(self, step: int, rows: slice, resolved: ResolvedModel, dtype=np.float32):

@@ -33,6 +33,7 @@ comes from the `np.random.Generator` passed in, in this order per layer: op inde
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -73,9 +74,10 @@ def blend(image1: np.ndarray, image2: np.ndarray, factor: float) -> np.ndarray:
         return np.broadcast_to(image2, shape).astype(np.uint8)
     a = image1.astype(_F32)
     temp = a + _F32(factor) * (image2.astype(_F32) - a)
-    if 0.0 < factor < 1.0:
-        return _cast_uint8(np.broadcast_to(temp, shape))
-    return _cast_uint8(np.broadcast_to(np.clip(temp, _F32(0.0), _F32(255.0)), shape))
+    if not 0.0 < factor < 1.0:
+        np.maximum(temp, _F32(0.0), out=temp)
+        np.minimum(temp, _F32(255.0), out=temp)
+    return _cast_uint8(temp if temp.shape == shape else np.broadcast_to(temp, shape))
 
 
 def grayscale(image: np.ndarray) -> np.ndarray:
@@ -86,32 +88,57 @@ def grayscale(image: np.ndarray) -> np.ndarray:
 
 
 # ---- the 16 ops, with their arguments already converted from the level -------------------------
+def _planes(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) -> contiguous (C, H * W): per-channel reductions and broadcasts run fast on whole rows."""
+    h, w, c = image.shape
+    return np.ascontiguousarray(image.transpose(2, 0, 1)).reshape(c, h * w)
+
+
+def _unplanes(planes: np.ndarray, shape) -> np.ndarray:
+    h, w, c = shape
+    return np.ascontiguousarray(planes.reshape(c, h, w).transpose(1, 2, 0))
+
+
 def autocontrast(image: np.ndarray) -> np.ndarray:
-    """Per channel: lo -> 0, hi -> 255 linearly (float32, clipped, truncated); flat channels kept."""
-    out = image.copy()
-    for c in range(image.shape[2]):
-        ch = image[..., c]
-        lo, hi = _F32(ch.min()), _F32(ch.max())
-        if hi > lo:
-            scale = _F32(255.0) / (hi - lo)
-            offset = -lo * scale
-            out[..., c] = _cast_uint8(np.clip(ch.astype(_F32) * scale + offset, _F32(0.0), _F32(255.0)))
-    return out
+    """Per channel: lo -> 0, hi -> 255 linearly (float32, clipped, truncated); flat channels kept.
+
+    All channels in one pass: each channel's float32 scale and offset broadcast along its row, so every
+    pixel sees the float32 operations a channel-by-channel loop applies.
+    """
+    planes = _planes(image)
+    lo = planes.min(axis=1).astype(_F32)
+    hi = planes.max(axis=1).astype(_F32)
+    spread = hi > lo
+    scale = _F32(255.0) / np.where(spread, hi - lo, _F32(1.0))
+    offset = -lo * scale
+    stretched = planes.astype(_F32) * scale[:, None] + offset[:, None]
+    np.maximum(stretched, _F32(0.0), out=stretched)
+    np.minimum(stretched, _F32(255.0), out=stretched)
+    return _unplanes(np.where(spread[:, None], _cast_uint8(stretched), planes), image.shape)
 
 
 def equalize(image: np.ndarray) -> np.ndarray:
-    """PIL's equalize per channel (the automl port is exact integer arithmetic, as PIL)."""
-    out = image.copy()
-    for c in range(image.shape[2]):
-        ch = image[..., c]
-        hist = np.bincount(ch.ravel(), minlength=256).astype(np.int64)
-        step = (int(hist.sum()) - int(hist[hist > 0][-1])) // 255
-        if step == 0:
-            continue
-        lut = (np.cumsum(hist) + step // 2) // step
-        lut = np.clip(np.concatenate([[0], lut[:-1]]), 0, 255).astype(np.uint8)
-        out[..., c] = lut[ch]
-    return out
+    """PIL's equalize per channel (the automl port is exact integer arithmetic, as PIL).
+
+    Every channel's histogram, step and look-up table at once (integers: exactly the values of a
+    channel-by-channel loop); a channel whose step is 0 keeps its pixels.
+    """
+    planes = _planes(image)
+    channels, pixels = planes.shape
+    levels = planes + np.arange(0, 256 * channels, 256)[:, None]  # channel c's grey g -> 256 c + g
+    hist = np.bincount(levels.ravel(), minlength=256 * channels).reshape(channels, 256)
+    last = 255 - np.argmax(hist[:, ::-1] > 0, axis=1)  # the largest grey level present
+    step = (pixels - hist[np.arange(channels), last]) // 255
+    kept = step == 0
+    step = np.where(kept, 1, step)[:, None]
+    lut = np.empty_like(hist)
+    lut[:, 0] = 0
+    np.cumsum(hist[:, :-1], axis=1, out=lut[:, 1:])
+    lut[:, 1:] += step // 2
+    lut //= step
+    np.minimum(lut, 255, out=lut)
+    lut[kept] = np.arange(256)
+    return _unplanes(lut.astype(np.uint8).ravel()[levels], image.shape)
 
 
 def invert(image: np.ndarray) -> np.ndarray:
@@ -137,7 +164,8 @@ def solarize_add(image: np.ndarray, addition: int, threshold: int = 128) -> np.n
 
 
 def color(image: np.ndarray, factor: float) -> np.ndarray:
-    return blend(np.repeat(grayscale(image), 3, axis=2), image, factor)
+    # blend broadcasts the grey channel: the same values as blending with it repeated 3 times
+    return blend(grayscale(image), image, factor)
 
 
 def contrast(image: np.ndarray, factor: float) -> np.ndarray:
@@ -145,11 +173,14 @@ def contrast(image: np.ndarray, factor: float) -> np.ndarray:
     h, w = image.shape[:2]
     mean = _F32(h * w) / _F32(256.0)
     degenerate = _cast_uint8(np.clip(mean, _F32(0.0), _F32(255.0)))
-    return blend(np.full(image.shape, degenerate, np.uint8), image, factor)
+    return blend(np.full((1, 1, 1), degenerate, np.uint8), image, factor)
 
 
 def brightness(image: np.ndarray, factor: float) -> np.ndarray:
-    return blend(np.zeros_like(image), image, factor)
+    return blend(np.zeros((1, 1, 1), np.uint8), image, factor)
+
+
+_SMOOTH_EDGE, _SMOOTH_CENTRE = (float(v) for v in np.array([1, 5], _F32) / _F32(13.0))
 
 
 def sharpness(image: np.ndarray, factor: float) -> np.ndarray:
@@ -158,24 +189,41 @@ def sharpness(image: np.ndarray, factor: float) -> np.ndarray:
     The kernel holds TF's float32 weights (each slightly above k / 13); the 9 products are summed in
     float64, not float32: a float32 sum can land an ulp below an integer (on a flat image of 3, 6, 9,
     ...) and truncate one level down, which depends on the summation order of TF's conv kernel.
+    In float64 every product (8-bit pixel times 24-bit weight) and every partial sum (a multiple of
+    2**-27 below 2**8) is exact, so the sum does not depend on its order: it is computed as
+    (sum of the 8 neighbours, an integer) * w_edge + centre * w_centre.
     """
-    k = (np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], _F32) / _F32(13.0)).astype(np.float64)
     h, w = image.shape[:2]
     degenerate = image.copy()
     if h > 2 and w > 2:
-        x = image.astype(np.float64)
-        acc = np.zeros((h - 2, w - 2, image.shape[2]), np.float64)
-        for dy in range(3):
-            for dx in range(3):
-                acc += x[dy:dy + h - 2, dx:dx + w - 2] * k[dy, dx]
-        degenerate[1:-1, 1:-1] = _cast_uint8(np.clip(acc, 0.0, 255.0))
+        x = image.astype(np.int32)
+        rows = x[:-2] + x[1:-1] + x[2:]
+        box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+        centre = x[1:-1, 1:-1]
+        acc = (box - centre) * _SMOOTH_EDGE + centre * _SMOOTH_CENTRE
+        degenerate[1:-1, 1:-1] = _cast_uint8(np.minimum(acc, 255.0))  # acc >= 0: the low clip is moot
     return blend(degenerate, image, factor)
 
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
-    """std::round (half away from zero) of float32 values, exactly (float64 holds v + 0.5 exactly)."""
-    v = v.astype(np.float64)
-    return (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int64)
+    """std::round (half away from zero) of float32 values, exactly, as float32 integers.
+
+    v - trunc(v) is exact in float32 (the two share their leading bits) and so is doubling it; the
+    doubled fraction truncates to -1, 0 or 1 exactly when the fraction reaches a half away from zero.
+    """
+    t = np.trunc(v)
+    f = v - t
+    return t + np.trunc(f + f)
+
+
+@lru_cache(maxsize=32)
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) float32 pixel coordinates, each (1, h, w), read-only: every call of a run sees the same few sizes."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(_F32)
+    xs, ys = xs[None], ys[None]
+    xs.setflags(write=False)
+    ys.setflags(write=False)
+    return xs, ys
 
 
 def transform(image: np.ndarray, a0, a1, a2, b0, b1, b2) -> np.ndarray:
@@ -185,14 +233,28 @@ def transform(image: np.ndarray, a0, a1, a2, b0, b1, b2) -> np.ndarray:
     nearest neighbour; 128 where that falls outside the image.
     """
     h, w = image.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(_F32)
-    a0, a1, a2, b0, b1, b2 = (_F32(v) for v in (a0, a1, a2, b0, b1, b2))
-    sx = _round_half_away(a0 * xs + a1 * ys + a2)
-    sy = _round_half_away(b0 * xs + b1 * ys + b2)
-    inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
-    out = np.full_like(image, FILL)
-    out[inside] = image[sy[inside], sx[inside]]
-    return out
+    xs, ys = _pixel_grid(h, w)
+    a = np.array([[a0, a1, a2], [b0, b1, b2]], _F32)[:, :, None, None]  # each rounded to float32 first
+    # both source coordinates at once, each in the float32 order (a0 x + a1 y) + a2
+    src = _round_half_away(a[:, 0] * xs + a[:, 1] * ys + a[:, 2])
+    # a one-pixel border of FILL around the image: every outside coordinate clips onto it (fmax / fmin
+    # also send a NaN there, where the float -> int cast of the original semantics lands outside too)
+    src += _F32(1.0)
+    np.fmax(src, _F32(0.0), out=src)
+    np.fmin(src, _border_limits(h, w), out=src)
+    col, row = src.astype(np.intp)
+    padded = np.full((h + 2, w + 2) + image.shape[2:], FILL, image.dtype)
+    padded[1:-1, 1:-1] = image
+    flat = padded.reshape((h + 2) * (w + 2), -1)
+    return flat.take((row * (w + 2) + col).ravel(), axis=0).reshape(image.shape)
+
+
+@lru_cache(maxsize=32)
+def _border_limits(h: int, w: int) -> np.ndarray:
+    """Largest padded column and row index, shaped to clip the stacked (x, y) source coordinates."""
+    lim = np.array([w + 1, h + 1], _F32)[:, None, None]
+    lim.setflags(write=False)
+    return lim
 
 
 def rotate(image: np.ndarray, degrees: float) -> np.ndarray:

@@ -11,6 +11,8 @@ JAX trainers import too) never imports effv2_reference.ops, whose package import
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 
@@ -40,9 +42,17 @@ def resize_bilinear(x: np.ndarray, size, *, channels_last: bool = False) -> np.n
     dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float32)
     if channels_last:
         x = np.moveaxis(x, -1, -3)
-    mh = interpolation_matrix(x.shape[-2], out_h).astype(dtype)
-    mw = interpolation_matrix(x.shape[-1], out_w).astype(dtype)
+    mh = _weights(x.shape[-2], out_h, dtype)
+    mw = _weights(x.shape[-1], out_w, dtype)
     y = mh @ x.astype(dtype, copy=False) @ mw.T
     if channels_last:
         y = np.moveaxis(y, -3, -1)
     return np.ascontiguousarray(y)
+
+
+@lru_cache(maxsize=64)
+def _weights(in_size: int, out_size: int, dtype: np.dtype) -> np.ndarray:
+    """interpolation_matrix in `dtype`, read-only: a run resizes between a handful of sizes, millions of times."""
+    m = interpolation_matrix(in_size, out_size).astype(dtype)
+    m.setflags(write=False)
+    return m

@@ -73,17 +73,29 @@ def check_arrays(images, labels, num_classes: int, channels: int, source: str) -
 
 def load_digits(size: int = 32, channels: int = 3, num_classes: int = 10) -> Dataset:
     """scikit-learn's handwritten digits (1797 images, 8x8, values 0..16) as uint8, upscaled to size x size."""
-    try:
-        from sklearn.datasets import load_digits as sk_digits
-    except ImportError:
-        raise DataError("digits: the embedded data set needs scikit-learn (pip install 'effv2[reference]')") from None
     if num_classes < 10:
         raise DataError(f"digits: has 10 classes but the spec's num_classes is {num_classes}")
-    d = sk_digits()
-    gray = d.images.astype(np.float64) * (255.0 / 16.0)  # (N, 8, 8) in 0..255
+    pixels, target = _digits_table()
+    gray = pixels.reshape(-1, 8, 8) * (255.0 / 16.0)  # (N, 8, 8) in 0..255
     up = resize_bilinear(gray, size)
     images = np.clip(np.rint(up), 0, 255).astype(np.uint8)[..., None]
-    return check_arrays(images, d.target.astype(np.int64), num_classes, channels, "digits")
+    return check_arrays(images, target, num_classes, channels, "digits")
+
+
+def _digits_table() -> tuple[np.ndarray, np.ndarray]:
+    """(pixels (1797, 64) float64 in 0..16, labels int64) from the table scikit-learn ships, read without
+    importing scikit-learn (whose import takes longer than a short training run's first stage)."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    table = (Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+             if spec is not None and spec.submodule_search_locations else None)
+    if table is None or not table.is_file():
+        raise DataError("digits: the embedded data set needs scikit-learn (pip install 'effv2[reference]')")
+    with gzip.open(table, "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1], data[:, -1].astype(np.int64)
 
 
 def load_npz(path: str | os.PathLike, num_classes: int, channels: int) -> Dataset:

@@ -30,41 +30,45 @@ _BWD_SIGS = [
 
 
 @njit(_FWD_SIGS, cache=True, nogil=True)
-def depthwise_forward_channels(xp, w, stride, y, c0, c1):
-    """y[n, oh, ow, c] = sum_ij w[i, j, c] * xp[n, oh*stride + i, ow*stride + j, c], for c0 <= c < c1."""
-    N, Ho, Wo, _ = y.shape
+def depthwise_forward_samples(xp, w, stride, y, n0, n1):
+    """y[n, oh, ow, c] = sum_ij w[i, j, c] * xp[n, oh*stride + i, ow*stride + j, c] for samples n0 <= n < n1.
+
+    Threads split the samples, not the channels: split by channels, each thread ran the whole loop nest
+    over half-length channel rows, and two threads were no faster than one (bench/README.md)."""
+    _, Ho, Wo, C = y.shape
     k = w.shape[0]
-    for n in range(N):
+    for n in range(n0, n1):
         for oh in range(Ho):
             for ow in range(Wo):
                 out = y[n, oh, ow]
-                for c in range(c0, c1):
+                for c in range(C):
                     out[c] = 0.0
                 for i in range(k):
                     for j in range(k):
                         src = xp[n, oh * stride + i, ow * stride + j]
                         wk = w[i, j]
-                        for c in range(c0, c1):
+                        for c in range(C):
                             out[c] += wk[c] * src[c]
 
 
 @njit(_BWD_SIGS, cache=True, nogil=True)
-def depthwise_backward_channels(xp, w, dy, stride, dxp, dw, c0, c1):
-    """One pass over dy: dxp and dw (both zeroed here, channels c0 <= c < c1) get the transposed conv
-    and the correlation."""
-    N, Ho, Wo, _ = dy.shape
+def depthwise_backward_samples(xp, w, dy, stride, dxp, dw, n0, n1):
+    """One pass over dy for samples n0 <= n < n1: their dxp rows (zeroed here) get the transposed conv, dw
+    (zeroed here) those samples' share of the correlation. The caller sums the shares of fixed sample
+    blocks in block order, so the result does not depend on which thread took which block."""
+    _, Ho, Wo, C = dy.shape
     k = w.shape[0]
-    for n in range(dxp.shape[0]):
+    for n in range(n0, n1):
         for h in range(dxp.shape[1]):
             for x in range(dxp.shape[2]):
                 row = dxp[n, h, x]
-                for c in range(c0, c1):
+                for c in range(C):
                     row[c] = 0.0
     for i in range(k):
         for j in range(k):
-            for c in range(c0, c1):
+            for c in range(C):
                 dw[i, j, c] = 0.0
-    for n in range(N):
+    for n in range(n0, n1):
         for oh in range(Ho):
             for ow in range(Wo):
                 g = dy[n, oh, ow]
@@ -74,19 +78,19 @@ def depthwise_backward_channels(xp, w, dy, stride, dxp, dw, c0, c1):
                         dst = dxp[n, oh * stride + i, ow * stride + j]
                         wk = w[i, j]
                         dwk = dw[i, j]
-                        for c in range(c0, c1):
+                        for c in range(C):
                             dst[c] += wk[c] * g[c]
                             dwk[c] += g[c] * src[c]
 
 
 def depthwise_forward_kernel(xp, w, stride, y):
-    """All channels (see depthwise_forward_channels)."""
-    depthwise_forward_channels(xp, w, stride, y, 0, y.shape[3])
+    """Every sample (see depthwise_forward_samples)."""
+    depthwise_forward_samples(xp, w, stride, y, 0, y.shape[0])
 
 
 def depthwise_backward_kernel(xp, w, dy, stride, dxp, dw):
-    """All channels (see depthwise_backward_channels)."""
-    depthwise_backward_channels(xp, w, dy, stride, dxp, dw, 0, dy.shape[3])
+    """Every sample in one block (see depthwise_backward_samples)."""
+    depthwise_backward_samples(xp, w, dy, stride, dxp, dw, 0, dy.shape[0])
 
 
 # ---- NumPy twins (float64 reference for the kernels; slow and obvious on purpose) ----------

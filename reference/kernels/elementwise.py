@@ -26,6 +26,17 @@ def bn_normalize_kernel(xhat, inv_std, gamma, beta, y):
             yr[m] = v * g + b
 
 
+@njit(["void(float32[:, ::1], float32[::1], float32[::1], float32[:, ::1])",
+       "void(float64[:, ::1], float64[::1], float64[::1], float64[:, ::1])"], cache=True, nogil=True)
+def affine_rows_kernel(x, scale, shift, y):
+    """y = x * scale[c] + shift[c] per row c (eval-mode batch norm with its folded constants)."""
+    for c in range(x.shape[0]):
+        a, b = scale[c], shift[c]
+        xr, yr = x[c], y[c]
+        for m in range(xr.shape[0]):
+            yr[m] = xr[m] * a + b
+
+
 @njit(["void(float32[:, ::1], float32[:, ::1], float32[::1], float32[::1], float32[::1], float32[:, ::1])",
        "void(float64[:, ::1], float64[:, ::1], float64[::1], float64[::1], float64[::1], float64[:, ::1])"],
       cache=True, nogil=True)
@@ -58,6 +69,10 @@ def silu_backward_kernel(dy, x, s, dx):
 
 
 # ---- NumPy twins ----------------------------------------------------------------------------
+def affine_rows_naive(x, scale, shift):
+    return x * scale[:, None] + shift[:, None]
+
+
 def bn_normalize_naive(centred, inv_std, gamma, beta):
     xhat = centred * inv_std[:, None]
     return xhat, xhat * gamma[:, None] + beta[:, None]

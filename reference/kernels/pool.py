@@ -11,10 +11,12 @@ are N busy cores, not N x BLAS threads fighting over them; that is what made Num
 
 Default: one thread (plain serial calls, no pool), or the EFFV2_NUM_THREADS environment variable
 read at import (so `EFFV2_NUM_THREADS=2 effv2 train` uses two). `set_num_threads(n)` sets it later.
-Small work is never split: a dispatch costs ~10-50 us, so a piece must hold at least
-`MIN_CHUNK` values. Pieces are taken from a shared counter (up to 4 per thread), so on a machine
-whose cores are busy with other processes the caller does the work itself instead of waiting for
-a worker thread to be scheduled.
+Small work is never split: a dispatch costs ~25 us back to back and more after the worker has gone
+to sleep (a woken vCPU), so a piece must hold at least `MIN_CHUNK` values. One piece per thread:
+on the 2-core VM, 4 pieces per thread made every call of a nano train step slower (a 64 px step
+154 ms against 101 ms with one piece each, interleaved in one process, bench/README.md). Pieces are
+taken from a shared counter, so on a machine whose cores are busy with other processes the caller
+does the work itself instead of waiting for a worker thread to be scheduled.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
-MIN_CHUNK = 1 << 15  # values per piece below which splitting does not pay
-PIECES_PER_THREAD = 4
+MIN_CHUNK = 1 << 17  # values per piece below which splitting does not pay (measured: 2^15 lost at 32 px)
+PIECES_PER_THREAD = 1
 
 _threads = 1
 _pool: ThreadPoolExecutor | None = None
@@ -58,8 +60,8 @@ def set_num_threads(n: int) -> None:
 
 
 def chunks(n: int, work_per_item: int = 1, align: int = 1) -> list[tuple[int, int]]:
-    """Split range(n) into contiguous (lo, hi) pieces of >= MIN_CHUNK values each: up to PIECES_PER_THREAD
-    per thread, so that a thread that gets no core leaves its share to the others (see parallel_for)."""
+    """Split range(n) into contiguous (lo, hi) pieces of >= MIN_CHUNK values each, up to PIECES_PER_THREAD
+    per thread (see parallel_for for who takes them)."""
     k = min(_threads * PIECES_PER_THREAD if _threads > 1 else 1, max(1, (n * work_per_item) // MIN_CHUNK),
             max(1, n // align))
     if k <= 1:

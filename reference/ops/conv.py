@@ -15,12 +15,16 @@ import numpy as np
 
 from effv2_spec.rounding import conv_padding
 
-from ..kernels.depthwise import depthwise_backward_channels, depthwise_forward_channels
+from ..kernels.depthwise import depthwise_backward_samples, depthwise_forward_samples
 from ..kernels.im2col import col2im_crop_kernel, im2col_pad_kernel
 from ..kernels.layout import cnhw_to_nhwc_pad_kernel, nhwc_crop_to_cnhw_kernel
 from ..kernels.pool import parallel_for
 
 _CH_ALIGN = 16  # channels-last kernels split C in multiples of 16 (a 64-byte line of float32): no false sharing
+# the pool's MIN_CHUNK counts streamed values (~1 ns each); a GEMM multiply-add costs ~1/30 of that, so a GEMM
+# is split only when each piece repays a dispatch (measured: 2-way splits of 0.3-1 ms GEMMs were slower)
+_MACS_PER_VALUE = 32
+_SAMPLE_BLOCK = 8  # depthwise backward: samples per block (fixed, whatever the thread count)
 
 Pads = tuple[int, int, int, int]
 
@@ -86,12 +90,12 @@ def matmul(a: np.ndarray, b: np.ndarray, split: str = "cols") -> np.ndarray:
     call on the same operands, so the result does not depend on the thread count."""
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
     if split == "cols":
-        parallel_for(lambda lo, hi: np.matmul(a, b[:, lo:hi], out=out[:, lo:hi]), b.shape[1], a.shape[0] * a.shape[1],
-                     align=16)
+        parallel_for(lambda lo, hi: np.matmul(a, b[:, lo:hi], out=out[:, lo:hi]), b.shape[1],
+                     a.shape[0] * a.shape[1] // _MACS_PER_VALUE, align=16)
     else:
         # pieces of 8 rows: OpenBLAS switches kernels for thinner ones (different float64 rounding)
-        parallel_for(lambda lo, hi: np.matmul(a[lo:hi], b, out=out[lo:hi]), a.shape[0], a.shape[1] * b.shape[1],
-                     align=8)
+        parallel_for(lambda lo, hi: np.matmul(a[lo:hi], b, out=out[lo:hi]), a.shape[0],
+                     a.shape[1] * b.shape[1] // _MACS_PER_VALUE, align=8)
     return out
 
 
@@ -118,8 +122,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, *, stride: int, pads: Pads, gro
         padded = (c, n, h + pads[0] + pads[1], wd + pads[2] + pads[3])
         return y, ConvCache(x.shape, w, stride, pads, groups, saved, padded)
     if groups == c == o and cg == 1:
-        # depthwise runs channels-last (see kernels/depthwise.py): pad while transposing in, transpose
-        # back out; the three steps are channel-local, so each block of channels does all of them
+        # depthwise runs channels-last (see kernels/depthwise.py): pad while transposing in, transpose back out
         t, b, l, r = pads
         x = np.ascontiguousarray(x)
         xp = np.empty((n, h + t + b, wd + l + r, c), dtype=x.dtype)
@@ -127,12 +130,10 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, *, stride: int, pads: Pads, gro
         y = np.empty((n, ho, wo, c), dtype=x.dtype)
         out = np.empty((c, n, ho, wo), dtype=x.dtype)
 
-        def part(lo, hi):
-            cnhw_to_nhwc_pad_kernel(x, xp, t, l, lo, hi)
-            depthwise_forward_channels(xp, wk, stride, y, lo, hi)
-            nhwc_crop_to_cnhw_kernel(y, out, 0, 0, lo, hi)
-
-        parallel_for(part, c, n * ho * wo * k * k, align=_CH_ALIGN)
+        # layout changes by channel blocks, the conv by samples (kernels/depthwise.py: why not by channels)
+        parallel_for(lambda lo, hi: cnhw_to_nhwc_pad_kernel(x, xp, t, l, lo, hi), c, n * h * wd, align=_CH_ALIGN)
+        parallel_for(lambda lo, hi: depthwise_forward_samples(xp, wk, stride, y, lo, hi), n, ho * wo * k * k * c)
+        parallel_for(lambda lo, hi: nhwc_crop_to_cnhw_kernel(y, out, 0, 0, lo, hi), c, n * ho * wo, align=_CH_ALIGN)
         return out, ConvCache(x.shape, w, stride, pads, groups, xp, xp.shape)
     raise NotImplementedError(f"conv2d: groups={groups} with C={c}, O={o} (only dense and depthwise)")
 
@@ -153,16 +154,22 @@ def conv2d_backward(dy: np.ndarray, cache: ConvCache):
     else:
         wk = np.ascontiguousarray(w.reshape(c, k * k).T).reshape(k, k, c)
         dxp = np.empty(cache.padded_shape, dtype=dy.dtype)
-        dwk = np.empty_like(wk)
         dy = np.ascontiguousarray(dy)
         dyt = np.empty((n, ho, wo, c), dtype=dy.dtype)
         dx = np.empty((c, n, h, wd), dtype=dy.dtype)
+        # layout changes by channel blocks, the conv itself by fixed blocks of samples: each block's dw share is
+        # summed in block order afterwards, so the result does not depend on how many threads took the blocks
+        parallel_for(lambda lo, hi: cnhw_to_nhwc_pad_kernel(dy, dyt, 0, 0, lo, hi), c, n * ho * wo, align=_CH_ALIGN)
+        starts = range(0, n, _SAMPLE_BLOCK)
+        dw_parts = np.empty((len(starts), k, k, c), dtype=dy.dtype)
 
         def part(lo, hi):
-            cnhw_to_nhwc_pad_kernel(dy, dyt, 0, 0, lo, hi)
-            depthwise_backward_channels(cache.saved, wk, dyt, s, dxp, dwk, lo, hi)
-            nhwc_crop_to_cnhw_kernel(dxp, dx, t, l, lo, hi)
+            for b in range(lo, hi):
+                depthwise_backward_samples(cache.saved, wk, dyt, s, dxp, dw_parts[b], starts[b],
+                                           min(starts[b] + _SAMPLE_BLOCK, n))
 
-        parallel_for(part, c, n * ho * wo * k * k, align=_CH_ALIGN)
+        parallel_for(part, len(starts), _SAMPLE_BLOCK * ho * wo * k * k * c)
+        parallel_for(lambda lo, hi: nhwc_crop_to_cnhw_kernel(dxp, dx, t, l, lo, hi), c, n * h * wd, align=_CH_ALIGN)
+        dwk = dw_parts[0] if len(starts) == 1 else np.add.reduce(dw_parts, axis=0)
         dw = np.ascontiguousarray(dwk.reshape(k * k, c).T).reshape(w.shape)
         return dx, dw

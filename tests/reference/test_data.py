@@ -196,3 +196,21 @@ def test_mixup_math():
     assert t[0].tolist() == pytest.approx([lam[0], 0.0, 1 - lam[0]])
     assert t[2].tolist() == pytest.approx([1 - lam[2], 0.0, lam[2]])
     assert np.allclose(t.sum(axis=1), 1.0)
+
+
+def test_digits_table_is_scikit_learns_without_importing_it():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits as sk_digits
+
+    from effv2_reference.data.sources import _digits_table
+
+    pixels, labels = _digits_table()
+    reference = sk_digits()
+    assert np.array_equal(pixels.reshape(-1, 8, 8), reference.images)
+    assert np.array_equal(labels, reference.target) and labels.dtype == np.int64
+    probe = ("import sys; from effv2_reference.data import load_digits; load_digits(16); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

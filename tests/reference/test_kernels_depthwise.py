@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from effv2_reference.kernels.depthwise import (depthwise_backward_kernel, depthwise_backward_naive,
-                                                depthwise_forward_kernel, depthwise_forward_naive)
+                                                depthwise_backward_samples, depthwise_forward_kernel,
+                                                depthwise_forward_naive, depthwise_forward_samples)
 from effv2_reference.kernels.im2col import col2im_kernel, col2im_naive, im2col_kernel, im2col_naive
 
 CASES = [  # (C, N, H, W, k, stride)
@@ -42,6 +43,27 @@ def test_kernels_match_naive_twins(case, dtype, tol):
                                                dy.astype(np.float64), s)
     assert np.abs(dxp - ref_dxp).max() <= tol * max(1.0, np.abs(ref_dxp).max())
     assert np.abs(dw - ref_dw).max() <= tol * max(1.0, np.abs(ref_dw).max())
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "C{}N{}H{}W{}k{}s{}".format(*c))
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 4e-6)])
+def test_kernels_by_sample_blocks_match_the_naive_twins(case, dtype, tol):
+    c, n, h, w, k, s = case
+    xp, wk, dy, _ = _operands(*case, dtype, seed=1)
+    dxp = np.full(xp.shape, np.nan, dtype=dtype)  # every block zeroes its own samples' rows
+    parts = np.full((n,) + wk.shape, np.nan, dtype=dtype)
+    for b in range(n):  # one sample per block: the finest split
+        depthwise_backward_samples(xp, wk, dy, s, dxp, parts[b], b, b + 1)
+    ref_dxp, ref_dw = depthwise_backward_naive(xp.astype(np.float64), wk.astype(np.float64),
+                                               dy.astype(np.float64), s)
+    assert np.abs(dxp - ref_dxp).max() <= tol * max(1.0, np.abs(ref_dxp).max())
+    dw = parts.sum(axis=0)
+    assert np.abs(dw - ref_dw).max() <= tol * max(1.0, np.abs(ref_dw).max())
+    y = np.full(dy.shape, np.nan, dtype=dtype)
+    for b in range(n):
+        depthwise_forward_samples(xp, wk, s, y, b, b + 1)
+    ref_y = depthwise_forward_naive(xp.astype(np.float64), wk.astype(np.float64), s, dy.shape[1:3])
+    assert np.abs(y - ref_y).max() <= tol * max(1.0, np.abs(ref_y).max())
 
 
 def test_naive_twin_against_hand_computed_values():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from effv2_reference.kernels.elementwise import (bn_backward_dx_kernel, bn_backward_dx_naive, bn_normalize_kernel,
+from effv2_reference.kernels.elementwise import (affine_rows_kernel, affine_rows_naive, bn_backward_dx_kernel,
+                                                  bn_backward_dx_naive, bn_normalize_kernel,
                                                   bn_normalize_naive, silu_backward_kernel, silu_backward_naive,
                                                   silu_forward_kernel, silu_forward_naive)
 
@@ -49,3 +50,15 @@ def test_silu_kernels_match_twins(dtype):
     dx = np.empty_like(x)
     silu_backward_kernel(dy, x, s, dx)
     np.testing.assert_allclose(dx, ref, rtol=TOL[dtype] * 8, atol=TOL[dtype] * 8)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(3, 17), (16, 1000), (1, 1)])
+def test_affine_rows_kernel_matches_its_twin(dtype, shape):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape).astype(dtype)
+    scale, shift = rng.standard_normal(shape[0]).astype(dtype), rng.standard_normal(shape[0]).astype(dtype)
+    y = np.full(shape, np.nan, dtype)
+    affine_rows_kernel(x, scale, shift, y)
+    ref = affine_rows_naive(x.astype(np.float64), scale.astype(np.float64), shift.astype(np.float64))
+    np.testing.assert_allclose(y, ref, rtol=TOL[dtype] * 4, atol=TOL[dtype] * 4)

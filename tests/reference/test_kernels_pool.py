@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from effv2_reference.kernels import num_threads, set_num_threads
+from effv2_reference.kernels import num_threads, pool, set_num_threads
 from effv2_reference.kernels.pool import PIECES_PER_THREAD, chunks, parallel_for
 from effv2_reference.model import ReferenceModel
 from effv2_reference.ops import softmax_cross_entropy
@@ -56,8 +56,13 @@ def test_parallel_for_runs_every_piece_once_and_raises(restore_threads):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_train_step_does_not_depend_on_threads(restore_threads, dtype):
-    one, two = _step(1, dtype), _step(2, dtype)
+def test_train_step_does_not_depend_on_threads(restore_threads, dtype, monkeypatch):
+    one = _step(1, dtype)
+    split = []  # the two-thread step must really split work, or this test compares a thing with itself
+    real_chunks = pool.chunks
+    monkeypatch.setattr(pool, "chunks", lambda *a, **k: split.append(len(parts := real_chunks(*a, **k))) or parts)
+    two = _step(2, dtype)
+    assert sum(n > 1 for n in split) >= 20, split
     if dtype == "float64":  # every kernel and every BLAS call sees the same rows: identical
         np.testing.assert_array_equal(one[0], two[0])
         for k in one[1]:

@@ -12,7 +12,8 @@ from effv2_spec.errors import SpecError
 from effv2_spec.presets import load as load_preset
 from effv2_reference.data import load_digits, split
 from effv2_reference.data.pipeline import StepData
-from effv2_reference.plan import PURPOSE_AUGMENT, PlanError, TrainingPlan, keyed_rng
+from effv2_reference.plan import (PURPOSE_AUGMENT, PURPOSE_DROP_PATH, PURPOSE_DROPOUT, PURPOSE_MIX, PlanError,
+                                  TrainingPlan, keyed_rng)
 
 SIZE = 16
 
@@ -53,6 +54,15 @@ def test_keyed_rng_is_a_pure_function_of_its_key():
     for other in ((4, PURPOSE_AUGMENT, 10, 5), (3, PURPOSE_AUGMENT + 1, 10, 5), (3, PURPOSE_AUGMENT, 11, 5),
                   (3, PURPOSE_AUGMENT, 10, 6)):
         assert not np.array_equal(a, keyed_rng(*other).random(4))
+
+
+def test_sample_rngs_are_the_sample_rngs_of_each_row(digits):
+    plan = TrainingPlan(nano(), schedule(), recipe(), len(digits), seed=9)
+    for purpose in (PURPOSE_AUGMENT, PURPOSE_MIX, PURPOSE_DROP_PATH, PURPOSE_DROPOUT):
+        for rows in (range(16), [15, 3, 3], range(0)):
+            many = plan.sample_rngs(purpose, 5, rows)
+            assert [g.random(3).tobytes() for g in many] == \
+                [plan.sample_rng(purpose, 5, r).random(3).tobytes() for r in rows]
 
 
 def test_batches_cover_each_epoch_once(digits):
@@ -141,6 +151,7 @@ def test_a_batch_shrunk_to_the_data_keeps_whole_groups():
 
 
 def test_plan_and_pipeline_do_not_import_numba_or_frameworks():
-    code = ("import sys, effv2_reference.plan, effv2_reference.data.pipeline, effv2_reference.data.loader;"
+    code = ("import sys, effv2_reference.plan, effv2_reference.keyed, effv2_reference.data.pipeline, "
+            "effv2_reference.data.loader;"
             "bad = [m for m in ('numba', 'torch', 'jax') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
