@@ -3,8 +3,8 @@
 Rows are channels of a CNHW activation viewed as (C, n). Each kernel is one streaming
 pass where NumPy would need three to five (and as many temporaries); at the larger
 image sizes these passes are memory-bound, so the fusion is what pays. Reductions stay
-in NumPy (pairwise summation), and exp stays in NumPy (vectorised; numba has no SVML
-here), so every kernel is a dependency-free loop that LLVM vectorises without fastmath.
+in NumPy (pairwise summation), so every kernel is a dependency-free loop that LLVM
+vectorises without fastmath. The SiLU forward, with its own exp, is kernels/silu.py.
 """
 
 from __future__ import annotations
@@ -49,16 +49,6 @@ def bn_backward_dx_kernel(dy, xhat, scale, mean_dy, mean_dy_xhat, dx):
             out[m] = s * (dr[m] - a - xr[m] * b)
 
 
-@njit(["void(float32[::1], float32[::1], float32[::1])", "void(float64[::1], float64[::1], float64[::1])"],
-      cache=True, nogil=True)
-def silu_forward_kernel(x, s, y):
-    """On entry s holds exp(-x); on exit s = 1 / (1 + exp(-x)) = sigmoid(x) and y = x * s."""
-    for m in range(x.shape[0]):
-        sv = 1.0 / (1.0 + s[m])
-        s[m] = sv
-        y[m] = x[m] * sv
-
-
 @njit(["void(float32[::1], float32[::1], float32[::1], float32[::1])",
        "void(float64[::1], float64[::1], float64[::1], float64[::1])"], cache=True, nogil=True)
 def silu_backward_kernel(dy, x, s, dx):
@@ -80,11 +70,6 @@ def bn_normalize_naive(centred, inv_std, gamma, beta):
 
 def bn_backward_dx_naive(dy, xhat, scale, mean_dy, mean_dy_xhat):
     return scale[:, None] * (dy - mean_dy[:, None] - xhat * mean_dy_xhat[:, None])
-
-
-def silu_forward_naive(x):
-    s = 1.0 / (1.0 + np.exp(-x))
-    return s, x * s
 
 
 def silu_backward_naive(dy, x, s):
