@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 
 MIN_CHUNK = 1 << 17  # values per piece below which splitting does not pay (measured: 2^15 lost at 32 px)
 PIECES_PER_THREAD = 1

@@ -12,16 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .activations import activation_backward, activation_forward, sigmoid
-
-
-def _sigmoid_gate(z):
-    g = sigmoid(z)
-    return g, g
-
-
-def _sigmoid_gate_backward(dg, g):
-    return dg * g * (1.0 - g)
+from .activations import activation_backward, activation_forward, sigmoid_backward, sigmoid_forward
 
 
 def _hard_sigmoid_gate(z):
@@ -33,7 +24,7 @@ def _hard_sigmoid_gate_backward(dg, z):
 
 
 #: gate name -> (forward z -> (g, cache), backward (dg, cache) -> dz)
-GATES = {"sigmoid": (_sigmoid_gate, _sigmoid_gate_backward),
+GATES = {"sigmoid": (sigmoid_forward, sigmoid_backward),
          "hard_sigmoid": (_hard_sigmoid_gate, _hard_sigmoid_gate_backward)}
 
 
