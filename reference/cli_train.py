@@ -23,7 +23,9 @@ from effv2_spec.errors import SpecError
 DEFAULT_SPEC = "efficientnetv2-nano"
 DEFAULT_SCHEDULE = "progressive-efficientnetv2-nano-paper"
 DEFAULT_TRAINING = "training-cpu"
-AUTO_WORKER_STEPS = 500  # --workers auto: runs shorter than this prepare their images in-process
+AUTO_WORKER_STEPS = 500  # --workers / --nproc auto: runs shorter than this stay in one process
+AUTO_MAX_PROCESSES = 4  # --nproc auto: at most this many oracle processes,
+AUTO_MIN_ROWS = 16  # each with at least this many rows of the batch (fewer waste the fixed cost of a step)
 
 
 def _override_length(sched, source: str, steps: int | None, epochs: float | None):
@@ -135,6 +137,11 @@ def _stage_line(rec: dict, num_stages: int) -> str:
               help="Processes preparing each step's images (crop, flip, RandAugment) one step ahead; 0: in this "
                    f"process; auto: one when this machine has a spare core and the run has {AUTO_WORKER_STEPS}+ steps "
                    "in one process. The result does not depend on it.")
+@click.option("--nproc", default="auto", show_default=True, callback=lambda ctx, param, v: _parse_nproc(v),
+              help="Oracle processes on this machine, each computing 1/N of every batch (BN statistics, loss and "
+                   "gradients summed through shared memory): the same run up to floating-point rounding. auto: one "
+                   f"per core (at most {AUTO_MAX_PROCESSES}, {AUTO_MIN_ROWS}+ rows each) for runs of "
+                   f"{AUTO_WORKER_STEPS}+ steps, else 1.")
 @click.option("--init-from", "init_from", default=None, type=click.Path(dir_okay=False),
               help="Start from these canonical weights (e.g. from `effv2 convert`) instead of the seeded init.")
 @click.option("--num-classes", "num_classes", type=click.IntRange(min=1, max=1_000_000), default=None,
@@ -158,8 +165,8 @@ def _stage_line(rec: dict, num_stages: int) -> str:
 @click.option("--channels-last", "channels_last", is_flag=True, help="torch: channels-last memory format.")
 @click.option("--compile", "compile_", is_flag=True, help="torch: torch.compile the model (one compile per stage).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1.0), default=600.0, show_default=True,
-              help="torch under torchrun: seconds a collective waits for the other processes before failing; jax: "
-                   "seconds to join the --coordinator.")
+              help="oracle with --nproc N and torch under torchrun: seconds a collective waits for the other processes "
+                   "before failing; jax: seconds to join the --coordinator.")
 @click.option("--coordinator", default=None, metavar="ADDR:PORT",
               help="jax on several processes / hosts: the jax.distributed coordinator (process 0 listens there); "
                    "default from JAX_COORDINATOR_ADDRESS. Joining waits at most --timeout seconds.")
@@ -170,7 +177,7 @@ def _stage_line(rec: dict, num_stages: int) -> str:
 @click.option("--json", "as_json", is_flag=True,
               help="End with one JSON object (final_accuracy, seconds, stages, ...).")
 def train(spec_source, schedule_source, training_source, data_source, out_dir, resume, overwrite, seed, steps, epochs, dtype,
-          checkpoint_every, threads, workers, init_from, num_classes, frozen_bn, eval_size, stop_at, framework, device, precision,
+          checkpoint_every, threads, workers, nproc, init_from, num_classes, frozen_bn, eval_size, stop_at, framework, device, precision,
           channels_last, compile_, timeout_s, coordinator, num_processes, process_id, as_json):
     """Train SPEC progressively: with the NumPy/Numba oracle on CPU, with PyTorch (torchrun for many devices) or
     with JAX (every local device; --coordinator for several processes / hosts)."""
@@ -213,7 +220,9 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
         if given:
             raise click.UsageError(f"{', '.join(given)}: only with --framework torch or jax")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise SpecInputError("the oracle trains in one process; under torchrun use --framework torch")
+            raise SpecInputError("the oracle starts its own processes (--nproc); under torchrun use --framework torch")
+    elif nproc is not None and nproc != 1:
+        raise click.UsageError("--nproc: only with --framework reference (torch: torchrun; jax: its devices)")
 
     try:
         if framework == "reference":  # one process holds the whole batch in this machine's memory
@@ -233,46 +242,63 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
             raise SpecInputError(f"{init_from}: cannot read weights ({exc})") from None
     try:
         out = prepare_out_dir(out_dir, spec.name, resume=resume, overwrite=overwrite)
-        if framework == "reference":
-            trainer = Trainer(spec, sched, config, train_data, heldout, seed=seed, dtype=dtype, out_dir=out,
-                              checkpoint_every=checkpoint_every or None, workers=workers or 0, init_from=initial,
-                              eval_size=eval_size)
-        else:
-            options = dict(dtype=dtype, device=device, precision=precision, timeout_s=timeout_s)
-            if framework == "jax":
-                options.update(coordinator=coordinator, num_processes=num_processes, process_id=process_id)
-            else:
-                options.update(channels_last=channels_last, compile=compile_)
-            procs, make_backend = _framework_backend(framework, **options)
-            trainer = ProgressiveLoop(spec, sched, config, train_data, heldout, make_backend, seed=seed, dtype=dtype,
-                                      out_dir=out, checkpoint_every=checkpoint_every or None, workers=workers or 0,
-                                      init_from=initial, eval_size=eval_size)
-        if resume:
-            trainer.resume()
     except CheckpointError as exc:
         raise SpecInputError(str(exc)) from None
-    except ValueError as exc:  # a schedule the data cannot fill, an unsupported regulariser, groups vs data
-        msg = str(exc).removeprefix("schedule: ")
-        schedule_problem = msg != str(exc) or msg.startswith("regularizers.")
-        raise SpecInputError(f"{schedule_source}: {msg}" if schedule_problem else msg) from None
+    if framework == "reference":
+        from .plan import PlanError, TrainingPlan
 
-    if workers is None:
-        trainer.workers = _auto_workers(trainer.total_steps - trainer.step, trainer.backend.world)
-    lead = trainer.backend.rank == 0  # one process prints
+        try:
+            world = nproc or _auto_processes(TrainingPlan(spec, sched, config, len(train_data), seed=seed))
+        except (PlanError, ValueError):
+            world = 1  # the plan's own complaint is reported below, by the trainer, in one line
+    else:
+        world = 1
+
+    def build(replica):
+        """This process's loop: the oracle's (its shard with a replica) or a framework's."""
+        try:
+            if framework == "reference":
+                trainer = Trainer(spec, sched, config, train_data, heldout, seed=seed, dtype=dtype, out_dir=out,
+                                  checkpoint_every=checkpoint_every or None, workers=workers or 0,
+                                  init_from=initial, eval_size=eval_size, replica=replica)
+            else:
+                options = dict(dtype=dtype, device=device, precision=precision, timeout_s=timeout_s)
+                if framework == "jax":
+                    options.update(coordinator=coordinator, num_processes=num_processes, process_id=process_id)
+                else:
+                    options.update(channels_last=channels_last, compile=compile_)
+                procs, make_backend = _framework_backend(framework, **options)
+                trainer = ProgressiveLoop(spec, sched, config, train_data, heldout, make_backend, seed=seed,
+                                          dtype=dtype, out_dir=out, checkpoint_every=checkpoint_every or None,
+                                          workers=workers or 0, init_from=initial, eval_size=eval_size)
+            if resume:
+                trainer.resume()
+        except CheckpointError as exc:
+            raise SpecInputError(str(exc)) from None
+        except ValueError as exc:  # a schedule the data cannot fill, an unsupported regulariser, groups vs data
+            msg = str(exc).removeprefix("schedule: ")
+            schedule_problem = msg != str(exc) or msg.startswith("regularizers.")
+            raise SpecInputError(f"{schedule_source}: {msg}" if schedule_problem else msg) from None
+        if workers is None:
+            trainer.workers = _auto_workers(trainer.total_steps - trainer.step, trainer.backend.world)
+        return trainer
+
     stream = sys.stderr if as_json else sys.stdout
-    echo = (lambda s: click.echo(s, err=as_json) if lead else None)
-    n_stages = len(trainer.stages)
-    echo(f"training {spec.name} on {data.name} ({len(train_data)} train / {len(heldout)} held-out, "
-         f"{train_data.images.shape[1]} px stored): {sched.name} ({n_stages} stages, {trainer.total_steps} steps), "
-         f"{config.name} (batch {trainer.batch}), seed {seed}, {dtype}, {framework}"
-         + (f" x {trainer.backend.world} processes" if trainer.backend.world > 1 else "")
-         + (f", from {init_from}" if init_from else "") + (", frozen BN" if config.batch_norm.mode == "frozen" else "")
-         + (f", resumed at step {trainer.step}" if resume else ""))
+    held: dict = {}  # rank 0's trainer, for the messages after an interruption
 
-    from .kernels.heap import retain_freed_memory
-
-    retain_freed_memory()  # every step frees and reallocates its activations: keep them paged in (kernels/heap.py)
-    try:
+    def run_rank(replica):
+        trainer = held["trainer"] = build(replica)
+        lead = trainer.backend.rank == 0  # one process prints
+        echo = (lambda s: click.echo(s, err=as_json) if lead else None)
+        n_stages = len(trainer.stages)
+        if lead:
+            echo(f"training {spec.name} on {data.name} ({len(train_data)} train / {len(heldout)} held-out, "
+                 f"{train_data.images.shape[1]} px stored): {sched.name} ({n_stages} stages, {trainer.total_steps} "
+                 f"steps), {config.name} (batch {trainer.batch}), seed {seed}, {dtype}, {framework}"
+                 + (f" x {trainer.backend.world} processes" if trainer.backend.world > 1 else "")
+                 + (f", from {init_from}" if init_from else "")
+                 + (", frozen BN" if config.batch_norm.mode == "frozen" else "")
+                 + (f", resumed at step {trainer.step}" if resume else ""))
         if framework == "torch" and threads:
             import torch  # CPU intra-op threads; spare ones spin as badly as BLAS's
 
@@ -280,22 +306,43 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
         with _oracle_threads(threads if framework == "reference" else 1):
             result = (_run_with_progress(trainer, stream, echo, n_stages, stop_at) if lead
                       else trainer.run(stop_at=stop_at))
+        return trainer, result
+
+    from .kernels.heap import retain_freed_memory
+    from .replicas import ReplicaError, run_replicas
+    from .train import replica_capacity
+
+    retain_freed_memory()  # every step frees and reallocates its activations: keep them paged in (kernels/heap.py)
+    try:
+        if world > 1:
+            trainer, result = run_replicas(world, run_rank, capacity_bytes=replica_capacity(spec, dtype),
+                                           timeout_s=timeout_s)
+        else:
+            trainer, result = run_rank(None)
     except TrainingDiverged as exc:
         raise SpecInputError(f"{spec.name}: {exc}") from None
+    except ReplicaError as exc:  # another oracle process stopped, died or went silent
+        step = held["trainer"].step if "trainer" in held else 0
+        raise SpecInputError(f"{spec.name}: training stopped at step {step} ({exc})") from None
     except RuntimeError as exc:  # torch.distributed: a peer died or a collective timed out
         if framework == "reference":
             raise
-        raise SpecInputError(f"{spec.name}: training stopped at step {trainer.step} ({_first_line(exc)}); "
+        step = held["trainer"].step if "trainer" in held else 0
+        raise SpecInputError(f"{spec.name}: training stopped at step {step} ({_first_line(exc)}); "
                              "another process may have died") from None
     except OSError as exc:  # checkpoints and weights go to --out
         raise SpecInputError(f"{exc.filename or out}: cannot write ({exc.strerror or exc})") from None
     except KeyboardInterrupt:
+        trainer = held.get("trainer")
+        step = trainer.step if trainer is not None else 0
         kept = (f"checkpoint at step {trainer.last_checkpoint_step} in {out}; continue with --resume"
-                if trainer.last_checkpoint_step is not None else "no checkpoint written yet")
-        click.echo(f"interrupted at step {trainer.step}: {kept}", err=True)
+                if trainer is not None and trainer.last_checkpoint_step is not None else "no checkpoint written yet")
+        click.echo(f"interrupted at step {step}: {kept}", err=True)
         sys.exit(130)
     if framework != "reference":
         trainer.backend.procs.close()
+    lead = trainer.backend.rank == 0
+    echo = (lambda s: click.echo(s, err=as_json) if lead else None)
     seconds = time.perf_counter() - t_start
     if result.extra.get("stopped_at") is not None:
         echo(f"stopped at step {result.steps} of {trainer.total_steps} in {seconds:.1f} s; checkpoint in {out} "
@@ -312,6 +359,43 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
             payload["compile_seconds"] = dict(trainer.backend.compile_seconds)
             payload["devices"] = len(trainer.backend.procs.devices)
         echo_json(payload)
+
+
+def _parse_nproc(value) -> int | None:
+    """--nproc: a count >= 1, or 'auto' (None: decided from the plan and this machine)."""
+    text = str(value).strip()
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    if text.lower() == "auto":
+        return None
+    raise click.BadParameter(f"{value!r} is neither a count >= 1 nor 'auto'", param_hint="'--nproc'")
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _auto_processes(plan) -> int:
+    """--nproc auto: the most processes (up to one per core and AUTO_MAX_PROCESSES) whose shards hold
+    AUTO_MIN_ROWS+ rows and fit the plan's BN and mix groups; one for short runs."""
+    from .plan import PlanError
+    from .train import batch_norm_layout
+
+    if plan.total_steps < AUTO_WORKER_STEPS:
+        return 1
+    for p in range(min(_cores(), AUTO_MAX_PROCESSES), 1, -1):
+        if plan.batch_size % p or plan.batch_size // p < AUTO_MIN_ROWS:
+            continue
+        try:
+            plan.shards(p)
+            batch_norm_layout(plan, p)
+        except PlanError:
+            continue
+        return p
+    return 1
 
 
 def _parse_workers(value) -> int | None:

@@ -84,7 +84,7 @@ class ReferenceModel:
 
     # ---- forward -------------------------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool = False, masks: Mapping[str, np.ndarray] | None = None, *,
-                bn_group_size: int | None = None, frozen_bn: bool = False):
+                bn_group_size: int | None = None, frozen_bn: bool = False, bn_sync: ops.BatchNormSync | None = None):
         """Logits (N, num_classes) for images x (N, C, H, W).
 
         training=True: dropout and drop path with `masks` (drawn from `self.rng` when missing,
@@ -92,6 +92,8 @@ class ReferenceModel:
         contiguous group of `bn_group_size` samples (None: the whole batch; it must divide N),
         running stats updated in place by the rule of ops/batchnorm.py. frozen_bn=True: BN uses
         the running statistics and leaves them alone; dropout and drop path stay on.
+        bn_sync: this process is one of several training on shards of one batch (ops/batchnorm.py:
+        its group may span processes; running statistics are averaged over them).
         training=False: running statistics, no dropout or drop path; `backward` then gives
         eval-mode gradients (it re-runs this forward with a tape, at the current parameters).
         """
@@ -105,6 +107,9 @@ class ReferenceModel:
             raise ValueError(f"forward: unknown mask(s) {', '.join(unknown)}; this model takes "
                              f"{', '.join(self.mask_names) or 'none'}")
         groups = bn_group_count(bn_group_size, x.shape[0])
+        if bn_sync is not None and bn_sync.group_sum is not None and groups != 1:
+            raise ValueError("forward: with a BN group spanning processes (bn_sync.group_sum), bn_group_size must "
+                             "be None (this process's rows are one part of that group)")
         self._tape = None
         self.last_masks = {}
         x = x.astype(self.dtype)  # a private copy: an eval forward keeps it for `backward`
@@ -113,16 +118,18 @@ class ReferenceModel:
             self._tape = _EvalReplay(x)
             return logits
         tape: list = []
-        logits = self._run(x, tape, regularise=True, batch_stats=not frozen_bn, groups=groups, masks=masks)
+        logits = self._run(x, tape, regularise=True, batch_stats=not frozen_bn, groups=groups, masks=masks,
+                           sync=bn_sync)
         self._tape = tape
         return logits
 
     __call__ = forward
 
     def _run(self, x: np.ndarray, tape: list | None, *, regularise: bool, batch_stats: bool, groups: int,
-             masks: dict) -> np.ndarray:
+             masks: dict, sync: ops.BatchNormSync | None = None) -> np.ndarray:
         """The network on a cast NCHW batch. tape: where to record (None: nowhere); regularise:
-        dropout and drop path on; batch_stats: train-mode BN in `groups` groups, else running stats."""
+        dropout and drop path on; batch_stats: train-mode BN in `groups` groups (`sync`: with other
+        processes), else running stats."""
         r = self.resolved
         if r.normalize_in_model:
             mean = np.asarray(r.input_mean, dtype=self.dtype)[None, :, None, None]
@@ -131,7 +138,7 @@ class ReferenceModel:
         h = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
         n = h.shape[1]
         record = tape is not None
-        bn = (batch_stats, groups)
+        bn = (batch_stats, groups, sync)
         h = self._conv_bn(r.stem, h, tape, bn)
         for block in r.blocks:
             x_in = h
@@ -174,20 +181,24 @@ class ReferenceModel:
         self.last_masks[name] = m
         return m
 
-    def _conv_bn(self, unit: ConvBN, h: np.ndarray, tape: list | None, bn: tuple[bool, int]) -> np.ndarray:
-        """conv, BN, activation. bn = (batch_stats, groups): train-mode BN in that many groups,
-        or (False, _) for the running statistics."""
+    def _conv_bn(self, unit: ConvBN, h: np.ndarray, tape: list | None, bn: tuple) -> np.ndarray:
+        """conv, BN, activation. bn = (batch_stats, groups, sync): train-mode BN in that many groups
+        (sync: shared with other processes, or None), or (False, _, _) for the running statistics."""
         r, p = self.resolved, unit.name
         pads = ops.conv_pads(r.padding, h.shape[2:], unit.kernel, unit.stride)
         w = self.params[f"{p}.conv.weight"]
         h, conv_cache = ops.conv2d_forward(h, w, stride=unit.stride, pads=pads, groups=unit.groups)
         gamma, beta = self.params[f"{p}.bn.weight"], self.params[f"{p}.bn.bias"]
         rm, rv = self.buffers[f"{p}.bn.running_mean"], self.buffers[f"{p}.bn.running_var"]
-        batch_stats, groups = bn
+        batch_stats, groups, sync = bn
         if batch_stats:
-            h, bn_cache, mean, var = ops.batch_norm_train_forward(h, gamma, beta, eps=r.bn_eps, groups=groups)
+            h, bn_cache, mean, var = ops.batch_norm_train_forward(h, gamma, beta, eps=r.bn_eps, groups=groups,
+                                                                  sync=sync)
             n = h.shape[1] // groups * h.shape[2] * h.shape[3]  # values per channel in one group
-            ops.update_running_stats(rm, rv, mean, var, n, momentum=r.bn_momentum, running_var_kind=r.bn_running_var)
+            if sync is not None and sync.group_sum is not None:
+                n *= sync.span
+            ops.update_running_stats(rm, rv, mean, var, n, momentum=r.bn_momentum, running_var_kind=r.bn_running_var,
+                                     replica_mean=sync.replica_mean if sync is not None else None)
         else:
             # an affine map; its backward needs only the input (for dgamma), which the tape keeps
             bn_cache = h if tape is not None else None

@@ -28,8 +28,10 @@ from .data.sources import Dataset
 from .ema import WeightEMA
 from .model import ReferenceModel
 from .ops.loss import softmax_cross_entropy
+from .ops.batchnorm import BatchNormSync
 from .optim import build_optimizer
-from .plan import SUPPORTED_REGULARIZERS, TrainingPlan, stage_view  # noqa: F401 (re-exported)
+from .plan import SUPPORTED_REGULARIZERS, PlanError, TrainingPlan, stage_view  # noqa: F401 (re-exported)
+from .replicas import run_replicas
 from .trainloop import EVAL_BATCH, ProgressiveLoop, TrainingDiverged, TrainResult, frozen_names  # noqa: F401
 
 
@@ -65,15 +67,40 @@ def evaluate_with(model: ReferenceModel, tensors: dict[str, np.ndarray] | None, 
 
 
 # ---- the oracle's side of a step ------------------------------------------------------------------
+def batch_norm_layout(plan: TrainingPlan, world: int) -> tuple[int | None, int]:
+    """(BN group size within one process's rows or None, span): how the plan's BN groups fall on
+    `world` processes. span > 1: one group holds the rows of `span` processes (None then)."""
+    local, g = plan.batch_size // world, plan.bn_group_size
+    if g <= local:
+        if local % g:
+            raise PlanError(f"batch_norm.group_size: a group of {g} samples does not fit the {local} rows of each "
+                            f"of {world} processes (it must divide them)")
+        return g, 1
+    if g % local or world % (g // local):
+        raise PlanError(f"batch_norm.group_size: a group of {g} samples must be the rows of a number of processes "
+                        f"({local} rows each) that divides the {world} processes")
+    return None, g // local
+
+
 class OracleBackend:
-    """`TrainingBackend` of the NumPy/Numba oracle: one process, the whole global batch."""
+    """`TrainingBackend` of the NumPy/Numba oracle: the whole global batch in one process, or with a
+    `replica` (replicas.py) this process's shard of it: BN statistics of groups spanning processes,
+    the loss, the accuracy and the gradients are summed over the processes, whose identical optimiser
+    steps then keep identical weights."""
 
     framework = "reference"
-    rank, world = 0, 1
 
-    def __init__(self, plan: TrainingPlan, tensors: Mapping[str, np.ndarray], dtype: str):
+    def __init__(self, plan: TrainingPlan, tensors: Mapping[str, np.ndarray], dtype: str, replica=None):
         config = plan.config
-        self.plan, self.config = plan, config
+        self.plan, self.config, self.replica = plan, config, replica
+        self.rank, self.world = (replica.rank, replica.world) if replica is not None else (0, 1)
+        self.bn_group_size, span = batch_norm_layout(plan, self.world)
+        self.bn_sync = None
+        if self.world > 1:
+            self.bn_sync = BatchNormSync(
+                group_sum=(lambda a: replica.group_sum(a, span)) if span > 1 else None,
+                group_gather=(lambda a: replica.group_gather(a, span)) if span > 1 else None, span=span,
+                replica_mean=replica.mean if span < self.world else None)  # a group over all: identical already
         self.model = ReferenceModel(plan.base, dtype=dtype, seed=plan.seed)
         self.model.load_state_dict(tensors)
         self.frozen_bn = config.batch_norm.mode == "frozen"
@@ -87,13 +114,20 @@ class OracleBackend:
 
     def train_step(self, x, targets, masks, *, lr: float, step: int) -> tuple[float, int]:
         model = self.model
-        logits = model.forward(x, training=True, masks=masks, bn_group_size=self.plan.bn_group_size,
-                               frozen_bn=self.frozen_bn)
+        logits = model.forward(x, training=True, masks=masks, bn_group_size=self.bn_group_size,
+                               frozen_bn=self.frozen_bn, bn_sync=self.bn_sync)
         loss, dlogits = softmax_cross_entropy(logits, targets, label_smoothing=self.config.label_smoothing)
         correct = int((logits.argmax(axis=1) == targets.argmax(axis=1)).sum())
+        if self.world > 1:  # the loss is the mean over the global batch: this shard's rows weigh rows / batch
+            share = len(x) / self.plan.batch_size
+            total = self.replica.all_sum(np.array([loss * share, correct], dtype=np.float64))
+            loss, correct = float(total[0]), int(round(total[1]))
+            dlogits = (dlogits * share).astype(dlogits.dtype)
         if not np.isfinite(loss):
             return loss, correct
         grads = model.backward(dlogits)
+        if self.world > 1:
+            grads = self._summed(grads)
         params = model.params if len(self.trainable) == len(model.params) else {
             n: model.params[n] for n in self.trainable}
         self.optimizer.step(params, grads, lr)
@@ -101,12 +135,22 @@ class OracleBackend:
             self.ema.update({**model.params, **model.buffers}, step + 1)
         return loss, correct
 
+    def _summed(self, grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The trainable gradients summed over the processes, in one message."""
+        flat = self.replica.all_sum(np.concatenate([grads[n].ravel() for n in self.trainable]))
+        out, at = {}, 0
+        for n in self.trainable:
+            size = grads[n].size
+            out[n] = flat[at:at + size].reshape(grads[n].shape)
+            at += size
+        return out
+
     def logits(self, x, *, use_ema: bool) -> np.ndarray:
         with swapped_in(self.model, self.ema.shadow if use_ema and self.ema is not None else None):
             return self.model.forward(x, training=False)
 
     def all_sum(self, values: np.ndarray) -> np.ndarray:
-        return values
+        return self.replica.all_sum(values) if self.world > 1 else values
 
     def state(self) -> tuple[dict, dict, dict]:
         return (self.model.state_dict(), self.optimizer.state_dict(),
@@ -120,14 +164,17 @@ class OracleBackend:
 
 
 class Trainer(ProgressiveLoop):
-    """The oracle's progressive run; `.model`, `.optimizer` and `.ema` are the oracle's objects."""
+    """The oracle's progressive run; `.model`, `.optimizer` and `.ema` are the oracle's objects.
+
+    `replica`: this process's handle when several oracle processes share the run (`train(processes=N)`,
+    `effv2 train --nproc N`; replicas.py); each then computes its shard of every batch."""
 
     def __init__(self, spec: ArchitectureSpec, schedule: ProgressiveSchedule, config: TrainingConfig,
                  train_data: Dataset, heldout: Dataset, *, seed: int = 0, dtype: str = "float32",
                  out_dir: str | Path | None = None, checkpoint_every: int | None = 100,
-                 eval_size: int | None = None, workers: int = 0, init_from=None):
+                 eval_size: int | None = None, workers: int = 0, init_from=None, replica=None):
         super().__init__(spec, schedule, config, train_data, heldout,
-                         lambda plan, tensors: OracleBackend(plan, tensors, dtype), seed=seed, dtype=dtype,
+                         lambda plan, tensors: OracleBackend(plan, tensors, dtype, replica), seed=seed, dtype=dtype,
                          out_dir=out_dir, checkpoint_every=checkpoint_every, eval_size=eval_size,
                          workers=workers, init_from=init_from)
 
@@ -147,10 +194,27 @@ class Trainer(ProgressiveLoop):
 def train(spec: ArchitectureSpec, schedule: ProgressiveSchedule, config: TrainingConfig, train_data: Dataset,
           heldout: Dataset, *, seed: int = 0, dtype: str = "float32", out_dir: str | Path | None = None,
           resume: bool = False, checkpoint_every: int | None = 100, on_step=None, on_stage=None,
-          workers: int = 0) -> TrainResult:
-    """Train `spec` on `train_data` by `schedule` and `config`; evaluate on `heldout` after each stage."""
-    trainer = Trainer(spec, schedule, config, train_data, heldout, seed=seed, dtype=dtype, out_dir=out_dir,
-                      checkpoint_every=checkpoint_every, workers=workers)
-    if resume:
-        trainer.resume()
-    return trainer.run(on_step=on_step, on_stage=on_stage)
+          workers: int = 0, processes: int = 1, timeout_s: float = 600.0) -> TrainResult:
+    """Train `spec` on `train_data` by `schedule` and `config`; evaluate on `heldout` after each stage.
+
+    processes > 1: that many oracle processes on this machine, each computing its shard of every batch
+    (the same run up to floating-point rounding; callbacks run in the first process)."""
+
+    def rank_main(replica):
+        trainer = Trainer(spec, schedule, config, train_data, heldout, seed=seed, dtype=dtype, out_dir=out_dir,
+                          checkpoint_every=checkpoint_every, workers=workers, replica=replica)
+        if resume:
+            trainer.resume()
+        lead = trainer.backend.rank == 0
+        return trainer.run(on_step=on_step if lead else None, on_stage=on_stage if lead else None)
+
+    if processes == 1:
+        return rank_main(None)
+    return run_replicas(processes, rank_main, capacity_bytes=replica_capacity(spec, dtype), timeout_s=timeout_s)
+
+
+def replica_capacity(spec: ArchitectureSpec, dtype: str) -> int:
+    """Bytes of the largest message a training process sends: every gradient at once."""
+    from effv2_spec.resolve import resolve
+
+    return sum(int(np.prod(p.shape)) for p in resolve(spec).params) * np.dtype(dtype).itemsize + 4096

@@ -7,7 +7,7 @@ Activations inside the oracle are CNHW, (C, N, H, W): see conv.py for why. One l
 from __future__ import annotations
 
 from .activations import activation_backward, activation_forward, sigmoid
-from .batchnorm import (batch_norm_backward, batch_norm_eval_backward, batch_norm_eval_forward,
+from .batchnorm import (BatchNormSync, batch_norm_backward, batch_norm_eval_backward, batch_norm_eval_forward,
                         batch_norm_train_forward, update_running_stats)
 from .conv import conv2d_backward, conv2d_forward, conv_pads, pad
 from .dense import dense_backward, dense_forward
@@ -41,7 +41,7 @@ def get_op(name: str):
 
 
 __all__ = [
-    "OPS", "get_op", "activation_backward", "activation_forward", "sigmoid", "batch_norm_backward",
+    "OPS", "get_op", "activation_backward", "activation_forward", "sigmoid", "BatchNormSync", "batch_norm_backward",
     "batch_norm_eval_backward", "batch_norm_eval_forward", "batch_norm_train_forward", "update_running_stats",
     "conv2d_backward", "conv2d_forward", "conv_pads", "pad", "dense_backward", "dense_forward", "smooth_targets",
     "softmax_cross_entropy", "global_avg_pool_backward", "global_avg_pool_forward", "drop_path_backward",

@@ -14,16 +14,36 @@ replica: each group's variance is converted by the running-variance convention w
 own n_g (unbiased: var_g * n_g / (n_g - 1)), then the group means and the converted
 group variances are each averaged over the groups (one all-reduce-mean across replicas),
 then one momentum update r = (1 - m) r + m * average. With k = 1 this is the plain rule.
+
+Across processes (`BatchNormSync`, data-parallel training: replicas.py): a group may span the
+rows of `span` processes. Forward, one exchange: each process sends its rows' mean and centred sum
+of squares M2 per channel, and every process combines them in rank order (Chan et al.: M2 = sum of
+the M2s + rows * sum of (mean_p - mean)^2, no cancellation); backward, `group_sum` adds the two
+gradient sums over the processes; the parameter gradients
+returned stay this process's share (the trainer sums them over processes); `replica_mean` averages
+the per-process statistics before the momentum update, so every replica's running statistics are
+the same rule over all groups of the global batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from ..kernels.elementwise import affine_rows_kernel, bn_backward_dx_kernel, bn_normalize_kernel
 from ..kernels.pool import parallel_for
+
+
+@dataclass(frozen=True)
+class BatchNormSync:
+    """How train-mode BN reaches the other processes of a data-parallel run (None fields: it does not)."""
+
+    group_sum: Callable[[np.ndarray], np.ndarray] | None = None  # sum over the processes sharing this BN group
+    group_gather: Callable[[np.ndarray], np.ndarray] | None = None  # their values stacked, (span, ...)
+    span: int = 1  # how many processes share it (their rows make one group)
+    replica_mean: Callable[[np.ndarray], np.ndarray] | None = None  # mean over every process (running stats)
 
 
 @dataclass
@@ -33,6 +53,7 @@ class BatchNormCache:
     gamma: np.ndarray  # (C,)
     shape: tuple[int, ...]
     groups: int = 1
+    sync: BatchNormSync | None = None  # a group spanning processes (sync.group_sum set)
 
 
 def _vec(v: np.ndarray, dtype) -> np.ndarray:
@@ -64,12 +85,18 @@ def _sum_groups(v: np.ndarray, groups: int) -> np.ndarray:
     return v.reshape(-1, groups).sum(axis=1) if groups > 1 else v
 
 
-def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float, groups: int = 1):
+def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float, groups: int = 1,
+                             sync: BatchNormSync | None = None):
     """y = (x - mean) / sqrt(var + eps) * gamma + beta with batch stats (per group of samples).
 
     Returns (y, cache, mean, var) with `var` the biased batch variance, both (C,); with
     groups=k > 1 (k contiguous groups of N/k samples, see the module docstring) both are (C, k).
+    With `sync.group_sum`, this process's rows are part of one group spanning `sync.span` processes.
     """
+    if sync is not None and sync.group_sum is not None:
+        if groups != 1:
+            raise ValueError("batch norm: a group spanning processes holds all of this process's rows (groups=1)")
+        return _spanning_forward(x, gamma, beta, eps, sync)
     x2 = _group_rows(x, groups)
     rows, m = x2.shape
     dt = x.dtype
@@ -92,8 +119,30 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     return y.reshape(x.shape), BatchNormCache(xhat, inv_std, gamma, x.shape, groups), mean, var
 
 
+def _spanning_forward(x, gamma, beta, eps, sync: BatchNormSync):
+    x2 = _rows(x)
+    dt, m = x2.dtype, x2.shape[1]
+    own_mean = x2.mean(axis=1)
+    xhat = np.subtract(x2, own_mean[:, None])
+    parts = sync.group_gather(np.stack([own_mean, np.einsum("cm,cm->c", xhat, xhat)]))  # (span, 2, C)
+    mean = parts[:, 0].sum(axis=0) / sync.span
+    shift = parts[:, 0] - mean
+    var = ((parts[:, 1].sum(axis=0) + m * (shift * shift).sum(axis=0)) / (m * sync.span)).astype(dt)
+    mean = mean.astype(dt)
+    np.subtract(x2, mean[:, None], out=xhat)
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(dt)
+    y = np.empty_like(x2)
+    bn_normalize_kernel(xhat, inv_std, _vec(gamma, dt), _vec(beta, dt), y)  # xhat: centred in, normalised out
+    return y.reshape(x.shape), BatchNormCache(xhat, inv_std, gamma, x.shape, 1, sync), mean, var
+
+
 def batch_norm_backward(dy: np.ndarray, cache: BatchNormCache):
-    """(dx, dgamma, dbeta) for the training forward (statistics depend on x, group by group)."""
+    """(dx, dgamma, dbeta) for the training forward (statistics depend on x, group by group).
+
+    For a group spanning processes, dx uses the group's gradient sums; dgamma and dbeta are this
+    process's share of the parameter gradients."""
+    if cache.sync is not None:
+        return _spanning_backward(dy, cache)
     k = cache.groups
     dy2 = _group_rows(dy, k)
     rows, n = dy2.shape
@@ -112,6 +161,17 @@ def batch_norm_backward(dy: np.ndarray, cache: BatchNormCache):
 
     parallel_for(part, rows, n)
     return dx.reshape(cache.shape), _sum_groups(dgamma, k), _sum_groups(dbeta, k)
+
+
+def _spanning_backward(dy: np.ndarray, cache: BatchNormCache):
+    d = _rows(dy)
+    dt, n = d.dtype, d.shape[1] * cache.sync.span
+    dbeta, dgamma = d.sum(axis=1), np.einsum("cm,cm->c", d, cache.xhat)
+    totals = cache.sync.group_sum(np.stack([dbeta, dgamma]))
+    dx = np.empty_like(d)
+    bn_backward_dx_kernel(d, cache.xhat, _vec(cache.gamma * cache.inv_std, dt), _vec(totals[0] / n, dt),
+                          _vec(totals[1] / n, dt), dx)
+    return dx.reshape(cache.shape), dgamma, dbeta
 
 
 def batch_norm_eval_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
@@ -141,12 +201,14 @@ def batch_norm_eval_backward(dy: np.ndarray, x: np.ndarray, gamma: np.ndarray, r
 
 
 def update_running_stats(running_mean: np.ndarray, running_var: np.ndarray, mean: np.ndarray, var: np.ndarray,
-                         n: int, *, momentum: float, running_var_kind: str) -> None:
+                         n: int, *, momentum: float, running_var_kind: str,
+                         replica_mean: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
     """In place: r = (1 - m) * r + m * batch; `var` is biased, converted when 'unbiased'.
 
     mean, var: (C,) for one statistics group of n values per channel, or (C, k) for k groups
     of n values each: each group's variance is converted with its own n, then the means and
-    the converted variances are averaged over the groups before the one momentum update.
+    the converted variances are averaged over the groups before the one momentum update
+    (and over the processes with `replica_mean`, each holding as many groups).
     """
     if running_var_kind == "unbiased":
         if n < 2:
@@ -157,6 +219,8 @@ def update_running_stats(running_mean: np.ndarray, running_var: np.ndarray, mean
         raise ValueError(f"batch norm: unknown running_var convention {running_var_kind!r}")
     if np.ndim(mean) == 2:
         mean, var = mean.mean(axis=1), var.mean(axis=1)
+    if replica_mean is not None:
+        mean, var = replica_mean(np.stack([mean, var]))
     running_mean *= 1.0 - momentum
     running_mean += momentum * mean
     running_var *= 1.0 - momentum

@@ -98,3 +98,74 @@ def test_conv_rejects_unsupported_groups_and_even_kernels():
         conv2d_forward(x, np.zeros((4, 2, 3, 3)), stride=1, pads=(1, 1, 1, 1), groups=2)
     with pytest.raises(ValueError, match="odd"):
         conv2d_forward(x, np.zeros((4, 4, 2, 2)), stride=1, pads=(0, 1, 0, 1), groups=1)
+
+
+# ---- im2col / col2im kernels against their NumPy twins, exactly ----------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def _im2col_cases(draw):
+    k = draw(st.sampled_from([1, 3, 5]))
+    stride = draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))  # often smaller than k
+    pads = [draw(st.integers(0, 3)) for _ in range(4)]
+    # enough padding for at least one output row / column
+    pads[1] = max(pads[1], k - h - pads[0])
+    pads[3] = max(pads[3], k - w - pads[2])
+    c = draw(st.integers(1, 5))
+    c0 = draw(st.integers(0, c - 1))
+    c1 = draw(st.integers(c0 + 1, c))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    return (c, draw(st.integers(1, 3)), h, w), k, stride, tuple(pads), (c0, c1), dtype
+
+
+# cheap examples (milliseconds): more of them than the ci profile's default
+@settings(max_examples=max(100, settings.default.max_examples))
+@given(case=_im2col_cases(), seed=st.integers(0, 2**16))
+def test_im2col_col2im_kernels_equal_twins_exactly(case, seed):
+    """The kernels on channels c0:c1 of the unpadded input (as ops/conv.py's pieces call them) equal the
+    NumPy twins on an explicitly padded copy bit for bit: im2col is a copy, and col2im adds each value's
+    taps in the same (i, j) order from 0.0; the other channels' rows are left alone."""
+    from effv2_reference.kernels.im2col import col2im_crop_kernel, col2im_naive, im2col_naive, im2col_pad_kernel
+    from effv2_reference.ops.conv import out_size, pad
+
+    shape, k, stride, pads, (c0, c1), dtype = case
+    t, b, l, r = pads
+    ho, wo = out_size(shape[2], k, stride, t, b), out_size(shape[3], k, stride, l, r)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    kk = k * k
+    cols = np.full((shape[0] * kk, shape[1] * ho * wo), np.nan, dtype)
+    im2col_pad_kernel(x[c0:c1], k, stride, t, l, ho, wo, cols[c0 * kk:c1 * kk])
+    ref = im2col_naive(pad(x, pads), k, stride, ho, wo)
+    assert np.array_equal(cols[c0 * kk:c1 * kk], ref[c0 * kk:c1 * kk])
+    assert np.isnan(cols[:c0 * kk]).all() and np.isnan(cols[c1 * kk:]).all()
+
+    dcols = rng.standard_normal(ref.shape).astype(dtype)
+    dx = np.full(shape, np.nan, dtype)
+    col2im_crop_kernel(dx[c0:c1], k, stride, t, l, ho, wo, dcols[c0 * kk:c1 * kk])
+    dxp = col2im_naive(dcols, pad(x, pads).shape, k, stride, ho, wo)
+    assert np.array_equal(dx[c0:c1], dxp[c0:c1, :, t:t + shape[2], l:l + shape[3]])
+    assert np.isnan(dx[:c0]).all() and np.isnan(dx[c1:]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c,size,stride,pads", [(3, 32, 2, (0, 1, 0, 1)), (16, 16, 1, (1, 1, 1, 1)),
+                                                (16, 16, 2, (0, 1, 0, 1)), (16, 12, 2, (0, 1, 0, 1)),
+                                                (16, 8, 1, (1, 1, 1, 1)), (4, 17, 2, (1, 1, 1, 1))])
+def test_im2col_col2im_on_training_shapes(dtype, c, size, stride, pads):
+    """The nano run's dense 3x3 convs (batch cut to 5), through ops/conv.py, exactly equal to the twins."""
+    from effv2_reference.kernels.im2col import col2im_naive, im2col_naive
+    from effv2_reference.ops.conv import col2im, im2col, out_size, pad
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((c, 5, size, size)).astype(dtype)
+    t, b, l, r = pads
+    ho, wo = out_size(size, 3, stride, t, b), out_size(size, 3, stride, l, r)
+    cols = im2col(x, 3, stride, ho, wo, pads)
+    assert np.array_equal(cols, im2col_naive(pad(x, pads), 3, stride, ho, wo))
+    dcols = rng.standard_normal(cols.shape).astype(dtype)
+    dxp = col2im_naive(dcols, pad(x, pads).shape, 3, stride, ho, wo)
+    assert np.array_equal(col2im(dcols, x.shape, 3, stride, ho, wo, pads), dxp[:, :, t:t + size, l:l + size])
