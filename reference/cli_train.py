@@ -247,10 +247,22 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
     if framework == "reference":
         from .plan import PlanError, TrainingPlan
 
+        from .train import batch_norm_layout
+
         try:
-            world = nproc or _auto_processes(TrainingPlan(spec, sched, config, len(train_data), seed=seed))
+            plan = TrainingPlan(spec, sched, config, len(train_data), seed=seed)
         except (PlanError, ValueError):
-            world = 1  # the plan's own complaint is reported below, by the trainer, in one line
+            plan = None  # the plan's own complaint is reported below, by the trainer, in one line
+        world = nproc or (_auto_processes(plan) if plan is not None else 1)
+        if nproc is not None and nproc > _cores():
+            raise click.UsageError(f"--nproc {nproc}: this machine has {_cores()} cores; more processes than cores "
+                                   "only wait for each other")
+        if plan is not None and world > 1:
+            try:
+                plan.shards(world)
+                batch_norm_layout(plan, world)
+            except PlanError as exc:
+                raise SpecInputError(f"--nproc {world}: {exc}") from None
     else:
         world = 1
 

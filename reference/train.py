@@ -70,6 +70,7 @@ def evaluate_with(model: ReferenceModel, tensors: dict[str, np.ndarray] | None, 
 def batch_norm_layout(plan: TrainingPlan, world: int) -> tuple[int | None, int]:
     """(BN group size within one process's rows or None, span): how the plan's BN groups fall on
     `world` processes. span > 1: one group holds the rows of `span` processes (None then)."""
+    plan.shards(world)  # whole shards first: a batch that does not split says so
     local, g = plan.batch_size // world, plan.bn_group_size
     if g <= local:
         if local % g:

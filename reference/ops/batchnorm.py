@@ -32,7 +32,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..kernels.elementwise import affine_rows_kernel, bn_backward_dx_kernel, bn_normalize_kernel
+from ..kernels.elementwise import (affine_rows_kernel, bn_backward_dx_kernel, bn_grad_sums_kernel, bn_normalize_kernel,
+                                   bn_stats_kernel)
 from ..kernels.pool import parallel_for
 
 
@@ -105,12 +106,10 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     g_rows, b_rows = _vec(_per_row(gamma, groups), dt), _vec(_per_row(beta, groups), dt)
 
     def part(lo, hi):  # rows lo:hi, the same operations as on all rows at once (statistics are per row)
-        xs, c = x2[lo:hi], xhat[lo:hi]
-        mu = xs.mean(axis=1)
-        np.subtract(xs, mu[:, None], out=c)
-        v = np.einsum("cm,cm->c", c, c) / m
-        inv = (1.0 / np.sqrt(v + eps)).astype(dt)
-        mean[lo:hi], var[lo:hi], inv_std[lo:hi] = mu, v, inv
+        c = xhat[lo:hi]
+        _row_stats(x2[lo:hi], c, mean[lo:hi], var[lo:hi])
+        inv = (1.0 / np.sqrt(var[lo:hi] + eps)).astype(dt)
+        inv_std[lo:hi] = inv
         bn_normalize_kernel(c, inv, g_rows[lo:hi], b_rows[lo:hi], y[lo:hi])  # c: centred in, normalised out
 
     parallel_for(part, rows, m)
@@ -119,12 +118,31 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     return y.reshape(x.shape), BatchNormCache(xhat, inv_std, gamma, x.shape, groups), mean, var
 
 
+def _row_stats(x, centred, mean, var) -> None:
+    """mean, centred = x - mean and the biased variance of each row (kernels/elementwise.py)."""
+    if x.dtype in (np.float32, np.float64):
+        bn_stats_kernel(x, centred, mean, var)
+        return
+    mean[:] = x.mean(axis=1)
+    np.subtract(x, mean[:, None], out=centred)
+    var[:] = np.einsum("cm,cm->c", centred, centred) / x.shape[1]
+
+
+def _row_grad_sums(dy, xhat, dbeta, dgamma) -> None:
+    """sum(dy) and sum(dy * xhat) of each row."""
+    if dy.dtype in (np.float32, np.float64):
+        bn_grad_sums_kernel(dy, xhat, dbeta, dgamma)
+        return
+    dbeta[:] = dy.sum(axis=1)
+    dgamma[:] = np.einsum("cm,cm->c", dy, xhat)
+
+
 def _spanning_forward(x, gamma, beta, eps, sync: BatchNormSync):
     x2 = _rows(x)
-    dt, m = x2.dtype, x2.shape[1]
-    own_mean = x2.mean(axis=1)
-    xhat = np.subtract(x2, own_mean[:, None])
-    parts = sync.group_gather(np.stack([own_mean, np.einsum("cm,cm->c", xhat, xhat)]))  # (span, 2, C)
+    dt, (rows, m) = x2.dtype, x2.shape
+    own_mean, own_var, xhat = np.empty(rows, dt), np.empty(rows, dt), np.empty_like(x2)
+    _row_stats(x2, xhat, own_mean, own_var)
+    parts = sync.group_gather(np.stack([own_mean, own_var * m]))  # (span, 2, C): means and centred sums of squares
     mean = parts[:, 0].sum(axis=0) / sync.span
     shift = parts[:, 0] - mean
     var = ((parts[:, 1].sum(axis=0) + m * (shift * shift).sum(axis=0)) / (m * sync.span)).astype(dt)
@@ -154,10 +172,9 @@ def batch_norm_backward(dy: np.ndarray, cache: BatchNormCache):
     def part(lo, hi):
         # per row (channel, group): dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
         d, xh = dy2[lo:hi], cache.xhat[lo:hi]
-        db = d.sum(axis=1)
-        dg = np.einsum("cm,cm->c", d, xh)
-        dbeta[lo:hi], dgamma[lo:hi] = db, dg
-        bn_backward_dx_kernel(d, xh, scale[lo:hi], _vec(db / n, dt), _vec(dg / n, dt), dx[lo:hi])
+        _row_grad_sums(d, xh, dbeta[lo:hi], dgamma[lo:hi])
+        bn_backward_dx_kernel(d, xh, scale[lo:hi], _vec(dbeta[lo:hi] / n, dt), _vec(dgamma[lo:hi] / n, dt),
+                              dx[lo:hi])
 
     parallel_for(part, rows, n)
     return dx.reshape(cache.shape), _sum_groups(dgamma, k), _sum_groups(dbeta, k)
@@ -166,7 +183,8 @@ def batch_norm_backward(dy: np.ndarray, cache: BatchNormCache):
 def _spanning_backward(dy: np.ndarray, cache: BatchNormCache):
     d = _rows(dy)
     dt, n = d.dtype, d.shape[1] * cache.sync.span
-    dbeta, dgamma = d.sum(axis=1), np.einsum("cm,cm->c", d, cache.xhat)
+    dbeta, dgamma = np.empty(d.shape[0], dt), np.empty(d.shape[0], dt)
+    _row_grad_sums(d, cache.xhat, dbeta, dgamma)
     totals = cache.sync.group_sum(np.stack([dbeta, dgamma]))
     dx = np.empty_like(d)
     bn_backward_dx_kernel(d, cache.xhat, _vec(cache.gamma * cache.inv_std, dt), _vec(totals[0] / n, dt),

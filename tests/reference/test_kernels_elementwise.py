@@ -1,4 +1,5 @@
-"""The fused elementwise kernels (BN normalise, BN dx, eval BN, SiLU backward) equal their NumPy twins."""
+"""The fused elementwise kernels (BN statistics, normalise, gradient sums and dx, eval BN, SiLU backward)
+equal their NumPy twins."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import numpy as np
 import pytest
 
 from effv2_reference.kernels.elementwise import (affine_rows_kernel, affine_rows_naive, bn_backward_dx_kernel,
-                                                  bn_backward_dx_naive, bn_normalize_kernel,
-                                                  bn_normalize_naive, silu_backward_kernel, silu_backward_naive)
+                                                  bn_backward_dx_naive, bn_grad_sums_kernel, bn_grad_sums_naive,
+                                                  bn_normalize_kernel, bn_normalize_naive, bn_stats_kernel,
+                                                  bn_stats_naive, silu_backward_kernel, silu_backward_naive)
 
 TOL = {np.float64: 1e-14, np.float32: 1e-6}
 
@@ -56,3 +58,34 @@ def test_affine_rows_kernel_matches_its_twin(dtype, shape):
     affine_rows_kernel(x, scale, shift, y)
     ref = affine_rows_naive(x.astype(np.float64), scale.astype(np.float64), shift.astype(np.float64))
     np.testing.assert_allclose(y, ref, rtol=TOL[dtype] * 4, atol=TOL[dtype] * 4)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(3, 17), (16, 1000), (1, 1), (5, 8), (2, 7), (4, 32768)])
+def test_bn_row_reductions_match_float64_sums(dtype, shape):
+    """Mean, centred values, variance and the two gradient sums against float64 NumPy sums (the kernels
+    accumulate in float64 too, over 8 interleaved partial sums: only the order of the additions differs).
+    A large offset makes a float32 sum of the raw values lose digits that these must keep."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 3 + 1000).astype(dtype)
+    centred, mean, var = np.empty(shape, dtype), np.empty(shape[0], dtype), np.empty(shape[0], dtype)
+    bn_stats_kernel(x, centred, mean, var)
+    ref_mean, ref_centred, ref_var = bn_stats_naive(x)
+    np.testing.assert_allclose(mean, ref_mean, rtol=TOL[dtype], atol=0)
+    assert np.array_equal(centred, x - mean[:, None])  # centred by the mean as rounded to the dtype
+    exact_var = x.astype(np.float64).var(axis=1)
+    # x - mean is exact here (Sterbenz: both near 1000), so only the float64 sums round
+    np.testing.assert_allclose(var, exact_var, rtol=1e-12 if dtype == np.float64 else 1e-6, atol=1e-300)
+    np.testing.assert_allclose(var, ref_var, rtol=TOL[dtype] * 4, atol=1e-300)
+
+    dy = rng.standard_normal(shape).astype(dtype)
+    xhat = rng.standard_normal(shape).astype(dtype)
+    dbeta, dgamma = np.empty(shape[0], dtype), np.empty(shape[0], dtype)
+    bn_grad_sums_kernel(dy, xhat, dbeta, dgamma)
+    ref_b, ref_g = (dy.astype(np.float64).sum(axis=1),
+                    (dy.astype(np.float64) * xhat.astype(np.float64)).sum(axis=1))
+    scale = np.abs(dy).sum(axis=1).astype(np.float64) + np.abs(dy * xhat).sum(axis=1)
+    assert np.all(np.abs(dbeta - ref_b) <= TOL[dtype] * scale + 1e-300)
+    assert np.all(np.abs(dgamma - ref_g) <= TOL[dtype] * scale + 1e-300)
+    np.testing.assert_allclose([dbeta, dgamma], bn_grad_sums_naive(dy, xhat), rtol=0,
+                               atol=TOL[dtype] * 4 * scale.max())

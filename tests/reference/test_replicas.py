@@ -270,3 +270,14 @@ def test_cli_two_processes(tmp_path):
     assert payload["processes"] == 2 and payload["steps"] == 6
     assert "reference x 2 processes" in result.stderr
     assert (out / "weights.safetensors").exists()
+
+
+def test_cli_refuses_layouts_before_starting_processes(monkeypatch):
+    monkeypatch.setattr("effv2_reference.cli_train._cores", lambda: 8)
+    result = CliRunner().invoke(main, ["train", "--nproc", "3", "--steps", "2"])
+    assert result.exit_code == 1
+    assert "--nproc 3: a batch of 64 cannot be split into 3 equal parts" in result.output
+    monkeypatch.setattr("effv2_reference.cli_train._cores", lambda: 2)
+    result = CliRunner().invoke(main, ["train", "--nproc", "4", "--steps", "2"])
+    assert result.exit_code == 2 and "--nproc 4: this machine has 2 cores" in result.output
+    assert not multiprocessing.active_children()
