@@ -236,14 +236,14 @@ class ReferenceModel:
             self._run(tape.x, tape_list, regularise=False, batch_stats=False, groups=1, masks={})
             tape = tape_list
         r = self.resolved
-        grads = {name: np.zeros_like(v) for name, v in self.params.items()}
+        grads: dict[str, np.ndarray] = {}  # each parameter's gradient arrives once; _add sums if not
         g = np.asarray(dlogits, dtype=self.dtype)
         skips: list[np.ndarray] = []
         for kind, unit, cache in reversed(tape):
             if kind == "dense":
                 g, dw, db = ops.dense_backward(g, cache)
-                grads["classifier.weight"] += dw
-                grads["classifier.bias"] += db
+                self._add(grads, "classifier.weight", dw)
+                self._add(grads, "classifier.bias", db)
             elif kind == "dropout":
                 g = ops.dropout_backward(g, cache)
             elif kind == "pool":
@@ -254,7 +254,7 @@ class ReferenceModel:
                 g, dwr, dbr, dwe, dbe = ops.squeeze_excite_backward(g, cache, activation=unit.activation)
                 for suffix, d in (("reduce.weight", dwr), ("reduce.bias", dbr), ("expand.weight", dwe),
                                   ("expand.bias", dbe)):
-                    grads[f"{unit.name}.{suffix}"] += d
+                    self._add(grads, f"{unit.name}.{suffix}", d)
             elif kind == "drop_path":
                 g = ops.drop_path_backward(g, cache)
             elif kind == "skip_out":
@@ -263,12 +263,18 @@ class ReferenceModel:
                 g = g + skips.pop()
             else:  # pragma: no cover - the tape only holds the kinds above
                 raise AssertionError(kind)
+        grads = {name: grads[name] if name in grads else np.zeros_like(v) for name, v in self.params.items()}
         if not return_input_grad:
             return grads
         dx = g.transpose(1, 0, 2, 3)
         if r.normalize_in_model:
             dx = dx / np.asarray(r.input_std, dtype=self.dtype)[None, :, None, None]
         return grads, np.ascontiguousarray(dx)
+
+    def _add(self, grads: dict, name: str, d: np.ndarray) -> None:
+        """grads[name] += d, without a zero-filled array to start from (a step's own fresh arrays are kept)."""
+        d = np.asarray(d, dtype=self.dtype).reshape(self.params[name].shape)
+        grads[name] = grads[name] + d if name in grads else d
 
     def _conv_bn_backward(self, unit: ConvBN, g: np.ndarray, cache, grads: dict) -> np.ndarray:
         conv_cache, bn_cache, act_cache = cache
@@ -281,10 +287,10 @@ class ReferenceModel:
                 self.buffers[f"{p}.bn.running_var"], eps=self.resolved.bn_eps)
         else:
             g, dgamma, dbeta = ops.batch_norm_backward(g, bn_cache)
-        grads[f"{p}.bn.weight"] += dgamma
-        grads[f"{p}.bn.bias"] += dbeta
+        self._add(grads, f"{p}.bn.weight", dgamma)
+        self._add(grads, f"{p}.bn.bias", dbeta)
         g, dw = ops.conv2d_backward(g, conv_cache)
-        grads[f"{p}.conv.weight"] += dw
+        self._add(grads, f"{p}.conv.weight", dw)
         return g
 
     # ---- state ---------------------------------------------------------------------------

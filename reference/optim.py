@@ -25,6 +25,8 @@ import numpy as np
 from effv2_spec.resolve import ResolvedModel
 from effv2_spec.training import RMSProp, SGD, TrainingConfig
 
+from .kernels.sgd import sgd_momentum_kernel
+
 
 class Optimizer(ABC):
     """Shared part: weight decay by role, optional global-norm clipping, slot storage."""
@@ -111,6 +113,26 @@ class SGDOptimizer(Optimizer):
         opt: SGD = config.optimizer
         self.momentum = float(opt.momentum)
         self.nesterov = bool(opt.nesterov)
+
+    def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float) -> None:
+        """As `Optimizer.step`; without clipping, each tensor's L2 term and update are one kernel pass
+        (kernels/sgd.py: the same operations in the same order, so the same bits)."""
+        if self.clip_norm is not None or self.momentum == 0.0:
+            return super().step(params, grads, lr)
+        missing = sorted(set(params) - set(grads))
+        if missing:
+            raise KeyError(f"optimizer step: no gradient for {', '.join(missing[:5])}")
+        for name, w in params.items():
+            t = w.dtype.type
+            g = np.ascontiguousarray(grads[name], dtype=w.dtype)
+            v = self._slot("momentum", name, w)
+            decay = self.decay_rate if name in self.decayed else 0.0
+            if w.dtype in (np.float32, np.float64) and w.flags.c_contiguous and v.flags.c_contiguous:
+                sgd_momentum_kernel(w.reshape(-1), g.reshape(-1), v.reshape(-1), t(lr), t(self.momentum), t(decay),
+                                    self.nesterov)
+            else:
+                self._update(name, w, g + t(decay) * w if decay else g, t(lr))
+        self.steps += 1
 
     def _update(self, name, w, g, lr):
         if self.momentum == 0.0:

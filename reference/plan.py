@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -30,7 +31,7 @@ from effv2_spec.resolve import ResolvedModel, resolve
 from effv2_spec.schedule import ProgressiveSchedule, ScheduleStage
 from effv2_spec.training import TrainingConfig, learning_rate_at
 
-from .keyed import keyed_generators
+from .keyed import keyed_generators, philox_keys
 
 #: regularisers the trainers apply; a schedule naming another with a non-zero value is refused
 SUPPORTED_REGULARIZERS = ("dropout", "drop_path_rate", "randaugment_magnitude", "mixup_alpha", "cutmix_alpha")
@@ -174,15 +175,29 @@ class TrainingPlan:
         out: dict[str, np.ndarray] = {}
         active = [(i, b) for i, b in enumerate(blocks) if b.drop_path_rate > 0]
         if active:
-            u = np.stack([g.random(len(blocks)) for g in self.sample_rngs(PURPOSE_DROP_PATH, step, rows)])
+            u = self._uniforms(PURPOSE_DROP_PATH, step, rows, len(blocks))
             for i, b in active:
                 out[f"{b.name}.drop_path"] = (u[:, i] >= b.drop_path_rate).astype(dtype)
         rate = resolved.classifier.dropout
         if rate > 0:
-            features = resolved.classifier.in_features
-            u = np.stack([g.random(features) for g in self.sample_rngs(PURPOSE_DROPOUT, step, rows)])
+            u = self._uniforms(PURPOSE_DROPOUT, step, rows, resolved.classifier.in_features)
             out["classifier.dropout"] = (u >= rate).astype(dtype)
         return out
+
+    def _uniforms(self, purpose: int, step: int, rows: list[int], n: int) -> np.ndarray:
+        """(len(rows), n) float64: `sample_rngs(purpose, step, rows)[i].random(n)` for each row, bit for bit.
+
+        In a process that has loaded Numba (the oracle's), one kernel computes all the rows' streams
+        (kernels/philox.py; building a generator per row cost ~1 ms per step); elsewhere (the
+        framework trainers, which never import Numba) the generators themselves.
+        """
+        kernel = _philox_kernel()
+        keys = philox_keys((self.seed, purpose, step), rows) if kernel is not None else None
+        if keys is not None:
+            return kernel(keys, n)
+        if not rows:
+            return np.empty((0, n))
+        return np.stack([g.random(n) for g in self.sample_rngs(purpose, step, rows)])
 
 
 def stage_view(base: ResolvedModel, regularizers: dict[str, float]) -> ResolvedModel:
@@ -204,6 +219,21 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     perm = np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, PURPOSE_ORDER, epoch]))).permutation(n)
     perm.setflags(write=False)
     return perm
+
+
+def _philox_kernel():
+    """kernels.philox.philox_uniforms once Numba is loaded in this process, else None (the plan never loads it)."""
+    global _PHILOX
+    if _PHILOX is None and "numba" in sys.modules:
+        try:
+            from .kernels.philox import philox_uniforms
+        except ImportError:
+            philox_uniforms = False
+        _PHILOX = philox_uniforms
+    return _PHILOX or None
+
+
+_PHILOX = None  # the kernel, False when it cannot be imported, None until numba is seen
 
 
 def _row_list(rows, batch_size: int) -> list[int]:

@@ -128,6 +128,21 @@ def bn_grad_sums_kernel(dy, xhat, dbeta, dgamma):
         dgamma[c] = _row_dot(dy[c], xhat[c])
 
 
+@njit(["void(float32[:, ::1], float32[::1])", "void(float64[:, ::1], float64[::1])"], cache=True, nogil=True)
+def row_means_kernel(x, out):
+    """out[p] = mean of row p (float64 sum): squeeze-excite's and the head's average over H x W."""
+    for p in range(x.shape[0]):
+        out[p] = _row_sum(x[p]) / x.shape[1]
+
+
+@njit(["void(float32[:, ::1], float32[:, ::1], float32[::1])", "void(float64[:, ::1], float64[:, ::1], float64[::1])"],
+      cache=True, nogil=True)
+def row_dots_kernel(a, b, out):
+    """out[p] = sum of a[p] * b[p] (float64 sum): the gradient of squeeze-excite's gate."""
+    for p in range(a.shape[0]):
+        out[p] = _row_dot(a[p], b[p])
+
+
 # ---- NumPy twins ----------------------------------------------------------------------------
 def bn_stats_naive(x):
     """(mean, centred, var) with float64 sums, the kernel's rounding points."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .activations import activation_backward, activation_forward, sigmoid_backward, sigmoid_forward
+from .planes import plane_dots, plane_means, scale_planes
 
 
 def _hard_sigmoid_gate(z):
@@ -46,21 +47,19 @@ def squeeze_excite_forward(x, w_reduce, b_reduce, w_expand, b_expand, *, activat
     c, n = x.shape[:2]
     wr = w_reduce.reshape(w_reduce.shape[0], c)
     we = w_expand.reshape(c, -1)
-    s = x.reshape(c, n, -1).mean(axis=2)
+    s = plane_means(x)
     z = wr @ s + b_reduce[:, None]
     h, act_cache = activation_forward(activation, z)
     g, gate_cache = GATES[gate][0](we @ h + b_expand[:, None])
-    y = x * g[:, :, None, None]
+    y = scale_planes(x, g)
     return y, SECache(x, s, act_cache, h, g, wr, we, gate, gate_cache)
 
 
 def squeeze_excite_backward(dy, cache: SECache, *, activation: str):
     """(dx, dw_reduce, db_reduce, dw_expand, db_expand)."""
     x, g = cache.x, cache.g
-    c, n = x.shape[:2]
-    hw = x.shape[2] * x.shape[3]
-    # gate gradient: sum over H, W of dy * x
-    dg = np.einsum("cnk,cnk->cn", dy.reshape(c, n, hw), x.reshape(c, n, hw))
+    c, hw = x.shape[0], x.shape[2] * x.shape[3]
+    dg = plane_dots(dy, x)  # gate gradient: sum over H, W of dy * x
     dz2 = GATES[cache.gate][1](dg, cache.gate_cache)
     dwe = dz2 @ cache.h.T
     dbe = dz2.sum(axis=1)
@@ -69,7 +68,6 @@ def squeeze_excite_backward(dy, cache: SECache, *, activation: str):
     dwr = dz @ cache.s.T
     dbr = dz.sum(axis=1)
     ds = cache.w_reduce.T @ dz
-    dx = dy * g[:, :, None, None]
-    dx += (ds / hw)[:, :, None, None]
+    dx = scale_planes(dy, g, ds / hw)
     r = cache.w_reduce.shape[0]
     return dx, dwr.reshape(r, c, 1, 1), dbr, dwe.reshape(c, r, 1, 1), dbe

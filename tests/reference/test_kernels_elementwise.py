@@ -89,3 +89,27 @@ def test_bn_row_reductions_match_float64_sums(dtype, shape):
     assert np.all(np.abs(dgamma - ref_g) <= TOL[dtype] * scale + 1e-300)
     np.testing.assert_allclose([dbeta, dgamma], bn_grad_sums_naive(dy, xhat), rtol=0,
                                atol=TOL[dtype] * 4 * scale.max())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1), (4, 5, 2, 2), (16, 8, 7, 9), (3, 2, 33, 17)])
+def test_plane_reductions_and_scaling(dtype, shape):
+    """ops/planes.py (squeeze-excite and the head's pool) against float64 NumPy on the same planes,
+    also for a non-contiguous input (a transposed view)."""
+    from effv2_reference.ops.planes import plane_dots, plane_means, scale_planes
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(shape) + 3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    g, shift = rng.random(shape[:2]).astype(dtype), rng.standard_normal(shape[:2]).astype(dtype)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    np.testing.assert_allclose(plane_means(x), x64.mean(axis=(2, 3)), rtol=TOL[dtype], atol=0)
+    dots = plane_dots(dy, x)
+    ref = (dy64 * x64).sum(axis=(2, 3))
+    assert np.all(np.abs(dots - ref) <= TOL[dtype] * 2 * np.abs(dy64 * x64).sum(axis=(2, 3)) + 1e-300)
+    y = scale_planes(x, g)
+    assert y.dtype == dtype and y.tobytes() == (x * g[:, :, None, None]).tobytes()  # one rounding, as NumPy
+    y = scale_planes(dy, g, shift)
+    assert y.tobytes() == (dy * g[:, :, None, None] + shift[:, :, None, None]).tobytes()
+    xt = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)  # same values, other strides
+    assert plane_means(xt).tobytes() == plane_means(x).tobytes()

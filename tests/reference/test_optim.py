@@ -209,3 +209,32 @@ def test_ema_state_round_trip():
     b = WeightEMA(EMA(decay=0.9), {"w": np.zeros(2)})
     b.load_state_dict(a.state_dict())
     assert np.array_equal(a.shadow["w"], b.shadow["w"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_sgd_kernel_is_bit_identical_to_the_numpy_formula(dtype, nesterov):
+    """The one-pass SGD kernel (kernels/sgd.py) against the NumPy sequence of the docs, written out here,
+    over several steps, decayed and undecayed tensors, a non-contiguous tensor (NumPy path) alike."""
+    rate, m = 1e-2, 0.9
+    cfg = config({"type": "sgd", "momentum": m, "nesterov": nesterov}, rate=rate, applies_to=["conv_kernel"])
+    opt = build_optimizer(cfg, RESOLVED)
+    rng = np.random.default_rng(7)
+    shapes = {CONV: (16, 3, 3, 3), GAMMA: (16,), BIAS: (10,)}
+    params = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    params[BIAS] = rng.standard_normal((10, 2)).astype(dtype)[:, 0]  # strided: the NumPy path
+    ref_w = {k: v.copy() for k, v in params.items()}
+    ref_v = {k: np.zeros_like(v) for k, v in params.items()}
+    t = np.dtype(dtype).type
+    for step in range(4):
+        grads = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in params.items()}
+        lr = 0.05 * (step + 1)
+        opt.step(params, grads, lr)
+        for k in params:
+            g = grads[k] + t(rate) * ref_w[k] if k == CONV else grads[k]
+            ref_v[k] *= t(m)
+            ref_v[k] += g
+            ref_w[k] -= t(lr) * (g + t(m) * ref_v[k]) if nesterov else t(lr) * ref_v[k]
+        for k in params:
+            assert params[k].tobytes() == ref_w[k].tobytes(), (k, step)
+            assert opt.state["momentum"][k].tobytes() == ref_v[k].tobytes(), (k, step)
