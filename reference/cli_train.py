@@ -369,6 +369,7 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
                        train_images=len(train_data), heldout_images=len(heldout))
         if getattr(trainer.backend, "compile_seconds", None) is not None:  # jax: seconds compiling each stage's step
             payload["compile_seconds"] = dict(trainer.backend.compile_seconds)
+            payload["compile_cache"] = dict(trainer.backend.compile_cache)
             payload["devices"] = len(trainer.backend.procs.devices)
         echo_json(payload)
 

@@ -44,6 +44,9 @@ _COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration", "/jax/core/comp
                    "/jax/core/compile/jaxpr_to_mlir_module_duration", "/jax/compilation_cache/cache_retrieval_time_sec")
 
 
+_CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "hits", "/jax/compilation_cache/cache_misses": "misses"}
+
+
 class TrainSetupError(ValueError):
     """A run that cannot start as asked (devices, process layout, precision); one line for the user."""
 
@@ -54,15 +57,23 @@ class _CompileClock:
 
     def __init__(self):
         self.seconds = 0.0
+        self.cache = {"hits": 0, "misses": 0}  # persistent compilation cache lookups
         self._lock = threading.Lock()
         import jax
 
         jax.monitoring.register_event_duration_secs_listener(self._listen)
+        jax.monitoring.register_event_listener(self._count)
 
     def _listen(self, event: str, duration: float, **_):
         if event in _COMPILE_EVENTS:
             with self._lock:
                 self.seconds += float(duration)
+
+    def _count(self, event: str, **_):
+        kind = _CACHE_EVENTS.get(event)
+        if kind is not None:
+            with self._lock:
+                self.cache[kind] += 1
 
 
 @functools.lru_cache(maxsize=1)
@@ -501,6 +512,8 @@ class JaxBackend:
         self._config_json = self.config.model_dump_json()
         self.steps = 0
         self.compile_seconds: dict[str, float] = {}
+        #: persistent-cache lookups while compiling the train steps (a resumed run: hits, no misses)
+        self.compile_cache = {"hits": 0, "misses": 0}
         self._rates: tuple = ()
         self._load_model(tensors, ema=None)
         self.opt_state = self._fresh_opt_state()
@@ -602,7 +615,7 @@ class JaxBackend:
         args = (self.packed, self.fixed, self.stats, self.other, self.opt_state, self.ema, xd, rowdata,
                 self._put(np.asarray(lr, self.dtype)), self._put(np.asarray(rate, self.dtype)))
         clock = compile_clock()
-        before = clock.seconds
+        before, hits, misses = clock.seconds, clock.cache["hits"], clock.cache["misses"]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
             self.packed, self.stats, self.opt_state, self.ema, loss, correct = fn(*args)
@@ -612,6 +625,8 @@ class JaxBackend:
         if spent > 0:
             key = f"{x.shape[2]}px"
             self.compile_seconds[key] = round(self.compile_seconds.get(key, 0.0) + spent, 3)
+            for kind, was in (("hits", hits), ("misses", misses)):
+                self.compile_cache[kind] += clock.cache[kind] - was
         if np.isfinite(loss_v):
             self.steps += 1
         return loss_v, correct_v
