@@ -19,8 +19,9 @@ from effv2_reference.data.pipeline import StepData, _resize_uint8, normalise, pr
 from effv2_reference.data.mixing import mix_group
 from effv2_reference.data.mixup import one_hot
 from effv2_reference.data.resize import interpolation_matrix, resize_bilinear
-from effv2_reference.plan import (PURPOSE_AUGMENT, PURPOSE_DROP_PATH, PURPOSE_DROPOUT, PURPOSE_MIX, TrainingPlan,
-                                  keyed_rng)
+from effv2_reference.plan import PURPOSE_AUGMENT, PURPOSE_MIX, TrainingPlan, keyed_rng
+
+from test_philox import old_masks  # the generator-per-row masks, written out once (tests/reference on sys.path)
 
 F32 = np.float32
 
@@ -285,19 +286,6 @@ def old_assemble(data, step, rows, images, resolved):
     return x, targets
 
 
-def old_masks(plan, step, rows, resolved):
-    blocks = [b for b in resolved.blocks if b.residual]
-    out = {}
-    active = [(i, b) for i, b in enumerate(blocks) if b.drop_path_rate > 0]
-    if active:
-        u = np.stack([keyed_rng(plan.seed, PURPOSE_DROP_PATH, step, r).random(len(blocks)) for r in rows])
-        for i, b in active:
-            out[f"{b.name}.drop_path"] = (u[:, i] >= b.drop_path_rate).astype(np.float32)
-    if resolved.classifier.dropout > 0:
-        u = np.stack([keyed_rng(plan.seed, PURPOSE_DROPOUT, step, r).random(resolved.classifier.in_features)
-                      for r in rows])
-        out["classifier.dropout"] = (u >= resolved.classifier.dropout).astype(np.float32)
-    return out
 
 
 SIZE = 16
@@ -339,7 +327,7 @@ def test_a_step_is_the_step_of_the_plain_pipeline(augmentation, seed):
             ox, ot = old_assemble(data, step, rows, images, resolved)
             assert_identical(x, ox)
             assert_identical(t, ot)
-        masks, expect = plan.masks(step, slice(0, 16), resolved), old_masks(plan, step, range(16), resolved)
+        masks, expect = plan.masks(step, slice(0, 16), resolved), old_masks(plan, step, range(16), resolved, np.float32)
         assert masks.keys() == expect.keys() and len(masks) >= 2
         for name in masks:
             assert_identical(masks[name], expect[name])
