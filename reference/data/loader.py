@@ -12,6 +12,7 @@ Numba thread pools are running can deadlock the child.
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 
 import numpy as np
@@ -19,9 +20,16 @@ import numpy as np
 _WORKER_DATA = None  # the StepData of this worker process
 
 
-def _init_worker(data) -> None:
+def _init_worker(data, numba_kernels: bool) -> None:
+    """numba_kernels: the parent had Numba loaded (the oracle), so the pipeline's kernels are wanted here too
+    (the framework trainers' workers stay NumPy only, as their parents are)."""
     global _WORKER_DATA
     _WORKER_DATA = data
+    if numba_kernels:
+        try:
+            import numba  # noqa: F401 - the pipeline takes its kernel path once Numba is loaded
+        except ImportError:  # pragma: no cover - the parent had it
+            pass
 
 
 def _prepare(step: int, start: int, stop: int) -> np.ndarray:
@@ -47,7 +55,8 @@ class BatchLoader:
     def __enter__(self) -> "BatchLoader":
         if self.workers > 0:
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(self.data,))
+                                             initializer=_init_worker,
+                                             initargs=(self.data, "numba" in sys.modules))
         return self
 
     def __exit__(self, *exc) -> None:

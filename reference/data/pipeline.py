@@ -9,9 +9,15 @@ itself), NCHW, and mixup / cutmix inside each mix group.
 Every random choice of sample row r at step k comes from the plan's generators keyed by
 (seed, purpose, k, r), so `prepare_rows` may be called for any contiguous run of rows, by any
 worker, in any order, and `assemble` gives the same batch.
+
+In a process that has loaded Numba (the oracle's), `prepare_rows` applies the automl RandAugment of all
+its rows in one kernel call (kernels/randaugment.py, bit for bit the NumPy ops, from the same draws);
+elsewhere (the framework trainers, which never import Numba) the NumPy ops run image by image.
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 
@@ -20,7 +26,7 @@ from effv2_spec.training import Augmentation
 
 from .crop import horizontal_flip, random_resized_crop
 from .mixup import one_hot
-from .randaugment_automl import randaugment_image
+from .randaugment_automl import draw_layers, randaugment_image
 from .resize import resize_bilinear
 from ..plan import PURPOSE_AUGMENT, PURPOSE_MIX
 
@@ -56,22 +62,69 @@ def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
 def prepare_image(image: np.ndarray, *, size: int, augmentation: Augmentation, randaugment_layers: int,
                   magnitude: float, rng: np.random.Generator) -> np.ndarray:
     """One training image: crop/resize to `size`, flip, RandAugment; uint8 HWC in and out."""
-    crop = augmentation.random_resized_crop
-    if crop is not None:
-        img = random_resized_crop(image, size, rng, area=crop.area, aspect=crop.aspect)
+    if augmentation.random_resized_crop is not None:
+        img = _random_crop(image, size, augmentation, rng)
     else:
         img = _resize_uint8(image, size)
     return _flip_and_augment(img, augmentation=augmentation, randaugment_layers=randaugment_layers,
                              magnitude=magnitude, rng=rng)
 
 
+def _random_crop(image: np.ndarray, size: int, augmentation: Augmentation, rng: np.random.Generator) -> np.ndarray:
+    crop = augmentation.random_resized_crop
+    return random_resized_crop(image, size, rng, area=crop.area, aspect=crop.aspect)
+
+
+def _draws_flip(augmentation: Augmentation, rng: np.random.Generator) -> bool:
+    return bool(augmentation.horizontal_flip and rng.random() < 0.5)
+
+
+def _augments(randaugment_layers: int, magnitude: float) -> bool:
+    return randaugment_layers > 0 and magnitude > 0
+
+
 def _flip_and_augment(img: np.ndarray, *, augmentation: Augmentation, randaugment_layers: int, magnitude: float,
                       rng: np.random.Generator) -> np.ndarray:
-    if augmentation.horizontal_flip and rng.random() < 0.5:
+    if _draws_flip(augmentation, rng):
         img = horizontal_flip(img)
-    if randaugment_layers > 0 and magnitude > 0:
+    if _augments(randaugment_layers, magnitude):
         img = randaugment_image(img, randaugment_layers, magnitude, rng, variant=augmentation.randaugment)
     return img
+
+
+def _flip_and_augment_rows(images: np.ndarray, rngs: list[np.random.Generator], *, augmentation: Augmentation,
+                           randaugment_layers: int, magnitude: float) -> np.ndarray:
+    """`_flip_and_augment` of every row (uint8 NHWC, row r with rngs[r]): one kernel call for the automl
+    RandAugment once Numba is loaded, else image by image."""
+    kernel = None
+    if augmentation.randaugment == "automl" and _augments(randaugment_layers, magnitude):
+        kernel = _randaugment_rows_kernel()
+    if kernel is None:
+        return np.stack([_flip_and_augment(img, rng=rng, augmentation=augmentation,
+                                           randaugment_layers=randaugment_layers, magnitude=magnitude)
+                         for img, rng in zip(images, rngs)])
+    h, w = images.shape[1:3]
+    flips, drawn = [], []
+    for rng in rngs:  # each row's draws in _flip_and_augment's order: the flip, then the ops
+        flips.append(_draws_flip(augmentation, rng))
+        drawn.append(draw_layers(randaugment_layers, magnitude, h, w, rng))
+    return kernel(images, flips, drawn)
+
+
+def _randaugment_rows_kernel():
+    """kernels.randaugment.randaugment_rows once Numba is loaded in this process, else None (the pipeline
+    never loads it; the same rule as plan._philox_kernel)."""
+    global _RANDAUGMENT_ROWS
+    if _RANDAUGMENT_ROWS is None and "numba" in sys.modules:
+        try:
+            from ..kernels.randaugment import randaugment_rows
+        except ImportError:
+            randaugment_rows = False
+        _RANDAUGMENT_ROWS = randaugment_rows
+    return _RANDAUGMENT_ROWS or None
+
+
+_RANDAUGMENT_ROWS = None  # the kernel, False when it cannot be imported, None until numba is seen
 
 
 class StepData:
@@ -95,15 +148,17 @@ class StepData:
         augmentation, layers = self.config.augmentation, self.config.randaugment_layers
         options = dict(augmentation=augmentation, randaugment_layers=layers, magnitude=magnitude)
         if augmentation.random_resized_crop is not None:
+            # each row's crop draws come first from its generator, then its flip and RandAugment draws
             rngs = plan.sample_rngs(PURPOSE_AUGMENT, step, range(start, stop))
-            return np.stack([prepare_image(self.images[indices[r]], size=stage.image_size, rng=rng, **options)
-                             for r, rng in zip(range(start, stop), rngs)])
+            crops = np.stack([_random_crop(self.images[indices[r]], stage.image_size, augmentation, rng)
+                              for r, rng in zip(range(start, stop), rngs)])
+            return _flip_and_augment_rows(crops, rngs, **options)
         # the whole-image resize draws nothing: all the rows at once, then each row's own draws, if any
         resized = _resize_uint8(self.images[indices[start:stop]], stage.image_size)
-        if not augmentation.horizontal_flip and not (layers > 0 and magnitude > 0):
+        if not augmentation.horizontal_flip and not _augments(layers, magnitude):
             return resized
         rngs = plan.sample_rngs(PURPOSE_AUGMENT, step, range(start, stop))
-        return np.stack([_flip_and_augment(img, rng=rng, **options) for img, rng in zip(resized, rngs)])
+        return _flip_and_augment_rows(resized, rngs, **options)
 
     def assemble(self, step: int, rows: slice, images: np.ndarray, resolved: ResolvedModel, dtype=np.float32):
         """(x NCHW, soft targets (rows, K)) for prepared `images` of `rows`: normalise, then mix per group.

@@ -27,7 +27,11 @@ truncated value can differ by 1 where the float32 sum lands within an ulp of an 
 
 Images are uint8 (H, W, 3), or (H, W, 1) which is treated as a grey RGB image. Every random draw
 comes from the `np.random.Generator` passed in, in this order per layer: op index, then the sign
-(signed ops), then cutout's centre row and column. No Numba here: the torch and JAX trainers call it.
+(signed ops), then cutout's centre row and column (`draw_layers`). No Numba here: the torch and JAX
+trainers call it. kernels/randaugment.py applies the same drawn ops to all the rows of a training step
+at once (the oracle's pipeline, once Numba is loaded) from the values worked out here: each pointwise
+op's table of 256 levels (`pointwise_table`), the transform coefficients (`affine`), the blend mode,
+cutout's box, and the constants below.
 """
 
 from __future__ import annotations
@@ -46,9 +50,16 @@ TRANSLATE_CONST = 100
 OP_NAMES = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast",
             "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout", "SolarizeAdd")
 SIGNED = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"})
+GEOMETRIC = SIGNED  # the ops that are a tfa.image.transform (`affine`)
+POINTWISE = frozenset({"Invert", "Posterize", "Solarize", "SolarizeAdd", "Contrast", "Brightness"})
+"""The ops whose output pixel depends on that input pixel only, the same way in every channel."""
 VARIANTS = ("automl", "torchvision")
 
 _F32 = np.float32
+GREY_WEIGHTS = (_F32(0.2989), _F32(0.5870), _F32(0.1140))  # tf.image.rgb_to_grayscale
+INV_255 = _F32(1.0 / 255.0)  # uint8 -> [0, 1] (convert_image_dtype)
+GREY_SCALE = _F32(255.5)  # [0, 1] -> uint8 by truncation (convert_image_dtype's saturating cast)
+BLEND_FIRST, BLEND_SECOND, BLEND_INSIDE, BLEND_CLIPPED = range(4)  # what `blend` does with a factor
 
 
 # ---- helpers that reproduce TF's casts --------------------------------------------------------
@@ -62,19 +73,29 @@ def _as_tf_uint8(value: int) -> int:
     return int(value) % 256
 
 
+def blend_mode(factor: float) -> int:
+    """BLEND_FIRST (factor 0), BLEND_SECOND (1), BLEND_INSIDE (in (0, 1): no clip) or BLEND_CLIPPED."""
+    if factor == 0.0:
+        return BLEND_FIRST
+    if factor == 1.0:
+        return BLEND_SECOND
+    return BLEND_INSIDE if 0.0 < factor < 1.0 else BLEND_CLIPPED
+
+
 def blend(image1: np.ndarray, image2: np.ndarray, factor: float) -> np.ndarray:
     """autoaugment.blend: image1 + factor * (image2 - image1) in float32; 0 -> image1, 1 -> image2.
 
     Inside (0, 1) the result is cast (truncated) directly; outside it is clipped to [0, 255] first.
     """
     shape = np.broadcast_shapes(image1.shape, image2.shape)
-    if factor == 0.0:
+    mode = blend_mode(factor)
+    if mode == BLEND_FIRST:
         return np.broadcast_to(image1, shape).astype(np.uint8)
-    if factor == 1.0:
+    if mode == BLEND_SECOND:
         return np.broadcast_to(image2, shape).astype(np.uint8)
     a = image1.astype(_F32)
     temp = a + _F32(factor) * (image2.astype(_F32) - a)
-    if not 0.0 < factor < 1.0:
+    if mode == BLEND_CLIPPED:
         np.maximum(temp, _F32(0.0), out=temp)
         np.minimum(temp, _F32(255.0), out=temp)
     return _cast_uint8(temp if temp.shape == shape else np.broadcast_to(temp, shape))
@@ -82,9 +103,9 @@ def blend(image1: np.ndarray, image2: np.ndarray, factor: float) -> np.ndarray:
 
 def grayscale(image: np.ndarray) -> np.ndarray:
     """tf.image.rgb_to_grayscale on uint8 (H, W, 3) -> uint8 (H, W, 1)."""
-    x = image.astype(_F32) * _F32(1.0 / 255.0)
-    g = x[..., 0] * _F32(0.2989) + x[..., 1] * _F32(0.5870) + x[..., 2] * _F32(0.1140)
-    return _cast_uint8(g * _F32(255.5))[..., None]
+    x = image.astype(_F32) * INV_255
+    g = x[..., 0] * GREY_WEIGHTS[0] + x[..., 1] * GREY_WEIGHTS[1] + x[..., 2] * GREY_WEIGHTS[2]
+    return _cast_uint8(g * GREY_SCALE)[..., None]
 
 
 # ---- the 16 ops, with their arguments already converted from the level -------------------------
@@ -145,9 +166,14 @@ def invert(image: np.ndarray) -> np.ndarray:
     return (255 - image).astype(np.uint8)
 
 
+def posterize_shift(bits: int) -> int:
+    """8 - bits taken modulo 256 (uint8) and clamped to <= 7, as TF does."""
+    return min(_as_tf_uint8(8 - int(bits)), 7)
+
+
 def posterize(image: np.ndarray, bits: int) -> np.ndarray:
-    """(x >> s) << s with s = 8 - bits taken modulo 256 (uint8) and clamped to <= 7, as TF does."""
-    shift = min(_as_tf_uint8(8 - int(bits)), 7)
+    """(x >> s) << s with s = posterize_shift(bits)."""
+    shift = posterize_shift(bits)
     return ((image >> np.uint8(shift)) << np.uint8(shift)).astype(np.uint8)
 
 
@@ -168,16 +194,23 @@ def color(image: np.ndarray, factor: float) -> np.ndarray:
     return blend(grayscale(image), image, factor)
 
 
-def contrast(image: np.ndarray, factor: float) -> np.ndarray:
-    """Blend with the constant trunc(min(H * W / 256, 255)): automl's `mean` (see module docstring)."""
-    h, w = image.shape[:2]
+def contrast_level(h: int, w: int) -> int:
+    """trunc(min(H * W / 256, 255)) in float32: automl's `mean` (see module docstring)."""
     mean = _F32(h * w) / _F32(256.0)
-    degenerate = _cast_uint8(np.clip(mean, _F32(0.0), _F32(255.0)))
-    return blend(np.full((1, 1, 1), degenerate, np.uint8), image, factor)
+    return int(_cast_uint8(np.clip(mean, _F32(0.0), _F32(255.0))))
+
+
+def _blend_constant(level: int, image: np.ndarray, factor: float) -> np.ndarray:
+    return blend(np.full((1, 1, 1), level, np.uint8), image, factor)
+
+
+def contrast(image: np.ndarray, factor: float) -> np.ndarray:
+    """Blend with the constant contrast_level(H, W)."""
+    return _blend_constant(contrast_level(*image.shape[:2]), image, factor)
 
 
 def brightness(image: np.ndarray, factor: float) -> np.ndarray:
-    return blend(np.zeros((1, 1, 1), np.uint8), image, factor)
+    return _blend_constant(0, image, factor)
 
 
 _SMOOTH_EDGE, _SMOOTH_CENTRE = (float(v) for v in np.array([1, 5], _F32) / _F32(13.0))
@@ -257,43 +290,62 @@ def _border_limits(h: int, w: int) -> np.ndarray:
     return lim
 
 
+def affine(name: str, arg: float, h: int, w: int) -> tuple:
+    """The transform coefficients (a0, a1, a2, b0, b1, b2) of geometric op `name` with `arg` on an h x w image."""
+    if name == "Rotate":
+        rad = _F32(arg) * _F32(math.pi / 180.0)
+        cos, sin = np.cos(rad, dtype=_F32), np.sin(rad, dtype=_F32)
+        wm1, hm1 = _F32(w - 1), _F32(h - 1)
+        x_off = (wm1 - (cos * wm1 - sin * hm1)) / _F32(2.0)
+        y_off = (hm1 - (sin * wm1 + cos * hm1)) / _F32(2.0)
+        return cos, -sin, x_off, sin, cos, y_off
+    if name == "ShearX":
+        return 1.0, arg, 0.0, 0.0, 1.0, 0.0
+    if name == "ShearY":
+        return 1.0, 0.0, 0.0, arg, 1.0, 0.0
+    if name == "TranslateX":
+        return 1.0, 0.0, arg, 0.0, 1.0, 0.0
+    if name == "TranslateY":
+        return 1.0, 0.0, 0.0, 0.0, 1.0, arg
+    raise KeyError(f"{name!r} is not a geometric op; those are {', '.join(sorted(GEOMETRIC))}")
+
+
 def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
     """tfa.image.rotate by `degrees` (counterclockwise on screen for degrees > 0) about the centre."""
-    h, w = image.shape[:2]
-    rad = _F32(degrees) * _F32(math.pi / 180.0)
-    cos, sin = np.cos(rad, dtype=_F32), np.sin(rad, dtype=_F32)
-    wm1, hm1 = _F32(w - 1), _F32(h - 1)
-    x_off = (wm1 - (cos * wm1 - sin * hm1)) / _F32(2.0)
-    y_off = (hm1 - (sin * wm1 + cos * hm1)) / _F32(2.0)
-    return transform(image, cos, -sin, x_off, sin, cos, y_off)
+    return transform(image, *affine("Rotate", degrees, *image.shape[:2]))
 
 
 def shear_x(image: np.ndarray, level: float) -> np.ndarray:
     """Output (x, y) reads input (x + level * y, y)."""
-    return transform(image, 1.0, level, 0.0, 0.0, 1.0, 0.0)
+    return transform(image, *affine("ShearX", level, *image.shape[:2]))
 
 
 def shear_y(image: np.ndarray, level: float) -> np.ndarray:
     """Output (x, y) reads input (x, level * x + y)."""
-    return transform(image, 1.0, 0.0, 0.0, level, 1.0, 0.0)
+    return transform(image, *affine("ShearY", level, *image.shape[:2]))
 
 
 def translate_x(image: np.ndarray, pixels: float) -> np.ndarray:
     """Output (x, y) reads input (x + pixels, y): content moves left by `pixels` (automl negates)."""
-    return transform(image, 1.0, 0.0, pixels, 0.0, 1.0, 0.0)
+    return transform(image, *affine("TranslateX", pixels, *image.shape[:2]))
 
 
 def translate_y(image: np.ndarray, pixels: float) -> np.ndarray:
     """Output (x, y) reads input (x, y + pixels): content moves up by `pixels`."""
-    return transform(image, 1.0, 0.0, 0.0, 0.0, 1.0, pixels)
+    return transform(image, *affine("TranslateY", pixels, *image.shape[:2]))
+
+
+def cutout_box(pad_size: int, centre: tuple[int, int], h: int, w: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right), bottom and right exclusive: cutout's square clipped to the image."""
+    cy, cx = centre
+    return max(0, cy - pad_size), min(h, cy + pad_size), max(0, cx - pad_size), min(w, cx + pad_size)
 
 
 def cutout(image: np.ndarray, pad_size: int, centre: tuple[int, int]) -> np.ndarray:
     """Rows [cy - pad, cy + pad) x columns [cx - pad, cx + pad), clipped to the image, set to 128."""
-    cy, cx = centre
-    h, w = image.shape[:2]
+    top, bottom, left, right = cutout_box(pad_size, centre, *image.shape[:2])
     out = image.copy()
-    out[max(0, cy - pad_size):min(h, cy + pad_size), max(0, cx - pad_size):min(w, cx + pad_size)] = FILL
+    out[top:bottom, left:right] = FILL
     return out
 
 
@@ -333,34 +385,72 @@ _FUNCS = {
 }
 
 
+@lru_cache(maxsize=256)
+def pointwise_table(name: str, arg, h: int, w: int) -> np.ndarray:
+    """uint8 (256,), read-only: what POINTWISE op `name` with `arg` makes of each grey level of an h x w image.
+
+    The op itself run on the 256 levels (all its arithmetic is per pixel), so looking pixels up in the
+    table gives its output exactly. Only Contrast depends on the image size.
+    """
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
+    if name == "Contrast":
+        table = _blend_constant(contrast_level(h, w), levels, arg)
+    elif name in POINTWISE:
+        table = _FUNCS[name](levels, arg)
+    else:
+        raise KeyError(f"{name!r} is not a pointwise op; those are {', '.join(sorted(POINTWISE))}")
+    table = np.ascontiguousarray(table).reshape(256)
+    table.setflags(write=False)
+    return table
+
+
 def _as_rgb(img: np.ndarray) -> np.ndarray:
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (1, 3):
         raise ValueError(f"randaugment: expected a uint8 (H, W, 1|3) image, got {img.dtype} {img.shape}")
     return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
 
 
+def draw_argument(name: str, magnitude: float, h: int, w: int, rng: np.random.Generator | None = None,
+                  sign: float | None = None):
+    """Op `name`'s argument at `magnitude` on an h x w image: `level_to_arg`'s, for Cutout (half-side,
+    (centre row, centre column)); the sign (signed ops, unless given) then the centre drawn from `rng`."""
+    arg = level_to_arg(name, magnitude, rng, sign)
+    if name == "Cutout":
+        return arg, (int(rng.integers(h)), int(rng.integers(w)))
+    return arg
+
+
+def draw_layers(layers: int, magnitude: float, h: int, w: int, rng: np.random.Generator) -> list[tuple[str, object]]:
+    """What `randaugment` does to an h x w image: (op name, `draw_argument`) per layer, in the draw order."""
+    if magnitude < 0:
+        raise ValueError(f"randaugment: magnitude must be >= 0, got {magnitude}")
+    drawn = []
+    for _ in range(int(layers)):
+        name = OP_NAMES[int(rng.integers(len(OP_NAMES)))]
+        drawn.append((name, draw_argument(name, magnitude, h, w, rng)))
+    return drawn
+
+
+def _apply(name: str, img: np.ndarray, arg) -> np.ndarray:
+    """Op `name` with its drawn argument on a uint8 (H, W, 1|3) image (a grey one as grey RGB)."""
+    rgb = _as_rgb(img)
+    out = cutout(rgb, *arg) if name == "Cutout" else _FUNCS[name](rgb, arg)
+    return out[..., :1].copy() if img.shape[2] == 1 else out
+
+
 def apply_op(name: str, img: np.ndarray, magnitude: float, rng: np.random.Generator | None = None,
              sign: float | None = None) -> np.ndarray:
     """Op `name` at `magnitude` on a uint8 (H, W, 1|3) image; randomness (sign, cutout centre) from `rng`."""
-    rgb = _as_rgb(img)
-    arg = level_to_arg(name, magnitude, rng, sign)
-    if name == "Cutout":
-        h, w = rgb.shape[:2]
-        centre = (int(rng.integers(h)), int(rng.integers(w)))
-        out = cutout(rgb, arg, centre)
-    else:
-        out = _FUNCS[name](rgb, arg)
-    return out[..., :1].copy() if img.shape[2] == 1 else out
+    _as_rgb(img)
+    return _apply(name, img, draw_argument(name, magnitude, img.shape[0], img.shape[1], rng, sign))
 
 
 def randaugment(img: np.ndarray, layers: int, magnitude: float, rng: np.random.Generator) -> np.ndarray:
     """automl distort_image_with_randaugment: `layers` ops drawn uniformly from the 16, always applied."""
-    if magnitude < 0:
-        raise ValueError(f"randaugment: magnitude must be >= 0, got {magnitude}")
     _as_rgb(img)
     out = img
-    for _ in range(int(layers)):
-        out = apply_op(OP_NAMES[int(rng.integers(len(OP_NAMES)))], out, magnitude, rng)
+    for name, arg in draw_layers(layers, magnitude, img.shape[0], img.shape[1], rng):
+        out = _apply(name, out, arg)
     return out
 
 

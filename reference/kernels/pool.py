@@ -76,6 +76,9 @@ def parallel_for(fn, n: int, work_per_item: int = 1, align: int = 1) -> None:
     pieces from one shared counter until none is left, so the caller never waits for a worker that the
     OS has not scheduled (a loaded machine): it only waits for pieces a worker has already started."""
     global _pool
+    if _threads == 1:  # the default: no pieces to plan (this runs ~120 times a training step)
+        fn(0, n)
+        return
     parts = chunks(n, work_per_item, align)
     if len(parts) == 1:
         fn(0, n)
