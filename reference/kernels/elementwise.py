@@ -119,6 +119,58 @@ def bn_stats_kernel(x, centred, mean, var):
         var[c] = _row_dot(cr, cr) / m
 
 
+@njit(inline="always")
+def _row_centred_squares(r, mu):
+    """sum of (r - mu)^2 as _row_dot(centred, centred) sums it: each r - mu rounded to r's dtype, squared in
+    float64, over the same 8 interleaved partial sums (so the same bits, without storing the centred row)."""
+    n = r.shape[0]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    end = n - n % 8
+    for i in range(0, end, 8):
+        d0, d1, d2, d3 = r[i] - mu, r[i + 1] - mu, r[i + 2] - mu, r[i + 3] - mu
+        d4, d5, d6, d7 = r[i + 4] - mu, r[i + 5] - mu, r[i + 6] - mu, r[i + 7] - mu
+        s0 += np.float64(d0) * d0
+        s1 += np.float64(d1) * d1
+        s2 += np.float64(d2) * d2
+        s3 += np.float64(d3) * d3
+        s4 += np.float64(d4) * d4
+        s5 += np.float64(d5) * d5
+        s6 += np.float64(d6) * d6
+        s7 += np.float64(d7) * d7
+    tail = 0.0
+    for i in range(end, n):
+        d = r[i] - mu
+        tail += np.float64(d) * d
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + tail
+
+
+@njit(["void(float32[:, ::1], float32[::1], float32[::1])", "void(float64[:, ::1], float64[::1], float64[::1])"],
+      cache=True, nogil=True)
+def bn_moments_kernel(x, mean, var):
+    """bn_stats_kernel's mean and var, bit for bit, without writing the centred rows (a BN group spanning
+    processes centres on the group's mean instead, after the exchange: `bn_center_normalize_kernel`)."""
+    m = x.shape[1]
+    for c in range(x.shape[0]):
+        mean[c] = _row_sum(x[c]) / m
+        var[c] = _row_centred_squares(x[c], mean[c]) / m
+
+
+@njit(["void(float32[:, ::1], float32[::1], float32[::1], float32[::1], float32[::1], float32[:, ::1], "
+       "float32[:, ::1])",
+       "void(float64[:, ::1], float64[::1], float64[::1], float64[::1], float64[::1], float64[:, ::1], "
+       "float64[:, ::1])"], cache=True, nogil=True)
+def bn_center_normalize_kernel(x, mean, inv_std, gamma, beta, xhat, y):
+    """xhat = (x - mean[c]) * inv_std[c]; y = xhat * gamma[c] + beta[c]: the centring and
+    bn_normalize_kernel in one pass, each operation rounded as there."""
+    for c in range(x.shape[0]):
+        mu, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
+        xr, hr, yr = x[c], xhat[c], y[c]
+        for m in range(xr.shape[0]):
+            v = (xr[m] - mu) * s
+            hr[m] = v
+            yr[m] = v * g + b
+
+
 @njit(["void(float32[:, ::1], float32[:, ::1], float32[::1], float32[::1])",
        "void(float64[:, ::1], float64[:, ::1], float64[::1], float64[::1])"], cache=True, nogil=True)
 def bn_grad_sums_kernel(dy, xhat, dbeta, dgamma):
@@ -150,6 +202,10 @@ def bn_stats_naive(x):
     centred = x - mean[:, None]
     c64 = centred.astype(np.float64)
     return mean, centred, (c64 * c64).mean(axis=1).astype(x.dtype)
+
+
+def bn_center_normalize_naive(x, mean, inv_std, gamma, beta):
+    return bn_normalize_naive(x - mean[:, None], inv_std, gamma, beta)
 
 
 def bn_grad_sums_naive(dy, xhat):

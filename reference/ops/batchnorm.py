@@ -32,8 +32,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..kernels.elementwise import (affine_rows_kernel, bn_backward_dx_kernel, bn_grad_sums_kernel, bn_normalize_kernel,
-                                   bn_stats_kernel)
+from ..kernels.elementwise import (affine_rows_kernel, bn_backward_dx_kernel, bn_center_normalize_kernel,
+                                   bn_grad_sums_kernel, bn_moments_kernel, bn_normalize_kernel, bn_stats_kernel)
 from ..kernels.pool import parallel_for
 
 
@@ -139,18 +139,19 @@ def _row_grad_sums(dy, xhat, dbeta, dgamma) -> None:
 
 def _spanning_forward(x, gamma, beta, eps, sync: BatchNormSync):
     x2 = _rows(x)
-    dt, (rows, m) = x2.dtype, x2.shape
-    own_mean, own_var, xhat = np.empty(rows, dt), np.empty(rows, dt), np.empty_like(x2)
-    _row_stats(x2, xhat, own_mean, own_var)
-    parts = sync.group_gather(np.stack([own_mean, own_var * m]))  # (span, 2, C): means and centred sums of squares
+    dt, (rows, m) = x2.dtype, x2.shape  # float32 or float64: the oracle's dtypes
+    own = np.empty((2, rows), dt)  # this process's means and variances, sent as means and centred sums of squares
+    bn_moments_kernel(x2, own[0], own[1])
+    own[1] *= m
+    parts = sync.group_gather(own)  # (span, 2, C)
     mean = parts[:, 0].sum(axis=0) / sync.span
     shift = parts[:, 0] - mean
     var = ((parts[:, 1].sum(axis=0) + m * (shift * shift).sum(axis=0)) / (m * sync.span)).astype(dt)
     mean = mean.astype(dt)
-    np.subtract(x2, mean[:, None], out=xhat)
     inv_std = (1.0 / np.sqrt(var + eps)).astype(dt)
-    y = np.empty_like(x2)
-    bn_normalize_kernel(xhat, inv_std, _vec(gamma, dt), _vec(beta, dt), y)  # xhat: centred in, normalised out
+    xhat, y = np.empty_like(x2), np.empty_like(x2)
+    # centred on the group's mean and normalised in one pass
+    bn_center_normalize_kernel(x2, mean, inv_std, _vec(gamma, dt), _vec(beta, dt), xhat, y)
     return y.reshape(x.shape), BatchNormCache(xhat, inv_std, gamma, x.shape, 1, sync), mean, var
 
 

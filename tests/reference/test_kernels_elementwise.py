@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from effv2_reference.kernels.elementwise import (affine_rows_kernel, affine_rows_naive, bn_backward_dx_kernel,
-                                                  bn_backward_dx_naive, bn_grad_sums_kernel, bn_grad_sums_naive,
-                                                  bn_normalize_kernel, bn_normalize_naive, bn_stats_kernel,
-                                                  bn_stats_naive, silu_backward_kernel, silu_backward_naive)
+                                                  bn_backward_dx_naive, bn_center_normalize_kernel,
+                                                  bn_center_normalize_naive, bn_grad_sums_kernel, bn_grad_sums_naive,
+                                                  bn_moments_kernel, bn_normalize_kernel, bn_normalize_naive,
+                                                  bn_stats_kernel, bn_stats_naive, silu_backward_kernel,
+                                                  silu_backward_naive)
 
 TOL = {np.float64: 1e-14, np.float32: 1e-6}
 
@@ -113,3 +115,29 @@ def test_plane_reductions_and_scaling(dtype, shape):
     assert y.tobytes() == (dy * g[:, :, None, None] + shift[:, :, None, None]).tobytes()
     xt = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)  # same values, other strides
     assert plane_means(xt).tobytes() == plane_means(x).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(3, 17), (16, 1000), (1, 1), (5, 8), (2, 7), (4, 32768)])
+def test_spanning_bn_kernels_give_the_bits_of_the_two_pass_path(dtype, shape):
+    """A BN group spanning processes: bn_moments_kernel's mean and variance are bn_stats_kernel's, bit for bit,
+    and bn_center_normalize_kernel gives what centring by NumPy then bn_normalize_kernel gave (and its twin,
+    to rounding)."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(shape) * 3 + 7).astype(dtype)
+    centred, mean, var = np.empty(shape, dtype), np.empty(shape[0], dtype), np.empty(shape[0], dtype)
+    bn_stats_kernel(x, centred, mean, var)
+    moments = np.full((2, shape[0]), np.nan, dtype)
+    bn_moments_kernel(x, moments[0], moments[1])
+    assert np.array_equal(moments[0], mean) and np.array_equal(moments[1], var)
+
+    group_mean = (mean + rng.standard_normal(shape[0]) * 0.1).astype(dtype)  # another process's rows moved it
+    inv, gamma, beta = (rng.random((3, shape[0])) + 0.5).astype(dtype)
+    xhat, y = np.empty(shape, dtype), np.empty(shape, dtype)
+    bn_center_normalize_kernel(x, group_mean, inv, gamma, beta, xhat, y)
+    two_pass_xhat, two_pass_y = x - group_mean[:, None], np.empty(shape, dtype)
+    bn_normalize_kernel(two_pass_xhat, inv, gamma, beta, two_pass_y)
+    assert np.array_equal(xhat, two_pass_xhat) and np.array_equal(y, two_pass_y)
+    ref_xhat, ref_y = bn_center_normalize_naive(*(a.astype(np.float64) for a in (x, group_mean, inv, gamma, beta)))
+    np.testing.assert_allclose(xhat, ref_xhat, rtol=TOL[dtype] * 8, atol=TOL[dtype] * 8 * np.abs(ref_xhat).max())
+    np.testing.assert_allclose(y, ref_y, rtol=TOL[dtype] * 8, atol=TOL[dtype] * 8 * np.abs(ref_y).max())

@@ -272,7 +272,8 @@ def test_cli_two_processes(tmp_path):
     assert (out / "weights.safetensors").exists()
 
 
-def test_cli_refuses_layouts_before_starting_processes(monkeypatch):
+def test_cli_refuses_layouts_before_starting_processes(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the default --out, runs/<spec>, must not depend on the caller's folder
     monkeypatch.setattr("effv2_reference.cli_train._cores", lambda: 8)
     result = CliRunner().invoke(main, ["train", "--nproc", "3", "--steps", "2"])
     assert result.exit_code == 1
