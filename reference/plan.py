@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -31,6 +30,7 @@ from effv2_spec.resolve import ResolvedModel, resolve
 from effv2_spec.schedule import ProgressiveSchedule, ScheduleStage
 from effv2_spec.training import TrainingConfig, learning_rate_at
 
+from .kernel_gate import kernel_if_numba_loaded
 from .keyed import keyed_generators, philox_keys
 
 #: regularisers the trainers apply; a schedule naming another with a non-zero value is refused
@@ -223,17 +223,7 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 def _philox_kernel():
     """kernels.philox.philox_uniforms once Numba is loaded in this process, else None (the plan never loads it)."""
-    global _PHILOX
-    if _PHILOX is None and "numba" in sys.modules:
-        try:
-            from .kernels.philox import philox_uniforms
-        except ImportError:
-            philox_uniforms = False
-        _PHILOX = philox_uniforms
-    return _PHILOX or None
-
-
-_PHILOX = None  # the kernel, False when it cannot be imported, None until numba is seen
+    return kernel_if_numba_loaded("kernels.philox", "philox_uniforms")
 
 
 def _row_list(rows, batch_size: int) -> list[int]:

@@ -17,13 +17,12 @@ elsewhere (the framework trainers, which never import Numba) the NumPy ops run i
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from effv2_spec.resolve import ResolvedModel
 from effv2_spec.training import Augmentation
 
+from ..kernel_gate import kernel_if_numba_loaded
 from .crop import horizontal_flip, random_resized_crop
 from .mixup import one_hot
 from .randaugment_automl import draw_layers, randaugment_image
@@ -113,18 +112,8 @@ def _flip_and_augment_rows(images: np.ndarray, rngs: list[np.random.Generator], 
 
 def _randaugment_rows_kernel():
     """kernels.randaugment.randaugment_rows once Numba is loaded in this process, else None (the pipeline
-    never loads it; the same rule as plan._philox_kernel)."""
-    global _RANDAUGMENT_ROWS
-    if _RANDAUGMENT_ROWS is None and "numba" in sys.modules:
-        try:
-            from ..kernels.randaugment import randaugment_rows
-        except ImportError:
-            randaugment_rows = False
-        _RANDAUGMENT_ROWS = randaugment_rows
-    return _RANDAUGMENT_ROWS or None
-
-
-_RANDAUGMENT_ROWS = None  # the kernel, False when it cannot be imported, None until numba is seen
+    never loads it)."""
+    return kernel_if_numba_loaded("kernels.randaugment", "randaugment_rows")
 
 
 class StepData:

@@ -155,3 +155,14 @@ def test_plan_and_pipeline_do_not_import_numba_or_frameworks():
             "effv2_reference.data.loader;"
             "bad = [m for m in ('numba', 'torch', 'jax') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_kernel_gate_answers_none_without_numba_or_without_the_module(monkeypatch):
+    import numba  # noqa: F401 - loaded here, so the gate opens
+    from effv2_reference.kernel_gate import kernel_if_numba_loaded
+    from effv2_reference.kernels.philox import philox_uniforms
+
+    assert kernel_if_numba_loaded("kernels.philox", "philox_uniforms") is philox_uniforms
+    assert kernel_if_numba_loaded("kernels.no_such_module", "anything") is None
+    monkeypatch.delitem(sys.modules, "numba")
+    assert kernel_if_numba_loaded("kernels.philox", "philox_uniforms") is None
