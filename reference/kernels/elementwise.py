@@ -41,16 +41,58 @@ def affine_rows_kernel(x, scale, shift, y):
             yr[m] = xr[m] * a + b
 
 
+@njit(inline="always")
+def _bn_dx_row(dr, xr, s, a, b, out):
+    for m in range(dr.shape[0]):
+        out[m] = s * (dr[m] - a - xr[m] * b)
+
+
 @njit(["void(float32[:, ::1], float32[:, ::1], float32[::1], float32[::1], float32[::1], float32[:, ::1])",
        "void(float64[:, ::1], float64[:, ::1], float64[::1], float64[::1], float64[::1], float64[:, ::1])"],
       cache=True, nogil=True)
 def bn_backward_dx_kernel(dy, xhat, scale, mean_dy, mean_dy_xhat, dx):
     """dx = scale[c] * (dy - mean_dy[c] - xhat * mean_dy_xhat[c])."""
     for c in range(dy.shape[0]):
-        s, a, b = scale[c], mean_dy[c], mean_dy_xhat[c]
-        dr, xr, out = dy[c], xhat[c], dx[c]
-        for m in range(dr.shape[0]):
-            out[m] = s * (dr[m] - a - xr[m] * b)
+        _bn_dx_row(dy[c], xhat[c], scale[c], mean_dy[c], mean_dy_xhat[c], dx[c])
+
+
+@njit(["void(float32[:, ::1], float32[:, ::1], float32[::1], float32[::1], float32[:, ::1], float32, "
+       "float32[:, ::1])",
+       "void(float64[:, ::1], float64[:, ::1], float64[::1], float64[::1], float64[:, ::1], float64, "
+       "float64[:, ::1])"], cache=True, nogil=True)
+def bn_span_backward_dx_kernel(dy, xhat, gamma, inv_std, sums, n, dx):
+    """bn_backward_dx_kernel for a group spanning processes, its per-channel factors made here from the
+    group's sums (2, C) of dy and dy * xhat over its n values: scale = gamma * inv_std, mean_dy = sums[0] / n,
+    mean_dy_xhat = sums[1] / n, each rounded to the dtype as the NumPy expressions are (`bn_span_backward_naive`)."""
+    for c in range(dy.shape[0]):
+        _bn_dx_row(dy[c], xhat[c], gamma[c] * inv_std[c], sums[0, c] / n, sums[1, c] / n, dx[c])
+
+
+@njit(["void(float32[:, :, ::1], float32, float32, float32, float32, float32[::1], float32[::1], float32[::1])",
+       "void(float64[:, :, ::1], float64, float64, float64, float64, float64[::1], float64[::1], float64[::1])"],
+      cache=True, nogil=True)
+def bn_span_moments_kernel(parts, span, m, n, eps, mean, var, inv_std):
+    """A BN group's statistics from the parts (span, 2, C) its `span` processes sent: row 0 each one's mean
+    of its m values per channel, row 1 its centred sum of squares; n = m * span. Chan's combination:
+    mean = sum of the means / span; var = (sum of the sums of squares + m * sum of (mean_q - mean)^2) / n;
+    inv_std = 1 / sqrt(var + eps). Every scalar arrives in the dtype; each operation rounds to it, the
+    sums over processes in rank order (`bn_span_moments_naive`, the NumPy expressions, is its twin)."""
+    one = span / span  # 1 in the dtype (a literal 1 would turn the division below into float64)
+    for c in range(parts.shape[2]):
+        total = parts[0, 0, c]
+        for q in range(1, parts.shape[0]):
+            total += parts[q, 0, c]
+        mu = total / span
+        d = parts[0, 0, c] - mu
+        shifts = d * d
+        squares = parts[0, 1, c]
+        for q in range(1, parts.shape[0]):
+            d = parts[q, 0, c] - mu
+            shifts += d * d
+            squares += parts[q, 1, c]
+        v = (squares + m * shifts) / n
+        mean[c], var[c] = mu, v
+        inv_std[c] = one / np.sqrt(v + eps)
 
 
 @njit(["void(float32[::1], float32[::1], float32[::1], float32[::1])",
@@ -206,6 +248,19 @@ def bn_stats_naive(x):
 
 def bn_center_normalize_naive(x, mean, inv_std, gamma, beta):
     return bn_normalize_naive(x - mean[:, None], inv_std, gamma, beta)
+
+
+def bn_span_moments_naive(parts, m: int, eps: float):
+    """(mean, var, inv_std) of `bn_span_moments_kernel` by NumPy (what ops/batchnorm.py computed before)."""
+    span, dt = parts.shape[0], parts.dtype
+    mean = parts[:, 0].sum(axis=0) / span
+    shift = parts[:, 0] - mean
+    var = ((parts[:, 1].sum(axis=0) + m * (shift * shift).sum(axis=0)) / (m * span)).astype(dt)
+    return mean.astype(dt), var, (1.0 / np.sqrt(var + eps)).astype(dt)
+
+
+def bn_span_backward_naive(dy, xhat, gamma, inv_std, sums, n: int):
+    return bn_backward_dx_naive(dy, xhat, gamma * inv_std, sums[0] / n, sums[1] / n)
 
 
 def bn_grad_sums_naive(dy, xhat):

@@ -33,7 +33,8 @@ from typing import Callable
 import numpy as np
 
 from ..kernels.elementwise import (affine_rows_kernel, bn_backward_dx_kernel, bn_center_normalize_kernel,
-                                   bn_grad_sums_kernel, bn_moments_kernel, bn_normalize_kernel, bn_stats_kernel)
+                                   bn_grad_sums_kernel, bn_moments_kernel, bn_normalize_kernel,
+                                   bn_span_backward_dx_kernel, bn_span_moments_kernel, bn_stats_kernel)
 from ..kernels.pool import parallel_for
 
 
@@ -144,11 +145,9 @@ def _spanning_forward(x, gamma, beta, eps, sync: BatchNormSync):
     bn_moments_kernel(x2, own[0], own[1])
     own[1] *= m
     parts = sync.group_gather(own)  # (span, 2, C)
-    mean = parts[:, 0].sum(axis=0) / sync.span
-    shift = parts[:, 0] - mean
-    var = ((parts[:, 1].sum(axis=0) + m * (shift * shift).sum(axis=0)) / (m * sync.span)).astype(dt)
-    mean = mean.astype(dt)
-    inv_std = (1.0 / np.sqrt(var + eps)).astype(dt)
+    t = dt.type
+    mean, var, inv_std = np.empty(rows, dt), np.empty(rows, dt), np.empty(rows, dt)
+    bn_span_moments_kernel(parts, t(sync.span), t(m), t(m * sync.span), t(eps), mean, var, inv_std)
     xhat, y = np.empty_like(x2), np.empty_like(x2)
     # centred on the group's mean and normalised in one pass
     bn_center_normalize_kernel(x2, mean, inv_std, _vec(gamma, dt), _vec(beta, dt), xhat, y)
@@ -184,12 +183,12 @@ def batch_norm_backward(dy: np.ndarray, cache: BatchNormCache):
 def _spanning_backward(dy: np.ndarray, cache: BatchNormCache):
     d = _rows(dy)
     dt, n = d.dtype, d.shape[1] * cache.sync.span
-    dbeta, dgamma = np.empty(d.shape[0], dt), np.empty(d.shape[0], dt)
+    own = np.empty((2, d.shape[0]), dt)  # this process's sums of dy and dy * xhat
+    dbeta, dgamma = own
     _row_grad_sums(d, cache.xhat, dbeta, dgamma)
-    totals = cache.sync.group_sum(np.stack([dbeta, dgamma]))
+    totals = cache.sync.group_sum(own)
     dx = np.empty_like(d)
-    bn_backward_dx_kernel(d, cache.xhat, _vec(cache.gamma * cache.inv_std, dt), _vec(totals[0] / n, dt),
-                          _vec(totals[1] / n, dt), dx)
+    bn_span_backward_dx_kernel(d, cache.xhat, _vec(cache.gamma, dt), cache.inv_std, totals, dt.type(n), dx)
     return dx.reshape(cache.shape), dgamma, dbeta
 
 

@@ -141,3 +141,39 @@ def test_spanning_bn_kernels_give_the_bits_of_the_two_pass_path(dtype, shape):
     ref_xhat, ref_y = bn_center_normalize_naive(*(a.astype(np.float64) for a in (x, group_mean, inv, gamma, beta)))
     np.testing.assert_allclose(xhat, ref_xhat, rtol=TOL[dtype] * 8, atol=TOL[dtype] * 8 * np.abs(ref_xhat).max())
     np.testing.assert_allclose(y, ref_y, rtol=TOL[dtype] * 8, atol=TOL[dtype] * 8 * np.abs(ref_y).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("span", [1, 2, 3, 4])
+@pytest.mark.parametrize("m", [1, 7, 512, 8192])
+def test_spanning_bn_combination_gives_the_bits_of_the_numpy_expressions(dtype, span, m):
+    """The group statistics from each process's (mean, centred sum of squares), and the backward's factors
+    from the group's gradient sums: the kernels against the NumPy expressions they replace, bit for bit;
+    and the combined mean / variance against the variance of all the values at once."""
+    from effv2_reference.kernels.elementwise import (bn_span_backward_dx_kernel, bn_span_backward_naive,
+                                                      bn_span_moments_kernel, bn_span_moments_naive)
+
+    rng = np.random.default_rng(span * 1000 + m)
+    c = 37
+    x = (rng.standard_normal((span, c, m)) * rng.random((1, c, 1)) * 5 + rng.standard_normal((1, c, 1)) * 3)
+    x = x.astype(dtype)
+    parts = np.empty((span, 2, c), dtype)
+    for q in range(span):
+        bn_moments_kernel(np.ascontiguousarray(x[q]), parts[q, 0], parts[q, 1])
+    parts[:, 1] *= m
+    eps = 1e-3
+    mean, var, inv = (np.full(c, np.nan, dtype) for _ in range(3))
+    t = dtype
+    bn_span_moments_kernel(parts, t(span), t(m), t(m * span), t(eps), mean, var, inv)
+    ref = bn_span_moments_naive(parts, m, eps)
+    for got, want in zip((mean, var, inv), ref):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    whole = x.transpose(1, 0, 2).reshape(c, -1).astype(np.float64)
+    np.testing.assert_allclose(mean, whole.mean(axis=1), rtol=TOL[dtype] * 16, atol=TOL[dtype] * 16)
+    np.testing.assert_allclose(var, whole.var(axis=1), rtol=TOL[dtype] * 64, atol=TOL[dtype] * 64)
+
+    dy, xhat = (rng.standard_normal((c, m)).astype(dtype) for _ in range(2))
+    gamma, sums = rng.standard_normal(c).astype(dtype), rng.standard_normal((2, c)).astype(dtype) * m
+    dx = np.full((c, m), np.nan, dtype)
+    bn_span_backward_dx_kernel(dy, xhat, gamma, inv, sums, t(m * span), dx)
+    assert np.array_equal(dx, bn_span_backward_naive(dy, xhat, gamma, inv, sums, m * span))
