@@ -123,9 +123,27 @@ class StepData:
     come from where and keys every draw.
     """
 
+    #: the whole training set resized to a stage's size is kept when it takes at most this many bytes
+    RESIZED_CACHE_BYTES = 64 << 20
+
     def __init__(self, plan, images: np.ndarray, labels: np.ndarray):
         self.plan, self.images, self.labels = plan, images, labels
         self.config = plan.config
+        self._resized: tuple[int, np.ndarray] | None = None  # (size, every image resized to it)
+
+    def __getstate__(self):  # loader workers build their own cache
+        return {**self.__dict__, "_resized": None}
+
+    def _resized_rows(self, indices: np.ndarray, size: int) -> np.ndarray:
+        """The whole-image resize of images[indices] to `size`. A small training set is resized once per
+        size (a step would otherwise resize the same few thousand images again and again): each image's
+        resize is its own computation, whatever else is in the call (`_resize_uint8`), so the bits are the same."""
+        n, h, w, c = self.images.shape
+        if (h, w) == (size, size) or n * size * size * c > self.RESIZED_CACHE_BYTES:
+            return _resize_uint8(self.images[indices], size)
+        if self._resized is None or self._resized[0] != size:
+            self._resized = (size, _resize_uint8(self.images, size))
+        return self._resized[1][indices]
 
     def prepare_rows(self, step: int, rows: slice) -> np.ndarray:
         """uint8 (rows, size, size, C): the augmented images of rows `rows` of step `step`."""
@@ -143,7 +161,7 @@ class StepData:
                               for r, rng in zip(range(start, stop), rngs)])
             return _flip_and_augment_rows(crops, rngs, **options)
         # the whole-image resize draws nothing: all the rows at once, then each row's own draws, if any
-        resized = _resize_uint8(self.images[indices[start:stop]], stage.image_size)
+        resized = self._resized_rows(indices[start:stop], stage.image_size)
         if not augmentation.horizontal_flip and not _augments(layers, magnitude):
             return resized
         rngs = plan.sample_rngs(PURPOSE_AUGMENT, step, range(start, stop))

@@ -176,3 +176,17 @@ def test_loader_workers_take_the_kernel_path_as_their_parent_does(parent_has_num
                              initargs=(None, parent_has_numba)) as pool:
         has_kernel = pool.submit(pipeline._randaugment_rows_kernel).result(timeout=120) is not None
     assert has_kernel is parent_has_numba
+
+
+def test_a_small_training_set_is_resized_once_per_size_with_the_same_bytes(monkeypatch):
+    """prepare_rows from the whole set resized once per stage size equals resizing each step's rows."""
+    plan, data = nano_run(None, None, 3)
+    steps = [s for stage in plan.stages for s in (stage.start_step, stage.end_step - 1)]
+    assert len({plan.stage_at(s).image_size for s in steps} - {data.images.shape[1]}) == 2  # 16 and 24 px
+    cached = {s: data.prepare_rows(s, slice(8, 40)) for s in steps}
+    assert data._resized is not None and data._resized[1].shape[0] == len(data.images)
+    monkeypatch.setattr(pipeline.StepData, "RESIZED_CACHE_BYTES", 0)
+    fresh = pipeline.StepData(plan, data.images, data.labels)
+    for s, images in cached.items():
+        assert np.array_equal(images, fresh.prepare_rows(s, slice(8, 40))), s
+    assert fresh._resized is None
