@@ -32,6 +32,8 @@ from . import ops
 from .init import init_tensor  # noqa: F401 (re-exported: callers import it from here)
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
+# train-mode BN + SiLU as one op (ops/bn_silu.py); off, the two ops run apart (the tests compare the two)
+FUSE_BN_SILU = True
 
 
 
@@ -191,9 +193,11 @@ class ReferenceModel:
         gamma, beta = self.params[f"{p}.bn.weight"], self.params[f"{p}.bn.bias"]
         rm, rv = self.buffers[f"{p}.bn.running_mean"], self.buffers[f"{p}.bn.running_var"]
         batch_stats, groups, sync = bn
+        # train-mode BN + SiLU, the usual tail, runs fused (ops/bn_silu.py: the same bits, fewer passes)
+        fused = FUSE_BN_SILU and batch_stats and unit.activation == "silu"
         if batch_stats:
-            h, bn_cache, mean, var = ops.batch_norm_train_forward(h, gamma, beta, eps=r.bn_eps, groups=groups,
-                                                                  sync=sync)
+            train_forward = ops.batch_norm_silu_train_forward if fused else ops.batch_norm_train_forward
+            h, bn_cache, mean, var = train_forward(h, gamma, beta, eps=r.bn_eps, groups=groups, sync=sync)
             n = h.shape[1] // groups * h.shape[2] * h.shape[3]  # values per channel in one group
             if sync is not None and sync.group_sum is not None:
                 n *= sync.span
@@ -204,7 +208,7 @@ class ReferenceModel:
             bn_cache = h if tape is not None else None
             h = ops.batch_norm_eval_forward(h, gamma, beta, rm, rv, eps=r.bn_eps)
         act_cache = None
-        if unit.activation:
+        if unit.activation and not fused:
             h, act_cache = ops.activation_forward(unit.activation, h)
         if tape is not None:
             tape.append(("conv_bn", unit, (conv_cache, bn_cache, act_cache)))
@@ -279,14 +283,17 @@ class ReferenceModel:
     def _conv_bn_backward(self, unit: ConvBN, g: np.ndarray, cache, grads: dict) -> np.ndarray:
         conv_cache, bn_cache, act_cache = cache
         p = unit.name
-        if unit.activation:
-            g = ops.activation_backward(unit.activation, g, act_cache)
-        if isinstance(bn_cache, np.ndarray):  # running statistics: the cache is BN's input
-            g, dgamma, dbeta = ops.batch_norm_eval_backward(
-                g, bn_cache, self.params[f"{p}.bn.weight"], self.buffers[f"{p}.bn.running_mean"],
-                self.buffers[f"{p}.bn.running_var"], eps=self.resolved.bn_eps)
+        if isinstance(bn_cache, ops.BatchNormSiluCache):
+            g, dgamma, dbeta = ops.batch_norm_silu_backward(g, bn_cache)
         else:
-            g, dgamma, dbeta = ops.batch_norm_backward(g, bn_cache)
+            if unit.activation:
+                g = ops.activation_backward(unit.activation, g, act_cache)
+            if isinstance(bn_cache, np.ndarray):  # running statistics: the cache is BN's input
+                g, dgamma, dbeta = ops.batch_norm_eval_backward(
+                    g, bn_cache, self.params[f"{p}.bn.weight"], self.buffers[f"{p}.bn.running_mean"],
+                    self.buffers[f"{p}.bn.running_var"], eps=self.resolved.bn_eps)
+            else:
+                g, dgamma, dbeta = ops.batch_norm_backward(g, bn_cache)
         self._add(grads, f"{p}.bn.weight", dgamma)
         self._add(grads, f"{p}.bn.bias", dbeta)
         g, dw = ops.conv2d_backward(g, conv_cache)

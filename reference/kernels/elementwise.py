@@ -4,7 +4,7 @@ Rows are channels of a CNHW activation viewed as (C, n). Each kernel is one stre
 pass where NumPy would need three to five (and as many temporaries); at the larger
 image sizes these passes are memory-bound, so the fusion is what pays. The elementwise
 kernels are dependency-free loops that LLVM vectorises without fastmath. The two row
-reductions of batch norm (`bn_stats_kernel`, `bn_grad_sums_kernel`) accumulate in float64
+reductions of batch norm (`bn_moments_kernel`, `bn_grad_sums_kernel`) accumulate in float64
 over 8 interleaved partial sums, a fixed association that LLVM can still vectorise: at the
 small sizes of the CPU training runs (rows of 128-2048 values) NumPy's mean / einsum cost
 more in call overhead than in arithmetic (13% of a 16 px step). The SiLU forward, with its
@@ -15,19 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
-
-
-@njit(["void(float32[:, ::1], float32[::1], float32[::1], float32[::1], float32[:, ::1])",
-       "void(float64[:, ::1], float64[::1], float64[::1], float64[::1], float64[:, ::1])"], cache=True, nogil=True)
-def bn_normalize_kernel(xhat, inv_std, gamma, beta, y):
-    """In place xhat *= inv_std[c] (xhat holds x - mean on entry); y = xhat * gamma[c] + beta[c]."""
-    for c in range(xhat.shape[0]):
-        s, g, b = inv_std[c], gamma[c], beta[c]
-        xr, yr = xhat[c], y[c]
-        for m in range(xr.shape[0]):
-            v = xr[m] * s
-            xr[m] = v
-            yr[m] = v * g + b
 
 
 @njit(["void(float32[:, ::1], float32[::1], float32[::1], float32[:, ::1])",
@@ -146,25 +133,10 @@ def _row_dot(a, b):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + tail
 
 
-@njit(["void(float32[:, ::1], float32[:, ::1], float32[::1], float32[::1])",
-       "void(float64[:, ::1], float64[:, ::1], float64[::1], float64[::1])"], cache=True, nogil=True)
-def bn_stats_kernel(x, centred, mean, var):
-    """Per row c: mean[c] = mean of x[c]; centred[c] = x[c] - mean[c] (in x's dtype, the mean rounded
-    to it first); var[c] = mean of centred[c]^2 (biased). Sums in float64 (see the module docstring)."""
-    m = x.shape[1]
-    for c in range(x.shape[0]):
-        xr, cr = x[c], centred[c]
-        mean[c] = _row_sum(xr) / m
-        mu = mean[c]  # rounded to the dtype: the value the centring and the caller use
-        for i in range(m):
-            cr[i] = xr[i] - mu
-        var[c] = _row_dot(cr, cr) / m
-
-
 @njit(inline="always")
 def _row_centred_squares(r, mu):
-    """sum of (r - mu)^2 as _row_dot(centred, centred) sums it: each r - mu rounded to r's dtype, squared in
-    float64, over the same 8 interleaved partial sums (so the same bits, without storing the centred row)."""
+    """sum of (r - mu)^2: each r - mu rounded to r's dtype, squared in float64, over 8 interleaved partial
+    sums like _row_sum (the bits of _row_dot(centred, centred), without storing the centred row)."""
     n = r.shape[0]
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
     end = n - n % 8
@@ -189,8 +161,10 @@ def _row_centred_squares(r, mu):
 @njit(["void(float32[:, ::1], float32[::1], float32[::1])", "void(float64[:, ::1], float64[::1], float64[::1])"],
       cache=True, nogil=True)
 def bn_moments_kernel(x, mean, var):
-    """bn_stats_kernel's mean and var, bit for bit, without writing the centred rows (a BN group spanning
-    processes centres on the group's mean instead, after the exchange: `bn_center_normalize_kernel`)."""
+    """Per row c: mean[c] = mean of x[c] (float64 sum, rounded to the dtype); var[c] = mean of (x[c] - mean[c])^2,
+    the biased variance (each difference rounded to the dtype, squared and summed in float64). No centred copy
+    is written: `bn_center_normalize_kernel` centres while it normalises, on this process's mean or, for a
+    group spanning processes, on the group's."""
     m = x.shape[1]
     for c in range(x.shape[0]):
         mean[c] = _row_sum(x[c]) / m
@@ -202,8 +176,7 @@ def bn_moments_kernel(x, mean, var):
        "void(float64[:, ::1], float64[::1], float64[::1], float64[::1], float64[::1], float64[:, ::1], "
        "float64[:, ::1])"], cache=True, nogil=True)
 def bn_center_normalize_kernel(x, mean, inv_std, gamma, beta, xhat, y):
-    """xhat = (x - mean[c]) * inv_std[c]; y = xhat * gamma[c] + beta[c]: the centring and
-    bn_normalize_kernel in one pass, each operation rounded as there."""
+    """xhat = (x - mean[c]) * inv_std[c]; y = xhat * gamma[c] + beta[c], each operation rounded to the dtype."""
     for c in range(x.shape[0]):
         mu, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
         xr, hr, yr = x[c], xhat[c], y[c]
@@ -222,6 +195,20 @@ def bn_grad_sums_kernel(dy, xhat, dbeta, dgamma):
         dgamma[c] = _row_dot(dy[c], xhat[c])
 
 
+@njit(["void(float32[::1], float32[::1], float32[::1], float32[::1], float32, float32, float32)",
+       "void(float64[::1], float64[::1], float64[::1], float64[::1], float64, float64, float64)"],
+      cache=True, nogil=True)
+def running_stats_kernel(running_mean, running_var, mean, var, keep, momentum, factor):
+    """Per channel: r = r * keep + momentum * batch statistic (keep = 1 - momentum), the variance first
+    multiplied by `factor` (n / (n - 1) for the unbiased convention, else 1, which changes no bit): the
+    NumPy in-place updates of ops/batchnorm.py, each operation rounded to the dtype as there."""
+    for c in range(mean.shape[0]):
+        running_mean[c] = running_mean[c] * keep
+        running_mean[c] = running_mean[c] + momentum * mean[c]
+        running_var[c] = running_var[c] * keep
+        running_var[c] = running_var[c] + momentum * (var[c] * factor)
+
+
 @njit(["void(float32[:, ::1], float32[::1])", "void(float64[:, ::1], float64[::1])"], cache=True, nogil=True)
 def row_means_kernel(x, out):
     """out[p] = mean of row p (float64 sum): squeeze-excite's and the head's average over H x W."""
@@ -238,16 +225,16 @@ def row_dots_kernel(a, b, out):
 
 
 # ---- NumPy twins ----------------------------------------------------------------------------
-def bn_stats_naive(x):
-    """(mean, centred, var) with float64 sums, the kernel's rounding points."""
+def bn_moments_naive(x):
+    """(mean, var) with float64 sums, rounded where the kernel rounds (the mean before centring)."""
     mean = x.astype(np.float64).mean(axis=1).astype(x.dtype)
-    centred = x - mean[:, None]
-    c64 = centred.astype(np.float64)
-    return mean, centred, (c64 * c64).mean(axis=1).astype(x.dtype)
+    c64 = (x - mean[:, None]).astype(np.float64)
+    return mean, (c64 * c64).mean(axis=1).astype(x.dtype)
 
 
 def bn_center_normalize_naive(x, mean, inv_std, gamma, beta):
-    return bn_normalize_naive(x - mean[:, None], inv_std, gamma, beta)
+    xhat = (x - mean[:, None]) * inv_std[:, None]
+    return xhat, xhat * gamma[:, None] + beta[:, None]
 
 
 def bn_span_moments_naive(parts, m: int, eps: float):
@@ -270,11 +257,6 @@ def bn_grad_sums_naive(dy, xhat):
 
 def affine_rows_naive(x, scale, shift):
     return x * scale[:, None] + shift[:, None]
-
-
-def bn_normalize_naive(centred, inv_std, gamma, beta):
-    xhat = centred * inv_std[:, None]
-    return xhat, xhat * gamma[:, None] + beta[:, None]
 
 
 def bn_backward_dx_naive(dy, xhat, scale, mean_dy, mean_dy_xhat):

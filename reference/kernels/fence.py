@@ -27,3 +27,30 @@ def _seq_cst_fence(typingctx):
 def fence():
     """Order every load and store before this call before every one after it (across cores)."""
     _seq_cst_fence()
+
+
+@njit("boolean(int64[::1], int64, int64)", cache=True, nogil=True)
+def poll_all_reached(seq, k, polls):
+    """Up to `polls` reads of every sequence number (a fence before each, so each read is a fresh load):
+    True once all of them are >= k, with a fence after (the messages are read after the numbers)."""
+    for _ in range(polls):
+        _seq_cst_fence()
+        low = seq[0]
+        for q in range(1, seq.shape[0]):
+            low = min(low, seq[q])
+        if low >= k:
+            _seq_cst_fence()
+            return True
+    return False
+
+
+@njit("boolean(uint8[::1], uint8[::1], int64[::1], int64, int64, int64)", cache=True, nogil=True)
+def publish_and_poll(slot, message, seq, rank, k, polls):
+    """Copy `message` into this process's `slot`, fence, raise seq[rank] to k (whoever sees k sees the
+    message), then `poll_all_reached(seq, k, polls)`: one compiled call for the common case of an
+    exchange, where the other processes arrive within microseconds."""
+    for i in range(message.shape[0]):
+        slot[i] = message[i]
+    _seq_cst_fence()
+    seq[rank] = k
+    return poll_all_reached(seq, k, polls)

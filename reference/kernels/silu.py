@@ -88,13 +88,17 @@ def silu_exp_forward_kernel(x, s, y, c, zf, zi, magic_bits, bias, shift):
             yb[i] = xb[i] * sv
 
 
-def silu_exp_forward(x: np.ndarray, s: np.ndarray, y: np.ndarray) -> None:
-    """Flat C-contiguous x, s, y of one float dtype: s = sigmoid(x), y = x * sigmoid(x)."""
-    dt = x.dtype
+def silu_scratch(dt):
+    """(c, zf, zi, magic_bits, bias, shift): what the kernel needs besides the data, for dtype dt
+    (a fresh scratch block per call: pieces running on other threads each get their own)."""
     _, _, magic_bits, bias, shift = _PARAMS[dt]
     zf = np.empty(_B, dt)
-    zi = zf.view(np.int32 if dt == np.float32 else np.int64)
-    silu_exp_forward_kernel(x, s, y, _CONSTS[dt], zf, zi, magic_bits, bias, shift)
+    return _CONSTS[dt], zf, zf.view(np.int32 if dt == np.float32 else np.int64), magic_bits, bias, shift
+
+
+def silu_exp_forward(x: np.ndarray, s: np.ndarray, y: np.ndarray) -> None:
+    """Flat C-contiguous x, s, y of one float dtype: s = sigmoid(x), y = x * sigmoid(x)."""
+    silu_exp_forward_kernel(x, s, y, *silu_scratch(x.dtype))
 
 
 def silu_exp_forward_naive(x: np.ndarray):

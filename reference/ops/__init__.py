@@ -9,6 +9,7 @@ from __future__ import annotations
 from .activations import activation_backward, activation_forward, sigmoid
 from .batchnorm import (BatchNormSync, batch_norm_backward, batch_norm_eval_backward, batch_norm_eval_forward,
                         batch_norm_train_forward, update_running_stats)
+from .bn_silu import BatchNormSiluCache, batch_norm_silu_backward, batch_norm_silu_train_forward
 from .conv import conv2d_backward, conv2d_forward, conv_pads, pad
 from .dense import dense_backward, dense_forward
 from .loss import smooth_targets, softmax_cross_entropy
@@ -21,6 +22,7 @@ OPS = {
     "conv2d": (conv2d_forward, conv2d_backward),
     "batch_norm_train": (batch_norm_train_forward, batch_norm_backward),
     "batch_norm_eval": (batch_norm_eval_forward, batch_norm_eval_backward),
+    "batch_norm_silu_train": (batch_norm_silu_train_forward, batch_norm_silu_backward),
     "activation": (activation_forward, activation_backward),
     "squeeze_excite": (squeeze_excite_forward, squeeze_excite_backward),
     "drop_path": (drop_path_forward, drop_path_backward),

@@ -33,8 +33,8 @@ from typing import Callable
 import numpy as np
 
 from ..kernels.elementwise import (affine_rows_kernel, bn_backward_dx_kernel, bn_center_normalize_kernel,
-                                   bn_grad_sums_kernel, bn_moments_kernel, bn_normalize_kernel,
-                                   bn_span_backward_dx_kernel, bn_span_moments_kernel, bn_stats_kernel)
+                                   bn_grad_sums_kernel, bn_moments_kernel, bn_span_backward_dx_kernel,
+                                   bn_span_moments_kernel, running_stats_kernel)
 from ..kernels.pool import parallel_for
 
 
@@ -107,26 +107,15 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     g_rows, b_rows = _vec(_per_row(gamma, groups), dt), _vec(_per_row(beta, groups), dt)
 
     def part(lo, hi):  # rows lo:hi, the same operations as on all rows at once (statistics are per row)
-        c = xhat[lo:hi]
-        _row_stats(x2[lo:hi], c, mean[lo:hi], var[lo:hi])
-        inv = (1.0 / np.sqrt(var[lo:hi] + eps)).astype(dt)
-        inv_std[lo:hi] = inv
-        bn_normalize_kernel(c, inv, g_rows[lo:hi], b_rows[lo:hi], y[lo:hi])  # c: centred in, normalised out
+        bn_moments_kernel(x2[lo:hi], mean[lo:hi], var[lo:hi])
+        inv_std[lo:hi] = 1.0 / np.sqrt(var[lo:hi] + eps)
+        bn_center_normalize_kernel(x2[lo:hi], mean[lo:hi], inv_std[lo:hi], g_rows[lo:hi], b_rows[lo:hi], xhat[lo:hi],
+                                   y[lo:hi])
 
     parallel_for(part, rows, m)
     if groups > 1:
         mean, var = mean.reshape(-1, groups), var.reshape(-1, groups)
     return y.reshape(x.shape), BatchNormCache(xhat, inv_std, gamma, x.shape, groups), mean, var
-
-
-def _row_stats(x, centred, mean, var) -> None:
-    """mean, centred = x - mean and the biased variance of each row (kernels/elementwise.py)."""
-    if x.dtype in (np.float32, np.float64):
-        bn_stats_kernel(x, centred, mean, var)
-        return
-    mean[:] = x.mean(axis=1)
-    np.subtract(x, mean[:, None], out=centred)
-    var[:] = np.einsum("cm,cm->c", centred, centred) / x.shape[1]
 
 
 def _row_grad_sums(dy, xhat, dbeta, dgamma) -> None:
@@ -138,8 +127,9 @@ def _row_grad_sums(dy, xhat, dbeta, dgamma) -> None:
     dgamma[:] = np.einsum("cm,cm->c", dy, xhat)
 
 
-def _spanning_forward(x, gamma, beta, eps, sync: BatchNormSync):
-    x2 = _rows(x)
+def span_statistics(x2: np.ndarray, eps: float, sync: BatchNormSync):
+    """(mean, var, inv_std) per channel of a group spanning processes, from this process's rows x2 (C, m)
+    and the others' (one exchange of means and centred sums of squares, combined in rank order)."""
     dt, (rows, m) = x2.dtype, x2.shape  # float32 or float64: the oracle's dtypes
     own = np.empty((2, rows), dt)  # this process's means and variances, sent as means and centred sums of squares
     bn_moments_kernel(x2, own[0], own[1])
@@ -148,6 +138,13 @@ def _spanning_forward(x, gamma, beta, eps, sync: BatchNormSync):
     t = dt.type
     mean, var, inv_std = np.empty(rows, dt), np.empty(rows, dt), np.empty(rows, dt)
     bn_span_moments_kernel(parts, t(sync.span), t(m), t(m * sync.span), t(eps), mean, var, inv_std)
+    return mean, var, inv_std
+
+
+def _spanning_forward(x, gamma, beta, eps, sync: BatchNormSync):
+    x2 = _rows(x)
+    dt = x2.dtype
+    mean, var, inv_std = span_statistics(x2, eps, sync)
     xhat, y = np.empty_like(x2), np.empty_like(x2)
     # centred on the group's mean and normalised in one pass
     bn_center_normalize_kernel(x2, mean, inv_std, _vec(gamma, dt), _vec(beta, dt), xhat, y)
@@ -232,9 +229,21 @@ def update_running_stats(running_mean: np.ndarray, running_var: np.ndarray, mean
         if n < 2:
             raise ValueError("batch norm: the unbiased running variance needs more than one value per channel "
                              f"and statistics group (N*H*W per group = {n})")
-        var = var * (n / (n - 1))
-    elif running_var_kind != "biased":
+        factor = n / (n - 1)
+    elif running_var_kind == "biased":
+        factor = 1.0
+    else:
         raise ValueError(f"batch norm: unknown running_var convention {running_var_kind!r}")
+    dt = running_mean.dtype
+    one_call = (np.ndim(mean) == 1 and replica_mean is None and dt in (np.float32, np.float64)
+                and all(isinstance(a, np.ndarray) and a.dtype == dt and a.flags.c_contiguous
+                        for a in (running_mean, running_var, mean, var)))
+    if one_call:  # the common case (one group, one process): the updates below in one kernel call
+        t = dt.type
+        running_stats_kernel(running_mean, running_var, mean, var, t(1.0 - momentum), t(momentum), t(factor))
+        return
+    if factor != 1.0:
+        var = var * factor
     if np.ndim(mean) == 2:
         mean, var = mean.mean(axis=1), var.mean(axis=1)
     if replica_mean is not None:

@@ -9,8 +9,7 @@ import pytest
 from effv2_reference.kernels.elementwise import (affine_rows_kernel, affine_rows_naive, bn_backward_dx_kernel,
                                                   bn_backward_dx_naive, bn_center_normalize_kernel,
                                                   bn_center_normalize_naive, bn_grad_sums_kernel, bn_grad_sums_naive,
-                                                  bn_moments_kernel, bn_normalize_kernel, bn_normalize_naive,
-                                                  bn_stats_kernel, bn_stats_naive, silu_backward_kernel,
+                                                  bn_moments_kernel, bn_moments_naive, silu_backward_kernel,
                                                   silu_backward_naive)
 
 TOL = {np.float64: 1e-14, np.float32: 1e-6}
@@ -21,13 +20,13 @@ TOL = {np.float64: 1e-14, np.float32: 1e-6}
 def test_bn_kernels_match_twins(dtype, shape):
     rng = np.random.default_rng(0)
     c = shape[0]
-    centred = rng.standard_normal(shape)
+    x, mean = rng.standard_normal(shape) * 2 + 1, rng.standard_normal(c)
     inv, gamma, beta = rng.random(c) + 0.5, rng.standard_normal(c), rng.standard_normal(c)
-    ref_xhat, ref_y = bn_normalize_naive(centred, inv, gamma, beta)
-    xhat, y = centred.astype(dtype), np.empty(shape, dtype)
-    bn_normalize_kernel(xhat, inv.astype(dtype), gamma.astype(dtype), beta.astype(dtype), y)
-    np.testing.assert_allclose(xhat, ref_xhat, rtol=TOL[dtype] * 4, atol=TOL[dtype] * 4)
-    np.testing.assert_allclose(y, ref_y, rtol=TOL[dtype] * 8, atol=TOL[dtype] * 8)
+    ref_xhat, ref_y = bn_center_normalize_naive(x, mean, inv, gamma, beta)
+    xhat, y = np.empty(shape, dtype), np.empty(shape, dtype)
+    bn_center_normalize_kernel(*(a.astype(dtype) for a in (x, mean, inv, gamma, beta)), xhat, y)
+    np.testing.assert_allclose(xhat, ref_xhat, rtol=TOL[dtype] * 8, atol=TOL[dtype] * 8 * np.abs(ref_xhat).max())
+    np.testing.assert_allclose(y, ref_y, rtol=TOL[dtype] * 8, atol=TOL[dtype] * 8 * np.abs(ref_y).max())
 
     dy = rng.standard_normal(shape)
     scale, a, b = rng.standard_normal(c), rng.standard_normal(c), rng.standard_normal(c)
@@ -65,16 +64,15 @@ def test_affine_rows_kernel_matches_its_twin(dtype, shape):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape", [(3, 17), (16, 1000), (1, 1), (5, 8), (2, 7), (4, 32768)])
 def test_bn_row_reductions_match_float64_sums(dtype, shape):
-    """Mean, centred values, variance and the two gradient sums against float64 NumPy sums (the kernels
-    accumulate in float64 too, over 8 interleaved partial sums: only the order of the additions differs).
+    """Mean, variance and the two gradient sums against float64 NumPy sums (the kernels accumulate in
+    float64 too, over 8 interleaved partial sums: only the order of the additions differs).
     A large offset makes a float32 sum of the raw values lose digits that these must keep."""
     rng = np.random.default_rng(3)
     x = (rng.standard_normal(shape) * 3 + 1000).astype(dtype)
-    centred, mean, var = np.empty(shape, dtype), np.empty(shape[0], dtype), np.empty(shape[0], dtype)
-    bn_stats_kernel(x, centred, mean, var)
-    ref_mean, ref_centred, ref_var = bn_stats_naive(x)
+    mean, var = np.empty(shape[0], dtype), np.empty(shape[0], dtype)
+    bn_moments_kernel(x, mean, var)
+    ref_mean, ref_var = bn_moments_naive(x)
     np.testing.assert_allclose(mean, ref_mean, rtol=TOL[dtype], atol=0)
-    assert np.array_equal(centred, x - mean[:, None])  # centred by the mean as rounded to the dtype
     exact_var = x.astype(np.float64).var(axis=1)
     # x - mean is exact here (Sterbenz: both near 1000), so only the float64 sums round
     np.testing.assert_allclose(var, exact_var, rtol=1e-12 if dtype == np.float64 else 1e-6, atol=1e-300)
@@ -119,28 +117,30 @@ def test_plane_reductions_and_scaling(dtype, shape):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape", [(3, 17), (16, 1000), (1, 1), (5, 8), (2, 7), (4, 32768)])
-def test_spanning_bn_kernels_give_the_bits_of_the_two_pass_path(dtype, shape):
-    """A BN group spanning processes: bn_moments_kernel's mean and variance are bn_stats_kernel's, bit for bit,
-    and bn_center_normalize_kernel gives what centring by NumPy then bn_normalize_kernel gave (and its twin,
-    to rounding)."""
+def test_moments_and_centring_round_where_the_numpy_expressions_round(dtype, shape):
+    """bn_moments_kernel's variance is the float64 sum of the squares of x - mean as rounded to the dtype
+    (the centred values the normalisation uses, summed by the partial sums of row_dots_kernel), and
+    bn_center_normalize_kernel rounds each of its operations as NumPy's float arithmetic does, whether it
+    centres on this process's mean or on a group's mean moved by other processes' rows."""
+    from effv2_reference.kernels.elementwise import row_dots_kernel
+
     rng = np.random.default_rng(5)
     x = (rng.standard_normal(shape) * 3 + 7).astype(dtype)
-    centred, mean, var = np.empty(shape, dtype), np.empty(shape[0], dtype), np.empty(shape[0], dtype)
-    bn_stats_kernel(x, centred, mean, var)
     moments = np.full((2, shape[0]), np.nan, dtype)
     bn_moments_kernel(x, moments[0], moments[1])
-    assert np.array_equal(moments[0], mean) and np.array_equal(moments[1], var)
+    centred = (x - moments[0][:, None]).astype(np.float64)  # each difference rounded to the dtype first
+    squares = np.empty(shape[0], np.float64)
+    row_dots_kernel(centred, centred, squares)  # float64 products and the same 8 partial sums
+    assert np.array_equal(moments[1], (squares / shape[1]).astype(dtype))
+    np.testing.assert_allclose(moments[1], x.astype(np.float64).var(axis=1), rtol=TOL[dtype] * 8, atol=1e-300)
 
-    group_mean = (mean + rng.standard_normal(shape[0]) * 0.1).astype(dtype)  # another process's rows moved it
-    inv, gamma, beta = (rng.random((3, shape[0])) + 0.5).astype(dtype)
-    xhat, y = np.empty(shape, dtype), np.empty(shape, dtype)
-    bn_center_normalize_kernel(x, group_mean, inv, gamma, beta, xhat, y)
-    two_pass_xhat, two_pass_y = x - group_mean[:, None], np.empty(shape, dtype)
-    bn_normalize_kernel(two_pass_xhat, inv, gamma, beta, two_pass_y)
-    assert np.array_equal(xhat, two_pass_xhat) and np.array_equal(y, two_pass_y)
-    ref_xhat, ref_y = bn_center_normalize_naive(*(a.astype(np.float64) for a in (x, group_mean, inv, gamma, beta)))
-    np.testing.assert_allclose(xhat, ref_xhat, rtol=TOL[dtype] * 8, atol=TOL[dtype] * 8 * np.abs(ref_xhat).max())
-    np.testing.assert_allclose(y, ref_y, rtol=TOL[dtype] * 8, atol=TOL[dtype] * 8 * np.abs(ref_y).max())
+    for mean in (moments[0], (moments[0] + rng.standard_normal(shape[0]) * 0.1).astype(dtype)):
+        inv, gamma, beta = (rng.random((3, shape[0])) + 0.5).astype(dtype)
+        xhat, y = np.empty(shape, dtype), np.empty(shape, dtype)
+        bn_center_normalize_kernel(x, mean, inv, gamma, beta, xhat, y)
+        want_xhat = (x - mean[:, None]) * inv[:, None]
+        assert np.array_equal(xhat, want_xhat)
+        assert np.array_equal(y, want_xhat * gamma[:, None] + beta[:, None])
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -39,6 +39,24 @@ def test_running_update_convention(kind, factor):
     np.testing.assert_allclose(rv, 0.9 * 2.0 + 0.1 * rows.var(axis=1) * factor, rtol=1e-13)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["biased", "unbiased"])
+@pytest.mark.parametrize("momentum", [0.1, 0.01, 1 / 3])
+def test_running_update_rounds_as_the_numpy_expressions(dtype, kind, momentum):
+    """One group in one process goes through one kernel call: the bits of r = r * (1 - m) + m * stat with
+    every constant and every operation in the dtype (NumPy's in-place updates), written out here."""
+    rng = np.random.default_rng(7)
+    rm, rv = rng.standard_normal(40).astype(dtype), rng.random(40).astype(dtype) + 0.5
+    mean, var = rng.standard_normal(40).astype(dtype) * 3, rng.random(40).astype(dtype) * 4
+    t, n = np.dtype(dtype).type, 37
+    stat_var = var * t(n / (n - 1)) if kind == "unbiased" else var
+    want_m = rm * t(1.0 - momentum) + t(momentum) * mean
+    want_v = rv * t(1.0 - momentum) + t(momentum) * stat_var
+    update_running_stats(rm, rv, mean, var, n, momentum=momentum, running_var_kind=kind)
+    assert rm.dtype == rv.dtype == dtype
+    assert rm.tobytes() == want_m.tobytes() and rv.tobytes() == want_v.tobytes()
+
+
 def test_unbiased_running_var_needs_two_values():
     with pytest.raises(ValueError, match="more than one value"):
         update_running_stats(np.zeros(1), np.ones(1), np.zeros(1), np.zeros(1), 1, momentum=0.1,

@@ -282,3 +282,18 @@ def test_cli_refuses_layouts_before_starting_processes(monkeypatch, tmp_path):
     result = CliRunner().invoke(main, ["train", "--nproc", "4", "--steps", "2"])
     assert result.exit_code == 2 and "--nproc 4: this machine has 2 cores" in result.output
     assert not multiprocessing.active_children()
+
+
+def test_publish_copies_the_message_then_raises_the_number_and_polls_a_bounded_time():
+    """The compiled half of an exchange (kernels/fence.py): the message lands in the slot, this rank's
+    number becomes k, and the poll answers False (not a hang) while another rank is behind, True once not."""
+    from effv2_reference.kernels.fence import poll_all_reached, publish_and_poll
+
+    slot, seq = np.zeros(16, np.uint8), np.array([3, 2, 3], np.int64)
+    message = np.arange(1, 9, dtype=np.uint8)
+    assert not publish_and_poll(slot, message, seq, 1, 4, 1000)  # ranks 0 and 2 are at 3
+    assert slot[:8].tolist() == message.tolist() and slot[8:].tolist() == [0] * 8
+    assert seq.tolist() == [3, 4, 3]
+    seq[[0, 2]] = 4
+    assert poll_all_reached(seq, 4, 1) and not poll_all_reached(seq, 5, 1000)
+    assert not poll_all_reached(seq, 4, 0)  # no poll, no answer

@@ -1,0 +1,91 @@
+"""Train-mode batch norm followed by SiLU, fused (Numba): the pair behind most convolutions of the network.
+
+Separately, BN writes xhat and y, SiLU reads y and writes sigmoid(y) and its output, and the backward
+runs three passes (SiLU's derivative into a gradient array, BN's two gradient sums over it, then
+dx). Fused, per row (a channel, or a channel's statistics group):
+
+- forward: one pass reads x and writes xhat, s = sigmoid(y) and silu(y), with y = xhat * gamma + beta
+  kept in a row of scratch (the SiLU kernel runs on it);
+- backward: the SiLU derivative of the row goes into a row of scratch, from y recomputed from xhat
+  (the same operations as the forward, so the same bits as a stored y), BN's two float64 sums run
+  over that scratch row while it is in cache, and, when the row is a whole statistics group, dx
+  follows straight away: one pass reads dy, xhat and s and writes dx. A group that spans processes
+  needs the other processes' sums first, so there the derivative rows are written out and dx waits
+  for the exchange (`silu_grad_sums_kernel`, then `elementwise.bn_span_backward_dx_kernel`).
+
+Every value is rounded exactly as by the unfused kernels (elementwise.bn_center_normalize_kernel,
+silu.silu_exp_forward_kernel, elementwise.silu_backward_kernel, bn_grad_sums_kernel and
+bn_backward_dx_kernel, in that order): tests/reference/test_kernels_bn_silu.py checks the bits.
+
+Numba caches a kernel by its own file: after editing a helper imported here (silu_exp_forward_kernel,
+_row_sum, _row_dot, _bn_dx_row), clear NUMBA_CACHE_DIR or touch this file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .elementwise import _bn_dx_row, _row_dot, _row_sum
+from .silu import silu_exp_forward_kernel
+
+
+@njit(["void(float32[:, ::1], float32[::1], float32[::1], float32[::1], float32[::1], float32[:, ::1], "
+       "float32[:, ::1], float32[:, ::1], float32[::1], float32[::1], int32[::1], int64, int64, int64)",
+       "void(float64[:, ::1], float64[::1], float64[::1], float64[::1], float64[::1], float64[:, ::1], "
+       "float64[:, ::1], float64[:, ::1], float64[::1], float64[::1], int64[::1], int64, int64, int64)"],
+      cache=True, nogil=True, error_model="numpy")
+def bn_silu_forward_kernel(x, mean, inv_std, gamma, beta, xhat, s, out, c, zf, zi, magic_bits, bias, shift):
+    """Per row r: xhat = (x - mean[r]) * inv_std[r]; y = xhat * gamma[r] + beta[r]; s = sigmoid(y);
+    out = y * s. c, zf, zi, magic_bits, bias, shift: `silu.silu_scratch(dtype)`; y lives in one row of
+    scratch (a block-sized scratch fed to `silu_block` ran 1.5x slower: LLVM vectorised it worse)."""
+    m = x.shape[1]
+    y = np.empty(m, x.dtype)
+    for row in range(x.shape[0]):
+        mu, sd, g, b = mean[row], inv_std[row], gamma[row], beta[row]
+        xr, hr = x[row], xhat[row]
+        for i in range(m):
+            v = (xr[i] - mu) * sd
+            hr[i] = v
+            y[i] = v * g + b
+        silu_exp_forward_kernel(y, s[row], out[row], c, zf, zi, magic_bits, bias, shift)
+
+
+@njit(inline="always")
+def _silu_grad_row(dy, xhat, s, g, b, out):
+    """out = the SiLU derivative applied to dy at y = xhat * g + b (elementwise.silu_backward_kernel's
+    expression: the literals make it float64 before the one rounding at the store)."""
+    for m in range(dy.shape[0]):
+        sv = s[m]
+        y = xhat[m] * g + b
+        out[m] = dy[m] * sv * (1.0 + y * (1.0 - sv))
+
+
+@njit(["void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[::1], float32[::1], float32[::1], "
+       "float32, float32[::1], float32[:, ::1], float32[::1], float32[::1])",
+       "void(float64[:, ::1], float64[:, ::1], float64[:, ::1], float64[::1], float64[::1], float64[::1], "
+       "float64, float64[::1], float64[:, ::1], float64[::1], float64[::1])"], cache=True, nogil=True)
+def bn_silu_backward_kernel(dy, xhat, s, gamma, beta, inv_std, n, grow, dx, dbeta, dgamma):
+    """Per row r, a whole statistics group of n values: g = the SiLU derivative applied to dy (in the
+    scratch row `grow`), dbeta[r] = sum g, dgamma[r] = sum g * xhat (float64 sums rounded to the dtype),
+    dx = gamma[r] * inv_std[r] * (g - dbeta[r] / n - xhat * dgamma[r] / n)."""
+    for row in range(dy.shape[0]):
+        xr = xhat[row]
+        _silu_grad_row(dy[row], xr, s[row], gamma[row], beta[row], grow)
+        dbeta[row] = _row_sum(grow)
+        dgamma[row] = _row_dot(grow, xr)
+        _bn_dx_row(grow, xr, gamma[row] * inv_std[row], dbeta[row] / n, dgamma[row] / n, dx[row])
+
+
+@njit(["void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[::1], float32[::1], float32[:, ::1], "
+       "float32[:, ::1])",
+       "void(float64[:, ::1], float64[:, ::1], float64[:, ::1], float64[::1], float64[::1], float64[:, ::1], "
+       "float64[:, ::1])"], cache=True, nogil=True)
+def silu_grad_sums_kernel(dy, xhat, s, gamma, beta, g, sums):
+    """For a statistics group spanning processes, this process's part: g = the SiLU derivative applied to
+    dy (written out: dx needs it after the exchange), sums[0, r] = sum g, sums[1, r] = sum g * xhat."""
+    for row in range(dy.shape[0]):
+        gr = g[row]
+        _silu_grad_row(dy[row], xhat[row], s[row], gamma[row], beta[row], gr)
+        sums[0, row] = _row_sum(gr)
+        sums[1, row] = _row_dot(gr, xhat[row])

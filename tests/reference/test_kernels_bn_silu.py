@@ -1,0 +1,160 @@
+"""Fused train-mode batch norm + SiLU (ops/bn_silu.py, kernels/bn_silu.py) gives the bits of the two ops apart:
+`batch_norm_train_forward` then `silu_forward`, and `silu_backward` then `batch_norm_backward`, for statistics
+groups inside a process and for groups spanning processes; and the model gives the same step either way."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import effv2_reference.model as model_module
+from effv2_reference import ops
+from effv2_reference.model import ReferenceModel
+
+
+def _same(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _inputs(rng, c, n, h, w, dtype):
+    # channels with their own offsets and scales, as a conv's output has; a few values far out (the exp clamp)
+    x = rng.standard_normal((c, n, h, w)) * rng.uniform(0.1, 30, (c, 1, 1, 1)) + rng.uniform(-40, 40, (c, 1, 1, 1))
+    gamma, beta = rng.uniform(-2, 2, c), rng.uniform(-3, 3, c)
+    dy = rng.standard_normal((c, n, h, w))
+    return (x.astype(dtype), gamma.astype(dtype), beta.astype(dtype), dy.astype(dtype))
+
+
+def _apart(x, gamma, beta, dy, eps, groups=1, sync=None):
+    y, cache, mean, var = ops.batch_norm_train_forward(x, gamma, beta, eps=eps, groups=groups, sync=sync)
+    out, act = ops.activation_forward("silu", y)
+    dx, dgamma, dbeta = ops.batch_norm_backward(ops.activation_backward("silu", dy, act), cache)
+    return out, mean, var, dx, dgamma, dbeta
+
+
+def _fused(x, gamma, beta, dy, eps, groups=1, sync=None):
+    out, cache, mean, var = ops.batch_norm_silu_train_forward(x, gamma, beta, eps=eps, groups=groups, sync=sync)
+    dx, dgamma, dbeta = ops.batch_norm_silu_backward(dy, cache)
+    return out, mean, var, dx, dgamma, dbeta
+
+
+@settings(deadline=None)
+@given(c=st.integers(1, 24), per_group=st.integers(1, 4), groups=st.sampled_from([1, 2, 3]), h=st.integers(1, 9),
+       w=st.integers(1, 9), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2 ** 32 - 1),
+       eps=st.sampled_from([1e-3, 1e-5]))
+def test_fused_equals_the_two_ops_bit_for_bit(c, per_group, groups, h, w, dtype, seed, eps):
+    x, gamma, beta, dy = _inputs(np.random.default_rng(seed), c, per_group * groups, h, w, dtype)
+    apart, fused = _apart(x, gamma, beta, dy, eps, groups), _fused(x, gamma, beta, dy, eps, groups)
+    names = ("out", "mean", "var", "dx", "dgamma", "dbeta")
+    assert [n for n, a, b in zip(names, apart, fused) if not _same(a, b)] == []
+
+
+def test_fused_values_are_silu_of_batch_norm():
+    """Against the definitions in float64 (not the code it replaces): silu(gamma * (x - mean) / sqrt(var + eps)
+    + beta), and the gradient by central differences of sum(out * dy)."""
+    rng = np.random.default_rng(3)
+    x, gamma, beta, dy = _inputs(rng, 3, 4, 3, 2, np.float64)
+    eps = 1e-3
+
+    def forward(v):
+        mean = v.mean(axis=(1, 2, 3), keepdims=True)
+        var = ((v - mean) ** 2).mean(axis=(1, 2, 3), keepdims=True)
+        y = (v - mean) / np.sqrt(var + eps) * gamma[:, None, None, None] + beta[:, None, None, None]
+        return y / (1 + np.exp(-y))
+
+    out, _, _, dx, _, _ = _fused(x, gamma, beta, dy, eps)
+    np.testing.assert_allclose(out, forward(x), rtol=1e-13, atol=1e-13)
+    numeric = np.empty_like(x)
+    step = 1e-6
+    for i in np.ndindex(x.shape):
+        hi, lo = x.copy(), x.copy()
+        hi[i] += step
+        lo[i] -= step
+        numeric[i] = ((forward(hi) - forward(lo)) * dy).sum() / (2 * step)
+    np.testing.assert_allclose(dx, numeric, rtol=1e-6, atol=1e-7)
+
+
+class _ThreadGroup:
+    """BatchNormSync for `span` threads standing in for processes: each exchange is a barrier-bounded gather."""
+
+    def __init__(self, span: int):
+        self.span, self.barrier, self.slots = span, threading.Barrier(span, timeout=60), [None] * span
+
+    def member(self, rank: int) -> ops.BatchNormSync:
+        def gather(values):
+            self.slots[rank] = np.array(values)
+            self.barrier.wait()
+            parts = np.stack(self.slots)
+            self.barrier.wait()  # every thread has read this exchange before the next one writes
+            return parts
+
+        return ops.BatchNormSync(group_sum=lambda v: _rank_order_sum(gather(v)), group_gather=gather,
+                                 span=self.span)
+
+
+def _rank_order_sum(parts):
+    out = parts[0].copy()
+    for p in parts[1:]:
+        out += p
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("span", [2, 3])
+def test_fused_equals_the_two_ops_for_a_group_spanning_processes(dtype, span):
+    rng = np.random.default_rng(span)
+    x, gamma, beta, dy = _inputs(rng, 10, 4 * span, 5, 3, dtype)
+    results: dict = {}
+
+    def run(rank):
+        rows = slice(4 * rank, 4 * rank + 4)
+        for name, f in (("apart", _apart), ("fused", _fused)):
+            sync = group[name].member(rank)
+            results[name, rank] = f(np.ascontiguousarray(x[:, rows]), gamma, beta,
+                                    np.ascontiguousarray(dy[:, rows]), 1e-3, sync=sync)
+
+    group = {"apart": _ThreadGroup(span), "fused": _ThreadGroup(span)}
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(span)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == 2 * span
+    for rank in range(span):
+        assert all(_same(a, b) for a, b in zip(results["apart", rank], results["fused", rank])), rank
+    # the group's statistics are those of all its rows at once (one process holding them all)
+    whole = _fused(x, gamma, beta, dy, 1e-3)
+    np.testing.assert_allclose(results["fused", 0][1], whole[1], rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype,size,group", [("float32", 16, None), ("float32", 13, 2), ("float64", 11, 4)])
+def test_model_step_is_the_same_fused_or_not(monkeypatch, dtype, size, group):
+    def step(fused: bool):
+        monkeypatch.setattr(model_module, "FUSE_BN_SILU", fused)
+        m = ReferenceModel("efficientnetv2-nano", dtype=dtype, seed=0)
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((8, 3, size, size)).astype(dtype)
+        logits = m.forward(x, training=True, bn_group_size=group)
+        kinds = {type(entry[2][1]).__name__ for entry in m._tape if entry[0] == "conv_bn"}
+        grads, dx = m.backward(rng.standard_normal(logits.shape).astype(dtype), return_input_grad=True)
+        return kinds, logits, dx, grads, m.buffers
+
+    fused, apart = step(True), step(False)
+    assert fused[0] == {"BatchNormSiluCache", "BatchNormCache"} and apart[0] == {"BatchNormCache"}
+    assert _same(fused[1], apart[1]) and _same(fused[2], apart[2])
+    assert all(_same(fused[3][k], apart[3][k]) for k in apart[3])
+    assert all(_same(fused[4][k], apart[4][k]) for k in apart[4])  # running statistics
+
+
+def test_fused_refuses_other_dtypes_and_spanning_groups():
+    x = np.zeros((2, 2, 1, 1), np.float16)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        ops.batch_norm_silu_train_forward(x, np.ones(2), np.zeros(2), eps=1e-3)
+    sync = _ThreadGroup(1).member(0)
+    with pytest.raises(ValueError, match="groups=1"):
+        ops.batch_norm_silu_train_forward(np.zeros((2, 4, 1, 1)), np.ones(2), np.zeros(2), eps=1e-3, groups=2,
+                                          sync=sync)
