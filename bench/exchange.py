@@ -45,6 +45,9 @@ def main(argv=None):
     ap.add_argument("--calls", type=int, default=20000)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    for name, low in (("world", 1), ("bytes", 4), ("calls", 1)):
+        if getattr(args, name) < low:
+            ap.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
     row = run(args.world, args.bytes, args.calls)
     if args.json:
         print(json.dumps([row]))

@@ -87,6 +87,43 @@ def _sum_groups(v: np.ndarray, groups: int) -> np.ndarray:
     return v.reshape(-1, groups).sum(axis=1) if groups > 1 else v
 
 
+def train_normalise(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float, groups: int,
+                    sync: BatchNormSync | None, outputs: int, kernel):
+    """What every train-mode BN shares: x as rows (one per channel and statistics group, or per channel
+    when this process's rows are part of a group spanning processes), the rows' batch statistics, then
+    `kernel(x_rows, mean, inv_std, gamma_rows, beta_rows, *outs)` on pieces of rows into `outputs` fresh
+    arrays shaped like the rows (the kernel centres, normalises and applies gamma and beta: plain BN, or
+    BN + SiLU). Returns (outs, mean, var, inv_std, gamma_rows, beta_rows, spanning); mean and var are
+    (C,), or (C, k) for k groups. x: float32 or float64 CNHW."""
+    spanning = sync is not None and sync.group_sum is not None
+    if spanning and groups != 1:
+        raise ValueError("batch norm: a group spanning processes holds all of this process's rows (groups=1)")
+    x2 = _rows(x) if spanning else _group_rows(x, groups)
+    rows, m = x2.shape
+    dt = x2.dtype
+    g_rows, b_rows = _vec(_per_row(gamma, groups), dt), _vec(_per_row(beta, groups), dt)
+    outs = [np.empty_like(x2) for _ in range(outputs)]
+
+    def normalise(lo, hi):
+        kernel(x2[lo:hi], mean[lo:hi], inv_std[lo:hi], g_rows[lo:hi], b_rows[lo:hi], *(o[lo:hi] for o in outs))
+
+    if spanning:
+        mean, var, inv_std = span_statistics(x2, eps, sync)
+        parallel_for(normalise, rows, m)
+    else:
+        mean, var, inv_std = np.empty(rows, dt), np.empty(rows, dt), np.empty(rows, dt)
+
+        def part(lo, hi):  # statistics are per row: each piece's rows are complete
+            bn_moments_kernel(x2[lo:hi], mean[lo:hi], var[lo:hi])
+            inv_std[lo:hi] = 1.0 / np.sqrt(var[lo:hi] + eps)
+            normalise(lo, hi)
+
+        parallel_for(part, rows, m)
+        if groups > 1:
+            mean, var = mean.reshape(-1, groups), var.reshape(-1, groups)
+    return outs, mean, var, inv_std, g_rows, b_rows, spanning
+
+
 def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float, groups: int = 1,
                              sync: BatchNormSync | None = None):
     """y = (x - mean) / sqrt(var + eps) * gamma + beta with batch stats (per group of samples).
@@ -95,36 +132,10 @@ def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     groups=k > 1 (k contiguous groups of N/k samples, see the module docstring) both are (C, k).
     With `sync.group_sum`, this process's rows are part of one group spanning `sync.span` processes.
     """
-    if sync is not None and sync.group_sum is not None:
-        if groups != 1:
-            raise ValueError("batch norm: a group spanning processes holds all of this process's rows (groups=1)")
-        return _spanning_forward(x, gamma, beta, eps, sync)
-    x2 = _group_rows(x, groups)
-    rows, m = x2.shape
-    dt = x.dtype
-    mean, var, inv_std = np.empty(rows, dt), np.empty(rows, dt), np.empty(rows, dt)
-    xhat, y = np.empty_like(x2), np.empty_like(x2)
-    g_rows, b_rows = _vec(_per_row(gamma, groups), dt), _vec(_per_row(beta, groups), dt)
-
-    def part(lo, hi):  # rows lo:hi, the same operations as on all rows at once (statistics are per row)
-        bn_moments_kernel(x2[lo:hi], mean[lo:hi], var[lo:hi])
-        inv_std[lo:hi] = 1.0 / np.sqrt(var[lo:hi] + eps)
-        bn_center_normalize_kernel(x2[lo:hi], mean[lo:hi], inv_std[lo:hi], g_rows[lo:hi], b_rows[lo:hi], xhat[lo:hi],
-                                   y[lo:hi])
-
-    parallel_for(part, rows, m)
-    if groups > 1:
-        mean, var = mean.reshape(-1, groups), var.reshape(-1, groups)
-    return y.reshape(x.shape), BatchNormCache(xhat, inv_std, gamma, x.shape, groups), mean, var
-
-
-def _row_grad_sums(dy, xhat, dbeta, dgamma) -> None:
-    """sum(dy) and sum(dy * xhat) of each row."""
-    if dy.dtype in (np.float32, np.float64):
-        bn_grad_sums_kernel(dy, xhat, dbeta, dgamma)
-        return
-    dbeta[:] = dy.sum(axis=1)
-    dgamma[:] = np.einsum("cm,cm->c", dy, xhat)
+    (xhat, y), mean, var, inv_std, _, _, spanning = train_normalise(
+        x, gamma, beta, eps=eps, groups=groups, sync=sync, outputs=2, kernel=bn_center_normalize_kernel)
+    cache = BatchNormCache(xhat, inv_std, gamma, x.shape, groups, sync if spanning else None)
+    return y.reshape(x.shape), cache, mean, var
 
 
 def span_statistics(x2: np.ndarray, eps: float, sync: BatchNormSync):
@@ -139,16 +150,6 @@ def span_statistics(x2: np.ndarray, eps: float, sync: BatchNormSync):
     mean, var, inv_std = np.empty(rows, dt), np.empty(rows, dt), np.empty(rows, dt)
     bn_span_moments_kernel(parts, t(sync.span), t(m), t(m * sync.span), t(eps), mean, var, inv_std)
     return mean, var, inv_std
-
-
-def _spanning_forward(x, gamma, beta, eps, sync: BatchNormSync):
-    x2 = _rows(x)
-    dt = x2.dtype
-    mean, var, inv_std = span_statistics(x2, eps, sync)
-    xhat, y = np.empty_like(x2), np.empty_like(x2)
-    # centred on the group's mean and normalised in one pass
-    bn_center_normalize_kernel(x2, mean, inv_std, _vec(gamma, dt), _vec(beta, dt), xhat, y)
-    return y.reshape(x.shape), BatchNormCache(xhat, inv_std, gamma, x.shape, 1, sync), mean, var
 
 
 def batch_norm_backward(dy: np.ndarray, cache: BatchNormCache):
@@ -169,7 +170,7 @@ def batch_norm_backward(dy: np.ndarray, cache: BatchNormCache):
     def part(lo, hi):
         # per row (channel, group): dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
         d, xh = dy2[lo:hi], cache.xhat[lo:hi]
-        _row_grad_sums(d, xh, dbeta[lo:hi], dgamma[lo:hi])
+        bn_grad_sums_kernel(d, xh, dbeta[lo:hi], dgamma[lo:hi])
         bn_backward_dx_kernel(d, xh, scale[lo:hi], _vec(dbeta[lo:hi] / n, dt), _vec(dgamma[lo:hi] / n, dt),
                               dx[lo:hi])
 
@@ -182,7 +183,7 @@ def _spanning_backward(dy: np.ndarray, cache: BatchNormCache):
     dt, n = d.dtype, d.shape[1] * cache.sync.span
     own = np.empty((2, d.shape[0]), dt)  # this process's sums of dy and dy * xhat
     dbeta, dgamma = own
-    _row_grad_sums(d, cache.xhat, dbeta, dgamma)
+    bn_grad_sums_kernel(d, cache.xhat, dbeta, dgamma)
     totals = cache.sync.group_sum(own)
     dx = np.empty_like(d)
     bn_span_backward_dx_kernel(d, cache.xhat, _vec(cache.gamma, dt), cache.inv_std, totals, dt.type(n), dx)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels.bn_silu import bn_silu_backward_kernel, bn_silu_forward_kernel, silu_grad_sums_kernel
-from ..kernels.elementwise import bn_moments_kernel, bn_span_backward_dx_kernel
+from ..kernels.elementwise import bn_span_backward_dx_kernel
 from ..kernels.pool import parallel_for
 from ..kernels.silu import silu_scratch
-from .batchnorm import BatchNormSync, _group_rows, _per_row, _rows, _sum_groups, _vec, span_statistics
+from .batchnorm import BatchNormSync, _group_rows, _rows, _sum_groups, train_normalise
 
 
 @dataclass
@@ -38,32 +38,12 @@ def batch_norm_silu_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.nda
     dt = x.dtype
     if dt not in (np.float32, np.float64):
         raise ValueError(f"batch norm + SiLU: float32 or float64 activations, got {dt}")
-    spanning = sync is not None and sync.group_sum is not None
-    if spanning and groups != 1:
-        raise ValueError("batch norm: a group spanning processes holds all of this process's rows (groups=1)")
-    x2 = _rows(x) if spanning else _group_rows(x, groups)
-    rows, m = x2.shape
-    g_rows, b_rows = _vec(_per_row(gamma, groups), dt), _vec(_per_row(beta, groups), dt)
-    xhat, s, out = np.empty_like(x2), np.empty_like(x2), np.empty_like(x2)
 
-    def normalize(lo, hi):
-        bn_silu_forward_kernel(x2[lo:hi], mean[lo:hi], inv_std[lo:hi], g_rows[lo:hi], b_rows[lo:hi], xhat[lo:hi],
-                               s[lo:hi], out[lo:hi], *silu_scratch(dt))
+    def kernel(*rows):  # each piece gets its own SiLU scratch block (pieces may run on other threads)
+        bn_silu_forward_kernel(*rows, *silu_scratch(dt))
 
-    if spanning:
-        mean, var, inv_std = span_statistics(x2, eps, sync)
-        parallel_for(normalize, rows, m)
-    else:
-        mean, var, inv_std = np.empty(rows, dt), np.empty(rows, dt), np.empty(rows, dt)
-
-        def part(lo, hi):  # statistics are per row: each piece's rows are complete
-            bn_moments_kernel(x2[lo:hi], mean[lo:hi], var[lo:hi])
-            inv_std[lo:hi] = 1.0 / np.sqrt(var[lo:hi] + eps)
-            normalize(lo, hi)
-
-        parallel_for(part, rows, m)
-        if groups > 1:
-            mean, var = mean.reshape(-1, groups), var.reshape(-1, groups)
+    (xhat, s, out), mean, var, inv_std, g_rows, b_rows, spanning = train_normalise(
+        x, gamma, beta, eps=eps, groups=groups, sync=sync, outputs=3, kernel=kernel)
     cache = BatchNormSiluCache(xhat, s, inv_std, g_rows, b_rows, x.shape, groups, sync if spanning else None)
     return out.reshape(x.shape), cache, mean, var
 
