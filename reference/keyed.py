@@ -22,7 +22,12 @@ Arithmetic is modulo 2**32 on uint32 arrays (NumPy wraps array arithmetic silent
 fast path does not take (a negative value, a non-integer) goes through SeedSequence itself, so it
 is accepted or refused exactly as NumPy does.
 
-NumPy only: the trainers of every backend import it.
+Even vectorised, the derivation is ~40 passes over arrays of a few dozen rows: ~184 us per call of
+32 rows, nearly all per-operation overhead. In a process that has already loaded Numba (the
+oracle's), the common case (every row one word) goes to kernels/seedseq.py instead, the same keys
+from scalar code; the NumPy derivation here stays as its tested twin and for every other process.
+
+NumPy only: the trainers of every backend import it, and it never loads Numba itself (kernel_gate).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from functools import lru_cache
 
 import numpy as np
 from numpy.random.bit_generator import ISeedSequence
+
+from .kernel_gate import kernel_if_numba_loaded
 
 _MASK = 0xFFFFFFFF
 _POOL = 4
@@ -137,28 +144,61 @@ def _plain_int(v) -> int | None:
     return i if i >= 0 else None
 
 
-def _small_rows(rows) -> np.ndarray | None:
-    """rows as uint32 when every one is an integer in [0, 2**32) (one entropy word each), else None."""
+def _prefix_words(prefix) -> list[int] | None:
+    """The prefix's entropy words, its integers' words in order; None if a value needs SeedSequence."""
+    words = []
+    for v in prefix:
+        if type(v) is int and 0 <= v <= _MASK:  # seed, purpose, step: skips the general checks (~2 us a call)
+            words.append(v)
+            continue
+        i = _plain_int(v)
+        if i is None:
+            return None
+        words += _words(i)
+    return words
+
+
+def _int_rows(rows) -> np.ndarray | None:
+    """rows as a 1-D integer array, else None (the per-row path then looks at each value)."""
     try:
         arr = np.asarray(rows)
     except (TypeError, ValueError, OverflowError):
         return None
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
         return None
+    return arr
+
+
+def _small_rows(arr: np.ndarray) -> np.ndarray | None:
+    """An integer array as uint32 when every row is in [0, 2**32) (one entropy word each), else None."""
     if arr.size and (int(arr.min()) < 0 or int(arr.max()) > _MASK):
         return None
     return arr.astype(np.uint32)
 
 
+def _seedseq_kernel():
+    """kernels.seedseq.seedseq_keys once Numba is loaded in this process, else None (keyed.py never loads it)."""
+    return kernel_if_numba_loaded("kernels.seedseq", "seedseq_keys")
+
+
+def _one_word_keys(lead: list[int], ints: np.ndarray) -> np.ndarray | None:
+    """Keys of integer rows that are each one entropy word; None if any row takes more."""
+    kernel = _seedseq_kernel()
+    if kernel is not None:  # it checks the rows' range itself: the min / max passes cost more than its hashing
+        return kernel(np.array(lead, np.uint32), ints)
+    small = _small_rows(ints)
+    return None if small is None else _philox_keys(lead + [small], len(small))
+
+
 def philox_keys(prefix, rows) -> np.ndarray | None:
     """(len(rows), 2) uint64 keys of `SeedSequence([*prefix, row])` per row; None if any value needs SeedSequence."""
-    head = [_plain_int(v) for v in prefix]
-    if None in head:
+    lead = _prefix_words(prefix)
+    if lead is None:
         return None
-    lead = [w for v in head for w in _words(v)]
-    small = _small_rows(rows)
-    if small is not None:
-        return _philox_keys(lead + [small], len(small))
+    ints = _int_rows(rows)
+    keys = None if ints is None else _one_word_keys(lead, ints)
+    if keys is not None:
+        return keys
     tail = [_plain_int(r) for r in rows]
     if None in tail:
         return None

@@ -67,9 +67,18 @@ class ReferenceModel:
         self.rng = np.random.default_rng(seed)
         self.params: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
+        # the parameters are consecutive pieces of one buffer, so that an optimiser step is one kernel call
+        # (optim.SGDOptimizer); everything writes them in place (load_state_dict too), never rebinds them
+        flat = np.empty(sum(int(np.prod(e.shape)) for e in self.resolved.params if e.trainable), self.dtype)
+        at = 0
         for entry in self.resolved.params:
-            target = self.params if entry.trainable else self.buffers
-            target[entry.name] = init_tensor(self.rng, entry, self.dtype)
+            value = init_tensor(self.rng, entry, self.dtype)
+            if entry.trainable:
+                self.params[entry.name] = flat[at:at + value.size].reshape(value.shape)
+                self.params[entry.name][...] = value
+                at += value.size
+            else:
+                self.buffers[entry.name] = value
         self.last_masks: dict[str, np.ndarray] = {}
         self._tape: list | None = None
         self.set_resolved(self.resolved)

@@ -25,7 +25,7 @@ import numpy as np
 from effv2_spec.resolve import ResolvedModel
 from effv2_spec.training import RMSProp, SGD, TrainingConfig
 
-from .kernels.sgd import sgd_momentum_kernel
+from .kernels.sgd import sgd_momentum_kernel, sgd_momentum_segments_kernel
 
 
 class Optimizer(ABC):
@@ -45,6 +45,7 @@ class Optimizer(ABC):
         self.clip_norm = config.gradient_clip_norm
         self.state: dict[str, dict[str, np.ndarray]] = {s: {} for s in self.slots}
         self.steps = 0
+        self._flat = None  # SGDOptimizer: the one-buffer layout of the parameters and slots, once seen
 
     # ---- the update ------------------------------------------------------------------------
     def effective_grads(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> dict:
@@ -62,8 +63,12 @@ class Optimizer(ABC):
                 out = {k: g * g.dtype.type(scale) for k, g in out.items()}
         return out
 
-    def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float) -> None:
-        """One update of every tensor in `params` (in place) from `grads` at learning rate `lr`."""
+    def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float,
+             flat_grads: np.ndarray | None = None) -> None:
+        """One update of every tensor in `params` (in place) from `grads` at learning rate `lr`.
+
+        `flat_grads`: the same gradients as one 1-D buffer, `params`' order, when the caller has them so
+        (summed over processes in one message); an optimiser may use it instead of `grads`."""
         missing = sorted(set(params) - set(grads))
         if missing:
             raise KeyError(f"optimizer step: no gradient for {', '.join(missing[:5])}")
@@ -101,6 +106,22 @@ class Optimizer(ABC):
             fresh[slot][name] = np.array(v, copy=True)
         self.state = fresh
         self.steps = int(state.get("steps", 0))
+        self._flat = None  # the slots are new arrays: no longer pieces of one buffer
+
+
+def consecutive_buffer(arrays: list[np.ndarray]) -> np.ndarray | None:
+    """The 1-D buffer whose consecutive pieces `arrays` are (C-contiguous, in order, covering all of it), or None."""
+    if not arrays or arrays[0].base is None:
+        return None
+    base = arrays[0].base
+    if base.ndim != 1 or not base.flags.c_contiguous or base.dtype != arrays[0].dtype:
+        return None
+    at = base.__array_interface__["data"][0]
+    for a in arrays:
+        if a.base is not base or not a.flags.c_contiguous or a.__array_interface__["data"][0] != at:
+            return None
+        at += a.nbytes
+    return base if at == base.__array_interface__["data"][0] + base.nbytes else None
 
 
 class SGDOptimizer(Optimizer):
@@ -114,14 +135,25 @@ class SGDOptimizer(Optimizer):
         self.momentum = float(opt.momentum)
         self.nesterov = bool(opt.nesterov)
 
-    def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float) -> None:
+    def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float,
+             flat_grads: np.ndarray | None = None) -> None:
         """As `Optimizer.step`; without clipping, each tensor's L2 term and update are one kernel pass
-        (kernels/sgd.py: the same operations in the same order, so the same bits)."""
+        (kernels/sgd.py: the same operations in the same order, so the same bits), and all tensors are one
+        pass when `params` are pieces of one buffer (the model's), from `flat_grads` if given."""
         if self.clip_norm is not None or self.momentum == 0.0:
             return super().step(params, grads, lr)
         missing = sorted(set(params) - set(grads))
         if missing:
             raise KeyError(f"optimizer step: no gradient for {', '.join(missing[:5])}")
+        flat = self._flat_layout(params)
+        if flat is not None:
+            w, v, bounds, decays = flat
+            t = w.dtype.type
+            g = flat_grads if flat_grads is not None and flat_grads.dtype == w.dtype and flat_grads.size == w.size \
+                else np.concatenate([np.ascontiguousarray(grads[n], dtype=w.dtype).reshape(-1) for n in params])
+            sgd_momentum_segments_kernel(w, g, v, bounds, decays, t(lr), t(self.momentum), self.nesterov)
+            self.steps += 1
+            return
         for name, w in params.items():
             t = w.dtype.type
             g = np.ascontiguousarray(grads[name], dtype=w.dtype)
@@ -133,6 +165,30 @@ class SGDOptimizer(Optimizer):
             else:
                 self._update(name, w, g + t(decay) * w if decay else g, t(lr))
         self.steps += 1
+
+    def _flat_layout(self, params: dict[str, np.ndarray]):
+        """(w, v, bounds, decays) when `params` are the consecutive pieces of one float buffer (the model's):
+        the momentum slots then become pieces of one buffer too (their values kept), so that one kernel call
+        updates every tensor. None otherwise (each tensor is then updated on its own, the same bits)."""
+        arrays = tuple(params.values())  # held, not their ids: an id is reused once its array is gone
+        if self._flat is not None and len(self._flat[0]) == len(arrays) and all(
+                a is b for a, b in zip(self._flat[0], arrays)):
+            return self._flat[1]
+        w = consecutive_buffer(list(params.values()))
+        if w is None or w.dtype not in (np.float32, np.float64):
+            return None
+        v = np.empty_like(w)
+        store = self.state["momentum"]
+        bounds, at = [0], 0
+        for name, p in params.items():
+            piece = v[at:at + p.size].reshape(p.shape)
+            piece[...] = store[name] if name in store else 0
+            store[name] = piece
+            at += p.size
+            bounds.append(at)
+        decays = np.array([self.decay_rate if n in self.decayed else 0.0 for n in params], dtype=w.dtype)
+        self._flat = (arrays, (w, v, np.array(bounds, np.int64), decays))
+        return self._flat[1]
 
     def _update(self, name, w, g, lr):
         if self.momentum == 0.0:

@@ -126,25 +126,25 @@ class OracleBackend:
             dlogits = (dlogits * share).astype(dlogits.dtype)
         if not np.isfinite(loss):
             return loss, correct
-        grads = model.backward(dlogits)
+        grads, flat = model.backward(dlogits), None
         if self.world > 1:
-            grads = self._summed(grads)
+            grads, flat = self._summed(grads)
         params = model.params if len(self.trainable) == len(model.params) else {
             n: model.params[n] for n in self.trainable}
-        self.optimizer.step(params, grads, lr)
+        self.optimizer.step(params, grads, lr, flat_grads=flat)
         if self.ema is not None:
             self.ema.update({**model.params, **model.buffers}, step + 1)
         return loss, correct
 
-    def _summed(self, grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The trainable gradients summed over the processes, in one message."""
+    def _summed(self, grads: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The trainable gradients summed over the processes, in one message: by name, and that message."""
         flat = self.replica.all_sum(np.concatenate([grads[n].ravel() for n in self.trainable]))
         out, at = {}, 0
         for n in self.trainable:
             size = grads[n].size
             out[n] = flat[at:at + size].reshape(grads[n].shape)
             at += size
-        return out
+        return out, flat
 
     def logits(self, x, *, use_ema: bool) -> np.ndarray:
         with swapped_in(self.model, self.ema.shadow if use_ema and self.ema is not None else None):

@@ -1,23 +1,53 @@
 """Keyed generators built without a SeedSequence per row: the streams NumPy's SeedSequence gives, bit for bit.
 
 NumPy itself is the reference: every generator is compared with
-`Generator(Philox(SeedSequence([seed, purpose, step, row])))`.
+`Generator(Philox(SeedSequence([seed, purpose, step, row])))`. Numba is loaded here (the kernel is
+imported), so `philox_keys` takes kernels/seedseq.py; the NumPy derivation is checked alongside it with
+the kernel hidden (`numpy_path`), and alone in a process without Numba.
 """
 
 import pickle
+import subprocess
+import sys
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from effv2_reference.keyed import keyed_generators, philox_keys
+from effv2_reference import keyed
+from effv2_reference.keyed import generator_from_key, keyed_generators, philox_keys
+from effv2_reference.kernels.seedseq import seedseq_keys
 from effv2_reference.plan import PURPOSE_AUGMENT, PURPOSE_DROPOUT, keyed_rng, keyed_rngs
 
 # one 32-bit word, two, and many: the entropy grows past SeedSequence's pool of four words
 WORDS = st.one_of(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.integers(2**64, 2**200))
 SEEDS = st.one_of(st.integers(0, 2**64 - 1), st.integers(2**64, 2**160))
+# the kernel's case: prefix values of one word or two, rows of one word (edges drawn often)
+PREFIX_INT = st.one_of(st.integers(0, 2**32 - 1), st.integers(2**32, 2**63 - 1),
+                       st.sampled_from([0, 2**32 - 1, 2**32, 2**63 - 1]))
+ONE_WORD_ROW = st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 2**31, 2**32 - 1]))
+
+
+def numpy_path():
+    """keyed.py as in a process without Numba: the kernel hidden, the NumPy derivation runs."""
+    return mock.patch.object(keyed, "_seedseq_kernel", lambda: None)
+
+
+def seedseq_state(prefix, rows) -> np.ndarray:
+    out = [np.random.SeedSequence([*prefix, r]).generate_state(2, np.uint64) for r in rows]
+    return np.stack(out) if out else np.empty((0, 2), np.uint64)
+
+
+def entropy_words(prefix) -> list[int]:
+    """SeedSequence's entropy of non-negative ints, written out here rather than taken from keyed.py."""
+    return [(v >> (32 * k)) & 0xFFFFFFFF for v in prefix for k in range(max(1, -(-v.bit_length() // 32)))]
+
+
+def assert_identical(a, b):
+    assert a.dtype == b.dtype == np.uint64 and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 def reference(seed, purpose, step, row) -> np.random.Generator:
@@ -34,10 +64,13 @@ def assert_same_streams(seed, purpose, step, rows):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # wrap-around arithmetic must not warn
         fast = keyed_rngs(seed, purpose, step, rows)
+        with numpy_path():
+            twin = keyed_rngs(seed, purpose, step, rows)
     rows = list(rows)
-    assert len(fast) == len(rows)
-    for row, g in zip(rows, fast):
-        assert first_draws(g) == first_draws(reference(seed, purpose, step, row)), (seed, purpose, step, row)
+    assert len(fast) == len(twin) == len(rows)
+    for row, g, h in zip(rows, fast, twin):
+        expect = first_draws(reference(seed, purpose, step, row))
+        assert first_draws(g) == expect and first_draws(h) == expect, (seed, purpose, step, row)
 
 
 @settings(max_examples=200)
@@ -58,9 +91,63 @@ def test_any_number_of_entropy_words(seed, purpose, step, rows):
 @given(seed=SEEDS, purpose=st.integers(0, 9), step=st.integers(0, 2**64),
        rows=st.lists(WORDS, min_size=1, max_size=6))
 def test_keys_are_seedsequence_state(seed, purpose, step, rows):
-    keys = philox_keys((seed, purpose, step), rows)
     expect = np.stack([np.random.SeedSequence([seed, purpose, step, r]).generate_state(2, np.uint64) for r in rows])
-    assert keys.dtype == np.uint64 and np.array_equal(keys, expect)
+    assert_identical(philox_keys((seed, purpose, step), rows), expect)
+    with numpy_path():
+        assert_identical(philox_keys((seed, purpose, step), rows), expect)
+
+
+@settings(max_examples=100)
+@given(prefix=st.lists(PREFIX_INT, max_size=6), rows=st.lists(ONE_WORD_ROW, max_size=40))
+def test_kernel_keys_are_the_numpy_paths_and_seedsequences(prefix, rows):
+    expect = seedseq_state(prefix, rows)
+    got = seedseq_keys(np.array(entropy_words(prefix), np.uint32), np.array(rows, np.int64))
+    assert_identical(got, expect)
+    assert_identical(philox_keys(prefix, rows), expect)  # through the gate: the kernel
+    with numpy_path():
+        assert_identical(philox_keys(prefix, rows), expect)
+    for row, key in zip(rows, got):
+        seeded = np.random.Generator(np.random.Philox(np.random.SeedSequence([*prefix, row])))
+        assert generator_from_key(key).random(5).tobytes() == seeded.random(5).tobytes(), (prefix, row)
+
+
+@pytest.mark.parametrize("rows", [np.arange(40)[::3], np.arange(2**32 - 6, 2**32, dtype=">u4"),
+                                  np.arange(9, dtype=np.uint8), np.arange(4, dtype=np.int16)[::-1]])
+def test_kernel_takes_integer_arrays_of_any_layout_and_byte_order(rows):
+    expect = seedseq_state((3, 2**40), rows.tolist())
+    assert_identical(philox_keys((3, 2**40), rows), expect)
+    with numpy_path():
+        assert_identical(philox_keys((3, 2**40), rows), expect)
+
+
+def test_the_gate_hands_keyed_the_kernel_once_numba_is_loaded():
+    assert keyed._seedseq_kernel() is seedseq_keys
+
+
+@pytest.mark.parametrize("rows", [[-1], [2**32], [5, 2**32 + 7, 3], np.array([2**64 - 1], np.uint64),
+                                  np.array([1, 2**63], np.uint64), np.array([0, -2**63], np.int64)])
+def test_kernel_leaves_rows_of_more_than_one_word_to_the_caller(rows):
+    """Rows outside [0, 2**32): the kernel answers None, and philox_keys' other paths decide, as without it."""
+    assert seedseq_keys(np.array([1, 2, 3], np.uint32), np.asarray(rows)) is None
+    with numpy_path():
+        twin = philox_keys((1, 2, 3), rows)
+    got = philox_keys((1, 2, 3), rows)
+    if twin is None:  # a negative row: SeedSequence's own answer, elsewhere (keyed_generators)
+        assert got is None
+    else:
+        assert_identical(got, twin)
+        assert_identical(got, seedseq_state((1, 2, 3), [int(r) for r in rows]))
+
+
+def test_keyed_without_numba_loads_none_and_gives_seedsequences_keys():
+    rows = [0, 5, 2**32 - 1]
+    code = ("import sys, numpy as np; from effv2_reference import keyed; "
+            f"keys = keyed.philox_keys((7, 2, 2**40), {rows}); "
+            "expect = np.stack([np.random.SeedSequence([7, 2, 2**40, r]).generate_state(2, np.uint64) "
+            f"for r in {rows}]); "
+            "assert keyed._seedseq_kernel() is None and np.array_equal(keys, expect); "
+            "assert 'numba' not in sys.modules, 'numba imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_single_row_and_plain_keyed_rng_agree():

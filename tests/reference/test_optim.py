@@ -211,6 +211,15 @@ def test_ema_state_round_trip():
     assert np.array_equal(a.shadow["w"], b.shadow["w"])
 
 
+def _sgd_written_out(w, v, grads, lr, rate, m, nesterov, t):
+    """The docs' NumPy sequence, in place on `w` and `v` (only CONV decays), in the dtype whose type is `t`."""
+    for k in w:
+        g = grads[k] + t(rate) * w[k] if k == CONV else grads[k]
+        v[k] *= t(m)
+        v[k] += g
+        w[k] -= t(lr) * (g + t(m) * v[k]) if nesterov else t(lr) * v[k]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_sgd_kernel_is_bit_identical_to_the_numpy_formula(dtype, nesterov):
@@ -230,11 +239,63 @@ def test_sgd_kernel_is_bit_identical_to_the_numpy_formula(dtype, nesterov):
         grads = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in params.items()}
         lr = 0.05 * (step + 1)
         opt.step(params, grads, lr)
-        for k in params:
-            g = grads[k] + t(rate) * ref_w[k] if k == CONV else grads[k]
-            ref_v[k] *= t(m)
-            ref_v[k] += g
-            ref_w[k] -= t(lr) * (g + t(m) * ref_v[k]) if nesterov else t(lr) * ref_v[k]
+        _sgd_written_out(ref_w, ref_v, grads, lr, rate, m, nesterov, t)
         for k in params:
             assert params[k].tobytes() == ref_w[k].tobytes(), (k, step)
             assert opt.state["momentum"][k].tobytes() == ref_v[k].tobytes(), (k, step)
+
+
+def _pieces_of_one_buffer(values: dict) -> dict:
+    """`values` copied into consecutive pieces of one buffer, as ReferenceModel keeps its parameters."""
+    flat = np.concatenate([v.reshape(-1) for v in values.values()])
+    out, at = {}, 0
+    for k, v in values.items():
+        out[k] = flat[at:at + v.size].reshape(v.shape)
+        at += v.size
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("flat_grads", [True, False])
+def test_sgd_on_one_buffer_is_bit_identical_to_the_numpy_formula(dtype, nesterov, flat_grads):
+    """Parameters that are pieces of one buffer (the model's) take the one-call path (every tensor in one
+    kernel pass, the gradients from one buffer too when given); the same bits as the formula written out,
+    across a state round trip, which gives fresh slot arrays the path must take over with their values."""
+    rate, m = 1e-2, 0.9
+    cfg = config({"type": "sgd", "momentum": m, "nesterov": nesterov}, rate=rate, applies_to=["conv_kernel"])
+    opt = build_optimizer(cfg, RESOLVED)
+    rng = np.random.default_rng(11)
+    shapes = {CONV: (16, 3, 3, 3), GAMMA: (16,), BIAS: (10,), "classifier.weight": (10, 7)}
+    params = _pieces_of_one_buffer({k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()})
+    held = dict(params)
+    ref_w = {k: v.copy() for k, v in params.items()}
+    ref_v = {k: np.zeros_like(v) for k, v in params.items()}
+    t = np.dtype(dtype).type
+    for step in range(6):
+        grads = _pieces_of_one_buffer({k: rng.standard_normal(v.shape).astype(dtype) for k, v in params.items()})
+        lr = 0.05 * (step + 1)
+        flat = next(iter(grads.values())).base if flat_grads else None
+        opt.step(params, grads, lr, flat_grads=flat)
+        if step == 2:  # a resume: new slot arrays, the same values
+            fresh = build_optimizer(cfg, RESOLVED)
+            fresh.load_state_dict(opt.state_dict())
+            opt = fresh
+        _sgd_written_out(ref_w, ref_v, grads, lr, rate, m, nesterov, t)
+        for k in params:
+            assert params[k] is held[k]
+            assert params[k].tobytes() == ref_w[k].tobytes(), (k, step)
+            assert opt.state["momentum"][k].tobytes() == ref_v[k].tobytes(), (k, step)
+    assert opt._flat is not None  # the one-call path was the one taken
+
+
+def test_only_whole_consecutive_buffers_take_the_one_call_path():
+    from effv2_reference.optim import consecutive_buffer
+
+    flat = np.arange(10.0)
+    assert consecutive_buffer([flat[:4].reshape(2, 2), flat[4:]]) is flat
+    assert consecutive_buffer([flat[:4], flat[5:]]) is None  # a gap
+    assert consecutive_buffer([flat[4:], flat[:4]]) is None  # out of order
+    assert consecutive_buffer([flat[:4]]) is None  # not all of it
+    assert consecutive_buffer([flat[::2]]) is None  # strided
+    assert consecutive_buffer([np.arange(3.0)]) is None and consecutive_buffer([]) is None  # no buffer behind
