@@ -63,7 +63,7 @@ def sgd_rows(repeats: int) -> list[dict]:
     t = _median_us({"apart": lambda: other.step(apart, grads, 1e-3),
                     "flat": lambda: one.step(model.params, grads, 1e-3, flat_grads=flat),
                     "dict": lambda: one.step(model.params, grads, 1e-3)}, repeats)
-    assert one._flat is not None and other._flat is None
+    assert one._flat[1] is not None and other._flat[1] is None  # which path each side took
     n = sum(v.size for v in apart.values())
     return [{"what": f"SGD step, {len(apart)} tensors ({n} values), summed gradients as one buffer",
              "plain_us": t["apart"], "fast_us": t["flat"]},

@@ -45,7 +45,7 @@ class Optimizer(ABC):
         self.clip_norm = config.gradient_clip_norm
         self.state: dict[str, dict[str, np.ndarray]] = {s: {} for s in self.slots}
         self.steps = 0
-        self._flat = None  # SGDOptimizer: the one-buffer layout of the parameters and slots, once seen
+        self._flat = None  # SGDOptimizer: (the tensors last stepped, their one-buffer layout or None)
 
     # ---- the update ------------------------------------------------------------------------
     def effective_grads(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> dict:
@@ -173,9 +173,10 @@ class SGDOptimizer(Optimizer):
         arrays = tuple(params.values())  # held, not their ids: an id is reused once its array is gone
         if self._flat is not None and len(self._flat[0]) == len(arrays) and all(
                 a is b for a, b in zip(self._flat[0], arrays)):
-            return self._flat[1]
-        w = consecutive_buffer(list(params.values()))
+            return self._flat[1]  # None too: the same tensors are not looked at again every step
+        w = consecutive_buffer(list(arrays))
         if w is None or w.dtype not in (np.float32, np.float64):
+            self._flat = (arrays, None)
             return None
         v = np.empty_like(w)
         store = self.state["momentum"]

@@ -286,7 +286,7 @@ def test_sgd_on_one_buffer_is_bit_identical_to_the_numpy_formula(dtype, nesterov
             assert params[k] is held[k]
             assert params[k].tobytes() == ref_w[k].tobytes(), (k, step)
             assert opt.state["momentum"][k].tobytes() == ref_v[k].tobytes(), (k, step)
-    assert opt._flat is not None  # the one-call path was the one taken
+    assert opt._flat[1] is not None  # the one-call path was the one taken
 
 
 def test_only_whole_consecutive_buffers_take_the_one_call_path():
@@ -299,3 +299,21 @@ def test_only_whole_consecutive_buffers_take_the_one_call_path():
     assert consecutive_buffer([flat[:4]]) is None  # not all of it
     assert consecutive_buffer([flat[::2]]) is None  # strided
     assert consecutive_buffer([np.arange(3.0)]) is None and consecutive_buffer([]) is None  # no buffer behind
+
+
+def test_a_subset_of_the_buffer_is_updated_tensor_by_tensor_with_the_same_bits():
+    """A fine-tuning run with frozen BN steps a subset of the model's tensors (a new dict each step): not the
+    whole buffer, so the tensor-by-tensor path, decided once for those tensors."""
+    cfg = config({"type": "sgd", "momentum": 0.9}, rate=1e-2, applies_to=["conv_kernel"])
+    rng = np.random.default_rng(5)
+    shapes = {CONV: (16, 3, 3, 3), GAMMA: (16,), BIAS: (10,)}
+    whole = _pieces_of_one_buffer({k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()})
+    apart = {k: v.copy() for k, v in whole.items()}
+    a, b = build_optimizer(cfg, RESOLVED), build_optimizer(cfg, RESOLVED)
+    for step in range(3):
+        grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in whole.items()}
+        a.step({k: whole[k] for k in (CONV, BIAS)}, grads, 0.1)
+        b.step({k: apart[k] for k in (CONV, BIAS)}, grads, 0.1)
+        assert a._flat[1] is None
+    for k in shapes:
+        assert whole[k].tobytes() == apart[k].tobytes(), k
