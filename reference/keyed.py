@@ -40,6 +40,7 @@ from numpy.random.bit_generator import ISeedSequence
 
 from .kernel_gate import kernel_if_numba_loaded
 
+# NumPy's SeedSequence constants (kernels/seedseq.py takes them from here)
 _MASK = 0xFFFFFFFF
 _POOL = 4
 _SHIFT = 16

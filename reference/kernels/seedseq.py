@@ -20,15 +20,17 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_MASK = np.uint64(0xFFFFFFFF)
-_SHIFT = np.uint64(16)
+from .. import keyed  # SeedSequence's constants, as the NumPy derivation uses them
+
+_MASK = np.uint64(keyed._MASK)
+_SHIFT = np.uint64(keyed._SHIFT)
 _S32 = np.uint64(32)
 _ZERO = np.uint64(0)
-_POOL = 4
-_INIT_A, _MULT_A = np.uint64(0x43B0D7E5), np.uint64(0x931E8875)
-_INIT_B, _MULT_B = np.uint64(0x8B51F9DD), np.uint64(0x58F38DED)
-_MIX_L, _MIX_R = np.uint64(0xCA01F9DD), np.uint64(0x4973F715)
-_ROW_MAX = 0xFFFFFFFF
+_POOL = keyed._POOL
+_INIT_A, _MULT_A = np.uint64(keyed._INIT_A), np.uint64(keyed._MULT_A)
+_INIT_B, _MULT_B = np.uint64(keyed._INIT_B), np.uint64(keyed._MULT_B)
+_MIX_L, _MIX_R = np.uint64(keyed._MIX_L), np.uint64(keyed._MIX_R)
+_ROW_MAX = keyed._MASK
 
 
 @njit(cache=True, nogil=True)
