@@ -252,7 +252,9 @@ class ReferenceModel:
         grads: dict[str, np.ndarray] = {}  # each parameter's gradient arrives once; _add sums if not
         g = np.asarray(dlogits, dtype=self.dtype)
         skips: list[np.ndarray] = []
-        for kind, unit, cache in reversed(tape):
+        first = tape[0] if tape else None  # the stem: its input's gradient is only computed when asked for
+        for entry in reversed(tape):
+            kind, unit, cache = entry
             if kind == "dense":
                 g, dw, db = ops.dense_backward(g, cache)
                 self._add(grads, "classifier.weight", dw)
@@ -262,7 +264,7 @@ class ReferenceModel:
             elif kind == "pool":
                 g = ops.global_avg_pool_backward(g, cache)
             elif kind == "conv_bn":
-                g = self._conv_bn_backward(unit, g, cache, grads)
+                g = self._conv_bn_backward(unit, g, cache, grads, need_dx=return_input_grad or entry is not first)
             elif kind == "se":
                 g, dwr, dbr, dwe, dbe = ops.squeeze_excite_backward(g, cache, activation=unit.activation)
                 for suffix, d in (("reduce.weight", dwr), ("reduce.bias", dbr), ("expand.weight", dwe),
@@ -289,7 +291,7 @@ class ReferenceModel:
         d = np.asarray(d, dtype=self.dtype).reshape(self.params[name].shape)
         grads[name] = grads[name] + d if name in grads else d
 
-    def _conv_bn_backward(self, unit: ConvBN, g: np.ndarray, cache, grads: dict) -> np.ndarray:
+    def _conv_bn_backward(self, unit: ConvBN, g: np.ndarray, cache, grads: dict, need_dx: bool = True):
         conv_cache, bn_cache, act_cache = cache
         p = unit.name
         if isinstance(bn_cache, ops.BatchNormSiluCache):
@@ -305,7 +307,7 @@ class ReferenceModel:
                 g, dgamma, dbeta = ops.batch_norm_backward(g, bn_cache)
         self._add(grads, f"{p}.bn.weight", dgamma)
         self._add(grads, f"{p}.bn.bias", dbeta)
-        g, dw = ops.conv2d_backward(g, conv_cache)
+        g, dw = ops.conv2d_backward(g, conv_cache, need_dx=need_dx)
         self._add(grads, f"{p}.conv.weight", dw)
         return g
 

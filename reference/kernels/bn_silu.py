@@ -31,14 +31,15 @@ from .silu import silu_exp_forward_kernel
 
 
 @njit(["void(float32[:, ::1], float32[::1], float32[::1], float32[::1], float32[::1], float32[:, ::1], "
-       "float32[:, ::1], float32[:, ::1], float32[::1], float32[::1], int32[::1], int64, int64, int64)",
+       "float32[:, ::1], float32[:, ::1], float32[::1])",
        "void(float64[:, ::1], float64[::1], float64[::1], float64[::1], float64[::1], float64[:, ::1], "
-       "float64[:, ::1], float64[:, ::1], float64[::1], float64[::1], int64[::1], int64, int64, int64)"],
+       "float64[:, ::1], float64[:, ::1], float64[::1])"],
       cache=True, nogil=True, error_model="numpy")
-def bn_silu_forward_kernel(x, mean, inv_std, gamma, beta, xhat, s, out, c, zf, zi, magic_bits, bias, shift):
+def bn_silu_forward_kernel(x, mean, inv_std, gamma, beta, xhat, s, out, c):
     """Per row r: xhat = (x - mean[r]) * inv_std[r]; y = xhat * gamma[r] + beta[r]; s = sigmoid(y);
-    out = y * s. c, zf, zi, magic_bits, bias, shift: `silu.silu_scratch(dtype)`; y lives in one row of
-    scratch (a block-sized scratch fed to `silu_block` ran 1.5x slower: LLVM vectorised it worse)."""
+    out = y * s. c: `silu.silu_constants(dtype)`; y lives in one row of scratch, and the SiLU kernel runs on
+    it as its own function: it is compiled with FMA contraction, which the BN part here must not get (its
+    bits are those of the unfused elementwise.bn_center_normalize_kernel)."""
     m = x.shape[1]
     y = np.empty(m, x.dtype)
     for row in range(x.shape[0]):
@@ -48,7 +49,7 @@ def bn_silu_forward_kernel(x, mean, inv_std, gamma, beta, xhat, s, out, c, zf, z
             v = (xr[i] - mu) * sd
             hr[i] = v
             y[i] = v * g + b
-        silu_exp_forward_kernel(y, s[row], out[row], c, zf, zi, magic_bits, bias, shift)
+        silu_exp_forward_kernel(y, s[row], out[row], c)
 
 
 @njit(inline="always")

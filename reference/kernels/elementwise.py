@@ -5,7 +5,8 @@ pass where NumPy would need three to five (and as many temporaries); at the larg
 image sizes these passes are memory-bound, so the fusion is what pays. The elementwise
 kernels are dependency-free loops that LLVM vectorises without fastmath. The two row
 reductions of batch norm (`bn_moments_kernel`, `bn_grad_sums_kernel`) accumulate in float64
-over 8 interleaved partial sums, a fixed association that LLVM can still vectorise: at the
+over 8 interleaved partial sums, a fixed association, computed as the lanes of one vector
+(kernels/lanes.py: LLVM left 8 scalar accumulators scalar): at the
 small sizes of the CPU training runs (rows of 128-2048 values) NumPy's mean / einsum cost
 more in call overhead than in arithmetic (13% of a 16 px step). The SiLU forward, with its
 own exp, is kernels/silu.py.
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from .lanes import LANES, lanes_centred_squares, lanes_dot, lanes_sum
 
 
 @njit(["void(float32[:, ::1], float32[::1], float32[::1], float32[:, ::1])",
@@ -93,44 +96,23 @@ def silu_backward_kernel(dy, x, s, dx):
 
 @njit(inline="always")
 def _row_sum(r):
-    """sum of r as float64, over 8 interleaved partial sums (a fixed order: deterministic, vectorisable)."""
+    """sum of r as float64, over 8 interleaved partial sums (a fixed order: deterministic; the partials
+    are the lanes of one vector, kernels/lanes.py), then the values past the last multiple of 8."""
     n = r.shape[0]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    end = n - n % 8
-    for i in range(0, end, 8):
-        s0 += r[i]
-        s1 += r[i + 1]
-        s2 += r[i + 2]
-        s3 += r[i + 3]
-        s4 += r[i + 4]
-        s5 += r[i + 5]
-        s6 += r[i + 6]
-        s7 += r[i + 7]
     tail = 0.0
-    for i in range(end, n):
+    for i in range(n - n % LANES, n):
         tail += r[i]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + tail
+    return lanes_sum(r) + tail
 
 
 @njit(inline="always")
 def _row_dot(a, b):
     """sum of a * b (each product in float64), over 8 interleaved partial sums like _row_sum."""
     n = a.shape[0]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    end = n - n % 8
-    for i in range(0, end, 8):
-        s0 += np.float64(a[i]) * b[i]
-        s1 += np.float64(a[i + 1]) * b[i + 1]
-        s2 += np.float64(a[i + 2]) * b[i + 2]
-        s3 += np.float64(a[i + 3]) * b[i + 3]
-        s4 += np.float64(a[i + 4]) * b[i + 4]
-        s5 += np.float64(a[i + 5]) * b[i + 5]
-        s6 += np.float64(a[i + 6]) * b[i + 6]
-        s7 += np.float64(a[i + 7]) * b[i + 7]
     tail = 0.0
-    for i in range(end, n):
+    for i in range(n - n % LANES, n):
         tail += np.float64(a[i]) * b[i]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + tail
+    return lanes_dot(a, b) + tail
 
 
 @njit(inline="always")
@@ -138,24 +120,11 @@ def _row_centred_squares(r, mu):
     """sum of (r - mu)^2: each r - mu rounded to r's dtype, squared in float64, over 8 interleaved partial
     sums like _row_sum (the bits of _row_dot(centred, centred), without storing the centred row)."""
     n = r.shape[0]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    end = n - n % 8
-    for i in range(0, end, 8):
-        d0, d1, d2, d3 = r[i] - mu, r[i + 1] - mu, r[i + 2] - mu, r[i + 3] - mu
-        d4, d5, d6, d7 = r[i + 4] - mu, r[i + 5] - mu, r[i + 6] - mu, r[i + 7] - mu
-        s0 += np.float64(d0) * d0
-        s1 += np.float64(d1) * d1
-        s2 += np.float64(d2) * d2
-        s3 += np.float64(d3) * d3
-        s4 += np.float64(d4) * d4
-        s5 += np.float64(d5) * d5
-        s6 += np.float64(d6) * d6
-        s7 += np.float64(d7) * d7
     tail = 0.0
-    for i in range(end, n):
+    for i in range(n - n % LANES, n):
         d = r[i] - mu
         tail += np.float64(d) * d
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + tail
+    return lanes_centred_squares(r, mu) + tail
 
 
 @njit(["void(float32[:, ::1], float32[::1], float32[::1])", "void(float64[:, ::1], float64[::1], float64[::1])"],

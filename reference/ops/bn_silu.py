@@ -15,7 +15,7 @@ import numpy as np
 from ..kernels.bn_silu import bn_silu_backward_kernel, bn_silu_forward_kernel, silu_grad_sums_kernel
 from ..kernels.elementwise import bn_span_backward_dx_kernel
 from ..kernels.pool import parallel_for
-from ..kernels.silu import silu_scratch
+from ..kernels.silu import silu_constants
 from .batchnorm import BatchNormSync, _group_rows, _rows, _sum_groups, train_normalise
 
 
@@ -39,8 +39,10 @@ def batch_norm_silu_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.nda
     if dt not in (np.float32, np.float64):
         raise ValueError(f"batch norm + SiLU: float32 or float64 activations, got {dt}")
 
-    def kernel(*rows):  # each piece gets its own SiLU scratch block (pieces may run on other threads)
-        bn_silu_forward_kernel(*rows, *silu_scratch(dt))
+    consts = silu_constants(dt)
+
+    def kernel(*rows):
+        bn_silu_forward_kernel(*rows, consts)
 
     (xhat, s, out), mean, var, inv_std, g_rows, b_rows, spanning = train_normalise(
         x, gamma, beta, eps=eps, groups=groups, sync=sync, outputs=3, kernel=kernel)

@@ -138,8 +138,9 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, *, stride: int, pads: Pads, gro
     raise NotImplementedError(f"conv2d: groups={groups} with C={c}, O={o} (only dense and depthwise)")
 
 
-def conv2d_backward(dy: np.ndarray, cache: ConvCache):
-    """(dx, dw) for `conv2d_forward`; dx has x's shape (padding cropped), dw the weight's."""
+def conv2d_backward(dy: np.ndarray, cache: ConvCache, need_dx: bool = True):
+    """(dx, dw) for `conv2d_forward`; dx has x's shape (padding cropped), dw the weight's. With
+    need_dx=False, dx is None and not computed (the network input's gradient, which training never uses)."""
     w, s, (t, _, l, _) = cache.w, cache.stride, cache.pads  # bottom/right padding is cropped implicitly
     o, cg, k, _ = w.shape
     c, n, h, wd = cache.x_shape
@@ -147,6 +148,8 @@ def conv2d_backward(dy: np.ndarray, cache: ConvCache):
     if cache.groups == 1:
         dy2 = np.ascontiguousarray(dy).reshape(o, n * ho * wo)
         dw = matmul(dy2, cache.saved.T, split="rows").reshape(w.shape)
+        if not need_dx:
+            return None, dw
         dcols = matmul(w.reshape(o, c * k * k).T, dy2)
         if k == 1 and s == 1 and not any(cache.pads):
             return dcols.reshape(c, n, h, wd), dw
@@ -172,4 +175,4 @@ def conv2d_backward(dy: np.ndarray, cache: ConvCache):
         parallel_for(lambda lo, hi: nhwc_crop_to_cnhw_kernel(dxp, dx, t, l, lo, hi), c, n * h * wd, align=_CH_ALIGN)
         dwk = dw_parts[0] if len(starts) == 1 else np.add.reduce(dw_parts, axis=0)
         dw = np.ascontiguousarray(dwk.reshape(k * k, c).T).reshape(w.shape)
-        return dx, dw
+        return (dx if need_dx else None), dw

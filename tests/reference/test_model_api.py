@@ -102,6 +102,30 @@ def test_masks_recorded_replayed_and_validated():
     assert model.last_masks.keys() == names
 
 
+def test_input_gradient_only_when_asked(monkeypatch):
+    """Training never uses the input's gradient: without return_input_grad the stem's backward skips it
+    (its col2im and GEMM), and every parameter gradient keeps its bits."""
+    from effv2_reference.ops import conv
+
+    model = ReferenceModel(NANO, dtype="float32", seed=0)
+    x = np.random.default_rng(3).standard_normal((4, 3, 24, 24)).astype(np.float32)
+    dlogits = np.random.default_rng(4).standard_normal((4, 10)).astype(np.float32)
+    state = model.state_dict()
+    model.forward(x, training=True)
+    with_dx, dx = model.backward(dlogits, return_input_grad=True)
+    assert dx.shape == x.shape and np.all(np.isfinite(dx)) and np.any(dx != 0)
+    scattered = []
+    real_col2im = conv.col2im
+    monkeypatch.setattr(conv, "col2im", lambda dcols, shape, *a, **k: scattered.append(shape) or
+                        real_col2im(dcols, shape, *a, **k))
+    model.load_state_dict(state)
+    model.forward(x, training=True, masks=dict(model.last_masks))
+    grads = model.backward(dlogits)
+    assert grads.keys() == with_dx.keys()
+    assert all(np.array_equal(grads[k], with_dx[k]) for k in grads)
+    assert scattered and all(shape[0] != 3 for shape in scattered)  # k x k convs inside, never the 3-channel input
+
+
 def test_training_step_updates_running_stats_closed_form():
     model = ReferenceModel(NANO, dtype="float64", seed=0)
     x = np.random.default_rng(2).standard_normal((3, 3, 16, 20))
