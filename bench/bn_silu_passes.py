@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cli_args import at_least  # noqa: E402
 
 
 def _median_ns_per_value(fn, values: int, repeats: int) -> float:
@@ -42,12 +47,12 @@ def _numpy_bn_silu(x, gamma, beta, eps):
     return y * s, (xhat, s, y)
 
 
-def _numpy_bn_silu_backward(dy, cache, gamma, eps_inv_std):
+def _numpy_bn_silu_backward(dy, cache, gamma, inv_std):
     xhat, s, y = cache
     g = dy * s * (1.0 + y * (1.0 - s))
     dbeta, dgamma = g.sum(axis=1), (g * xhat).sum(axis=1)
     n = g.shape[1]
-    return (gamma * eps_inv_std)[:, None] * (g - dbeta[:, None] / n - xhat * dgamma[:, None] / n)
+    return (gamma * inv_std)[:, None] * (g - dbeta[:, None] / n - xhat * dgamma[:, None] / n)
 
 
 def rows(channels: int, values: int, repeats: int) -> list[dict]:
@@ -86,14 +91,11 @@ def rows(channels: int, values: int, repeats: int) -> list[dict]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--channels", type=int, default=16)
-    ap.add_argument("--values", type=int, default=8192)
-    ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--channels", type=at_least(1), default=16)
+    ap.add_argument("--values", type=at_least(1), default=8192)
+    ap.add_argument("--repeats", type=at_least(1), default=300)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    for name in ("channels", "values", "repeats"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     table = rows(args.channels, args.values, args.repeats)
     if args.json:
         print(json.dumps(table))

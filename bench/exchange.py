@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cli_args import at_least  # noqa: E402
 
 
 def run(world: int, nbytes: int, calls: int) -> dict:
@@ -40,14 +45,11 @@ def run(world: int, nbytes: int, calls: int) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--world", type=int, default=2)
-    ap.add_argument("--bytes", type=int, default=512)
-    ap.add_argument("--calls", type=int, default=20000)
+    ap.add_argument("--world", type=at_least(1), default=2)
+    ap.add_argument("--bytes", type=at_least(4), default=512)
+    ap.add_argument("--calls", type=at_least(1), default=20000)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    for name, low in (("world", 1), ("bytes", 4), ("calls", 1)):
-        if getattr(args, name) < low:
-            ap.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
     row = run(args.world, args.bytes, args.calls)
     if args.json:
         print(json.dumps([row]))

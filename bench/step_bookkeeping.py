@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from unittest import mock
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cli_args import at_least  # noqa: E402
 
 
 def _median_us(fns: dict, repeats: int) -> dict:
@@ -72,13 +77,10 @@ def sgd_rows(repeats: int) -> list[dict]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=2000)
+    ap.add_argument("--rows", type=at_least(1), default=32)
+    ap.add_argument("--repeats", type=at_least(1), default=2000)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    for name in ("rows", "repeats"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     rows = [keyed_row(args.rows, args.repeats), *sgd_rows(args.repeats)]
     if args.json:
         print(json.dumps(rows))
