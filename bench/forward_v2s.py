@@ -4,7 +4,8 @@
 
 Both sides use `--threads N` (see train_step.py); the forwards are interleaved. The row also gives
 the achieved GFLOP/s of each side (2 x the MACs of `effv2_spec.accounting` per image / median
-time) next to NumPy's sgemm GFLOP/s on a 2048^3 product with N BLAS threads (the practical ceiling).
+time) next to NumPy's sgemm GFLOP/s on a 2048^3 product with N BLAS threads (the practical ceiling),
+and the kernel set NumPy's OpenBLAS runs (train_step.blas_kernels).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import _heap, _median_ms, interleaved, set_threads  # noqa: E402,F401
+from train_step import _heap, _median_ms, blas_kernels, interleaved, set_threads  # noqa: E402,F401
 
 
 def sgemm_gflops(threads: int, n: int = 2048, reps: int = 3) -> float:
@@ -76,7 +77,7 @@ def main(argv=None):
            "torch_cpu_ms": round(p["cpu_ms"], 1), "ratio": round(o["median_ms"] / p["median_ms"], 3),
            "gflop": round(gflop, 2), "oracle_gflops": round(gflop / o["median_ms"] * 1e3, 1),
            "torch_gflops": round(gflop / p["median_ms"] * 1e3, 1), "sgemm_gflops": round(sgemm_gflops(args.threads), 1),
-           "logit_rel_err": err, "torch_model": how, "heap": _heap(), "load1": round(os.getloadavg()[0], 2)}
+           "logit_rel_err": err, "torch_model": how, "heap": _heap(), "blas": blas_kernels(), "load1": round(os.getloadavg()[0], 2)}
     if args.json:
         print(json.dumps([row], indent=2))
     else:
@@ -84,7 +85,7 @@ def main(argv=None):
               f"[{row['oracle_spread_ms'][0]:.0f}-{row['oracle_spread_ms'][1]:.0f}] ({row['oracle_gflops']} GFLOP/s), "
               f"torch {row['torch_ms']:.0f} ms [{row['torch_spread_ms'][0]:.0f}-{row['torch_spread_ms'][1]:.0f}] "
               f"({row['torch_gflops']} GFLOP/s), ratio {row['ratio']:.2f}; sgemm {row['sgemm_gflops']} GFLOP/s; "
-              f"logit rel err {err:.1e}; load {row['load1']}")
+              f"logit rel err {err:.1e}; BLAS {row['blas']}; load {row['load1']}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ The sides alternate in blocks of `--block` steps, the first of each block untime
 ...), so that a load change on a shared machine hits both sides alike while each side is timed in its
 own steady state. Reported per side: median wall time, its spread
 (min-max), and the median CPU time (process_time: all threads of the process), plus
-ratio = oracle / torch of the medians (< 1: oracle faster) and the 1-minute load average.
+ratio = oracle / torch of the medians (< 1: oracle faster), the 1-minute load average, and the kernel
+set NumPy's OpenBLAS runs (threadpoolctl's "architecture"; OPENBLAS_CORETYPE overrides its detection,
+and some machines set it: bench/README.md, eighth round).
 """
 
 from __future__ import annotations
@@ -124,7 +126,16 @@ def _row(config, threads, t, how):
             "torch_ms": round(p["median_ms"], 2), "torch_spread_ms": [round(p["min_ms"], 2), round(p["max_ms"], 2)],
             "torch_cpu_ms": round(p["cpu_ms"], 2), "ratio": round(o["median_ms"] / p["median_ms"], 3),
             "cpu_ratio": round(o["cpu_ms"] / p["cpu_ms"], 3), "torch_model": how,
-            "heap": _heap(), "load1": round(os.getloadavg()[0], 2)}
+            "heap": _heap(), "blas": blas_kernels(), "load1": round(os.getloadavg()[0], 2)}
+
+
+def blas_kernels() -> str:
+    """NumPy's BLAS and the kernel set it runs, e.g. "openblas Haswell (OPENBLAS_CORETYPE=Haswell)"."""
+    from threadpoolctl import threadpool_info
+    pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    names = sorted({f"{p.get('internal_api')} {p.get('architecture', '?')}" for p in pools}) or ["none loaded"]
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return ", ".join(names) + (f" (OPENBLAS_CORETYPE={forced})" if forced is not None else "")
 
 
 def _heap() -> str:
@@ -157,7 +168,7 @@ def print_rows(rows):
               f"[{r['oracle_spread_ms'][0]:.1f}-{r['oracle_spread_ms'][1]:.1f}] cpu {r['oracle_cpu_ms']:.1f}, "
               f"torch {r['torch_ms']:.1f} ms [{r['torch_spread_ms'][0]:.1f}-{r['torch_spread_ms'][1]:.1f}] "
               f"cpu {r['torch_cpu_ms']:.1f} ({r['torch_model']}), ratio {r['ratio']:.2f} "
-              f"(cpu {r['cpu_ratio']:.2f}), heap {r['heap']}, load {r['load1']}")
+              f"(cpu {r['cpu_ratio']:.2f}), heap {r['heap']}, BLAS {r['blas']}, load {r['load1']}")
 
 
 def main(argv=None):

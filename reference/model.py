@@ -32,7 +32,7 @@ from . import ops
 from .init import init_tensor  # noqa: F401 (re-exported: callers import it from here)
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
-# train-mode BN + SiLU as one op (ops/bn_silu.py); off, the two ops run apart (the tests compare the two)
+# BN + SiLU as one op (ops/bn_silu.py), train mode and tape-less eval; off, the two ops run apart (the tests compare them)
 FUSE_BN_SILU = True
 
 
@@ -202,8 +202,9 @@ class ReferenceModel:
         gamma, beta = self.params[f"{p}.bn.weight"], self.params[f"{p}.bn.bias"]
         rm, rv = self.buffers[f"{p}.bn.running_mean"], self.buffers[f"{p}.bn.running_var"]
         batch_stats, groups, sync = bn
-        # train-mode BN + SiLU, the usual tail, runs fused (ops/bn_silu.py: the same bits, fewer passes)
-        fused = FUSE_BN_SILU and batch_stats and unit.activation == "silu"
+        # BN + SiLU, the usual tail, runs fused (ops/bn_silu.py: the same bits, fewer passes); in eval mode only
+        # without a tape, since the fused eval op keeps nothing for a backward
+        fused = FUSE_BN_SILU and unit.activation == "silu" and (batch_stats or tape is None)
         if batch_stats:
             train_forward = ops.batch_norm_silu_train_forward if fused else ops.batch_norm_train_forward
             h, bn_cache, mean, var = train_forward(h, gamma, beta, eps=r.bn_eps, groups=groups, sync=sync)
@@ -212,6 +213,9 @@ class ReferenceModel:
                 n *= sync.span
             ops.update_running_stats(rm, rv, mean, var, n, momentum=r.bn_momentum, running_var_kind=r.bn_running_var,
                                      replica_mean=sync.replica_mean if sync is not None else None)
+        elif fused:
+            bn_cache = None
+            h = ops.batch_norm_silu_eval_forward(h, gamma, beta, rm, rv, eps=r.bn_eps)
         else:
             # an affine map; its backward needs only the input (for dgamma), which the tape keeps
             bn_cache = h if tape is not None else None

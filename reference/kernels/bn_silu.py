@@ -6,6 +6,8 @@ dx). Fused, per row (a channel, or a channel's statistics group):
 
 - forward: one pass reads x and writes xhat, s = sigmoid(y) and silu(y), with y = xhat * gamma + beta
   kept in a row of scratch (the SiLU kernel runs on it);
+- eval forward without a tape (running statistics folded into one scale and shift per channel): one
+  pass reads x and writes silu(x * scale + shift), where the two ops apart wrote y and then s and silu(y);
 - backward: the SiLU derivative of the row goes into a row of scratch, from y recomputed from xhat
   (the same operations as the forward, so the same bits as a stored y), BN's two float64 sums run
   over that scratch row while it is in cache, and, when the row is a whole statistics group, dx
@@ -13,8 +15,8 @@ dx). Fused, per row (a channel, or a channel's statistics group):
   needs the other processes' sums first, so there the derivative rows are written out and dx waits
   for the exchange (`silu_grad_sums_kernel`, then `elementwise.bn_span_backward_dx_kernel`).
 
-Every value is rounded exactly as by the unfused kernels (elementwise.bn_center_normalize_kernel,
-silu.silu_exp_forward_kernel, elementwise.silu_backward_kernel, bn_grad_sums_kernel and
+Every value is rounded exactly as by the unfused kernels (elementwise.bn_center_normalize_kernel or
+elementwise.affine_rows_kernel, silu.silu_exp_forward_kernel, elementwise.silu_backward_kernel, bn_grad_sums_kernel and
 bn_backward_dx_kernel, in that order): tests/reference/test_kernels_bn_silu.py checks the bits.
 
 Numba caches a kernel by its own file: after editing a helper imported here (silu_exp_forward_kernel,
@@ -50,6 +52,32 @@ def bn_silu_forward_kernel(x, mean, inv_std, gamma, beta, xhat, s, out, c):
             hr[i] = v
             y[i] = v * g + b
         silu_exp_forward_kernel(y, s[row], out[row], c)
+
+
+_EVAL_BLOCK = 2048  # values of a row per step of the eval kernel: its y and s scratch stay in L1
+
+
+@njit(["void(float32[:, ::1], float32[::1], float32[::1], float32[:, ::1], float32[::1])",
+       "void(float64[:, ::1], float64[::1], float64[::1], float64[:, ::1], float64[::1])"],
+      cache=True, nogil=True, error_model="numpy")
+def affine_silu_forward_kernel(x, scale, shift, out, c):
+    """Per row r: out = silu(x * scale[r] + shift[r]), eval-mode BN (its folded constants) then SiLU, in
+    blocks of a row: y = x * scale + shift into a block of scratch, uncontracted as in
+    elementwise.affine_rows_kernel, then the SiLU kernel (its own function, compiled with FMA contraction)
+    from that block into out, its sigmoid into a second block of scratch that nothing reads."""
+    m = x.shape[1]
+    block = min(m, _EVAL_BLOCK)
+    y = np.empty(block, x.dtype)
+    s = np.empty(block, x.dtype)
+    for row in range(x.shape[0]):
+        a, b = scale[row], shift[row]
+        for lo in range(0, m, block):
+            n = min(block, m - lo)
+            # loops over views that start at 0: indexing the row at lo + i left this loop 2.4x slower
+            xs, ys = x[row, lo:lo + n], y[:n]
+            for i in range(n):
+                ys[i] = xs[i] * a + b
+            silu_exp_forward_kernel(ys, s[:n], out[row, lo:lo + n], c)
 
 
 @njit(inline="always")

@@ -9,7 +9,8 @@ from __future__ import annotations
 from .activations import activation_backward, activation_forward, sigmoid
 from .batchnorm import (BatchNormSync, batch_norm_backward, batch_norm_eval_backward, batch_norm_eval_forward,
                         batch_norm_train_forward, update_running_stats)
-from .bn_silu import BatchNormSiluCache, batch_norm_silu_backward, batch_norm_silu_train_forward
+from .bn_silu import (BatchNormSiluCache, batch_norm_silu_backward, batch_norm_silu_eval_forward,
+                      batch_norm_silu_train_forward)
 from .conv import conv2d_backward, conv2d_forward, conv_pads, pad
 from .dense import dense_backward, dense_forward
 from .loss import smooth_targets, softmax_cross_entropy
@@ -23,6 +24,7 @@ OPS = {
     "batch_norm_train": (batch_norm_train_forward, batch_norm_backward),
     "batch_norm_eval": (batch_norm_eval_forward, batch_norm_eval_backward),
     "batch_norm_silu_train": (batch_norm_silu_train_forward, batch_norm_silu_backward),
+    "batch_norm_silu_eval": (batch_norm_silu_eval_forward, None),  # forward only: no cache (a tape uses the pair)
     "activation": (activation_forward, activation_backward),
     "squeeze_excite": (squeeze_excite_forward, squeeze_excite_backward),
     "drop_path": (drop_path_forward, drop_path_backward),
@@ -44,7 +46,7 @@ def get_op(name: str):
 
 __all__ = [
     "OPS", "get_op", "activation_backward", "activation_forward", "sigmoid", "BatchNormSync", "batch_norm_backward",
-    "batch_norm_eval_backward", "batch_norm_eval_forward", "batch_norm_train_forward", "update_running_stats",
+    "batch_norm_eval_backward", "batch_norm_eval_forward", "batch_norm_silu_eval_forward", "batch_norm_train_forward", "update_running_stats",
     "conv2d_backward", "conv2d_forward", "conv_pads", "pad", "dense_backward", "dense_forward", "smooth_targets",
     "softmax_cross_entropy", "global_avg_pool_backward", "global_avg_pool_forward", "drop_path_backward",
     "drop_path_forward", "dropout_backward", "dropout_forward", "keep_mask", "resize_bilinear",

@@ -190,11 +190,17 @@ def _spanning_backward(dy: np.ndarray, cache: BatchNormCache):
     return dx.reshape(cache.shape), dgamma, dbeta
 
 
+def eval_affine(gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray, *,
+                eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) per channel: eval-mode BN is x * scale + shift."""
+    scale = gamma / np.sqrt(running_var + eps)
+    return scale, beta - running_mean * scale
+
+
 def batch_norm_eval_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
                             running_var: np.ndarray, *, eps: float) -> np.ndarray:
     """Eval-mode BN with running statistics (an affine map per channel)."""
-    scale = gamma / np.sqrt(running_var + eps)
-    shift = beta - running_mean * scale
+    scale, shift = eval_affine(gamma, beta, running_mean, running_var, eps=eps)
     x2 = _rows(x)
     if x2.dtype not in (np.float32, np.float64):
         return (x2 * scale[:, None] + shift[:, None]).reshape(x.shape)

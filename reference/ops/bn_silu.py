@@ -1,9 +1,13 @@
-"""Train-mode batch norm followed by SiLU as one op (kernels/bn_silu.py): the conv units' common tail.
+"""Batch norm followed by SiLU as one op (kernels/bn_silu.py): the conv units' common tail.
 
-The same values, bit for bit, as `batch_norm_train_forward` then `activations.silu_forward`, and as
-`silu_backward` then `batch_norm_backward` (statistics groups and groups spanning processes
+Train mode: the same values, bit for bit, as `batch_norm_train_forward` then `activations.silu_forward`,
+and as `silu_backward` then `batch_norm_backward` (statistics groups and groups spanning processes
 included: ops/batchnorm.py states the rules); what changes is the number of passes over memory and
 of calls. The model uses it for every train-mode BN with batch statistics whose activation is SiLU.
+
+Eval mode (running statistics): `batch_norm_silu_eval_forward` gives the bits of `batch_norm_eval_forward`
+then `silu_forward`, without the sigmoid those keep for a backward; the model uses it for an eval forward
+that keeps no tape (evaluation, prediction), the unfused pair where a tape is kept.
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels.bn_silu import bn_silu_backward_kernel, bn_silu_forward_kernel, silu_grad_sums_kernel
+from ..kernels.bn_silu import (affine_silu_forward_kernel, bn_silu_backward_kernel, bn_silu_forward_kernel,
+                               silu_grad_sums_kernel)
 from ..kernels.elementwise import bn_span_backward_dx_kernel
 from ..kernels.pool import parallel_for
 from ..kernels.silu import silu_constants
-from .batchnorm import BatchNormSync, _group_rows, _rows, _sum_groups, train_normalise
+from .batchnorm import BatchNormSync, _group_rows, _rows, _sum_groups, _vec, eval_affine, train_normalise
 
 
 @dataclass
@@ -75,3 +80,19 @@ def batch_norm_silu_backward(dy: np.ndarray, cache: BatchNormSiluCache):
 
     parallel_for(part, rows, n)
     return dx.reshape(cache.shape), _sum_groups(dgamma, k), _sum_groups(dbeta, k)
+
+
+def batch_norm_silu_eval_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
+                                 running_var: np.ndarray, *, eps: float) -> np.ndarray:
+    """silu(batch_norm(x)) with the running statistics, no cache. x: float32 or float64 CNHW."""
+    dt = x.dtype
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"batch norm + SiLU: float32 or float64 activations, got {dt}")
+    scale, shift = eval_affine(gamma, beta, running_mean, running_var, eps=eps)
+    scale, shift = _vec(scale, dt), _vec(shift, dt)
+    x2 = _rows(x)
+    out = np.empty_like(x2)
+    consts = silu_constants(dt)
+    parallel_for(lambda lo, hi: affine_silu_forward_kernel(x2[lo:hi], scale[lo:hi], shift[lo:hi], out[lo:hi], consts),
+                 x2.shape[0], x2.shape[1])
+    return out.reshape(x.shape)

@@ -1,6 +1,7 @@
-"""Fused train-mode batch norm + SiLU (ops/bn_silu.py, kernels/bn_silu.py) gives the bits of the two ops apart:
+"""Fused batch norm + SiLU (ops/bn_silu.py, kernels/bn_silu.py) gives the bits of the two ops apart:
 `batch_norm_train_forward` then `silu_forward`, and `silu_backward` then `batch_norm_backward`, for statistics
-groups inside a process and for groups spanning processes; and the model gives the same step either way."""
+groups inside a process and for groups spanning processes; in eval mode `batch_norm_eval_forward` then
+`silu_forward`; and the model gives the same step and the same eval forward either way."""
 
 from __future__ import annotations
 
@@ -150,10 +151,82 @@ def test_model_step_is_the_same_fused_or_not(monkeypatch, dtype, size, group):
     assert all(_same(fused[4][k], apart[4][k]) for k in apart[4])  # running statistics
 
 
+def _running_stats(rng, c, dtype):
+    return rng.uniform(-30, 30, c).astype(dtype), rng.uniform(1e-4, 400, c).astype(dtype)
+
+
+# rows of 1 to 5000 values: shorter than the kernel's block of 2048, one block and a part, several blocks
+@settings(deadline=None)
+@given(c=st.integers(1, 9), n=st.integers(1, 5), h=st.integers(1, 33), w=st.integers(1, 31),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2 ** 32 - 1),
+       eps=st.sampled_from([1e-3, 1e-5]))
+def test_fused_eval_equals_the_two_ops_bit_for_bit(c, n, h, w, dtype, seed, eps):
+    rng = np.random.default_rng(seed)
+    x, gamma, beta, _ = _inputs(rng, c, n, h, w, dtype)
+    rm, rv = _running_stats(rng, c, dtype)
+    apart, _ = ops.activation_forward("silu", ops.batch_norm_eval_forward(x, gamma, beta, rm, rv, eps=eps))
+    assert _same(ops.batch_norm_silu_eval_forward(x, gamma, beta, rm, rv, eps=eps), apart)
+
+
+def test_fused_eval_values_are_silu_of_the_running_statistics():
+    """Against the definition in float64 with libm's exp: silu(gamma * (x - mean) / sqrt(var + eps) + beta)."""
+    rng = np.random.default_rng(5)
+    x, gamma, beta, _ = _inputs(rng, 4, 3, 50, 30, np.float64)  # 4500 values a row: three blocks
+    rm, rv = _running_stats(rng, 4, np.float64)
+    c = (slice(None), None, None, None)
+    y = gamma[c] * (x - rm[c]) / np.sqrt(rv[c] + 1e-3) + beta[c]
+    # folded into x * scale + shift, y rounds differently: a few ulp of the terms' size, which SiLU (slope <= 1.1)
+    # passes on; the exp itself is within a few ulp of libm's (test_kernels_silu.py)
+    scale = gamma / np.sqrt(rv + 1e-3)
+    terms = np.abs(x * scale[c]) + np.abs((beta - rm * scale)[c])
+    np.testing.assert_allclose(ops.batch_norm_silu_eval_forward(x, gamma, beta, rm, rv, eps=1e-3),
+                               y / (1.0 + np.exp(-y)), rtol=1e-14, atol=8 * np.finfo(np.float64).eps * terms.max())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_model_eval_forward_is_the_same_fused_or_not(monkeypatch, dtype):
+    def forward(fused: bool):
+        monkeypatch.setattr(model_module, "FUSE_BN_SILU", fused)
+        m = ReferenceModel("efficientnetv2-nano", dtype=dtype, seed=0)
+        rng = np.random.default_rng(2)
+        for k in [k for k in m.buffers if k.endswith("running_mean")]:  # running statistics that do something
+            m.buffers[k][...] = rng.uniform(-1, 1, m.buffers[k].shape)
+            m.buffers[k.replace("mean", "var")][...] = rng.uniform(0.2, 3, m.buffers[k].shape)
+        x = rng.standard_normal((4, 3, 64, 64)).astype(dtype)
+        calls = []
+        fused_op = ops.batch_norm_silu_eval_forward
+        monkeypatch.setattr(ops, "batch_norm_silu_eval_forward", lambda *a, **k: calls.append(1) or fused_op(*a, **k))
+        logits = m.forward(x)
+        monkeypatch.setattr(ops, "batch_norm_silu_eval_forward", fused_op)
+        m.forward(x[:2], training=True)
+        silu_units = sum(1 for entry in m._tape if entry[0] == "conv_bn" and entry[1].activation == "silu")
+        return len(calls), silu_units, logits
+
+    (fused_calls, silu_units, fused), (apart_calls, _, apart) = forward(True), forward(False)
+    assert silu_units >= 10 and fused_calls == silu_units and apart_calls == 0
+    assert _same(fused, apart)
+
+
+def test_eval_forward_then_backward_keeps_the_unfused_gradients():
+    """An eval forward fused (no tape), then backward: it re-runs the forward with a tape (the unfused ops);
+    the input gradient matches central differences of the fused forward's logits."""
+    m = ReferenceModel("efficientnetv2-nano", dtype="float64", seed=0)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 16, 16))
+    v = rng.standard_normal(m.forward(x).shape)
+    _, dx = m.backward(v, return_input_grad=True)
+    d = rng.standard_normal(x.shape)
+    e = 1e-5
+    numeric = (np.sum(m.forward(x + e * d) * v) - np.sum(m.forward(x - e * d) * v)) / (2 * e)
+    np.testing.assert_allclose(np.sum(dx * d), numeric, rtol=1e-6)
+
+
 def test_fused_refuses_other_dtypes_and_spanning_groups():
     x = np.zeros((2, 2, 1, 1), np.float16)
     with pytest.raises(ValueError, match="float32 or float64"):
         ops.batch_norm_silu_train_forward(x, np.ones(2), np.zeros(2), eps=1e-3)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        ops.batch_norm_silu_eval_forward(x, np.ones(2), np.zeros(2), np.zeros(2), np.ones(2), eps=1e-3)
     sync = _ThreadGroup(1).member(0)
     with pytest.raises(ValueError, match="groups=1"):
         ops.batch_norm_silu_train_forward(np.zeros((2, 4, 1, 1)), np.ones(2), np.zeros(2), eps=1e-3, groups=2,
