@@ -77,7 +77,8 @@ def main(argv=None):
            "torch_cpu_ms": round(p["cpu_ms"], 1), "ratio": round(o["median_ms"] / p["median_ms"], 3),
            "gflop": round(gflop, 2), "oracle_gflops": round(gflop / o["median_ms"] * 1e3, 1),
            "torch_gflops": round(gflop / p["median_ms"] * 1e3, 1), "sgemm_gflops": round(sgemm_gflops(args.threads), 1),
-           "logit_rel_err": err, "torch_model": how, "heap": _heap(), "blas": blas_kernels(), "load1": round(os.getloadavg()[0], 2)}
+           "logit_rel_err": err, "torch_model": how, "heap": _heap(), "blas": blas_kernels(),
+           "load1": round(os.getloadavg()[0], 2)}
     if args.json:
         print(json.dumps([row], indent=2))
     else:

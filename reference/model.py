@@ -32,7 +32,8 @@ from . import ops
 from .init import init_tensor  # noqa: F401 (re-exported: callers import it from here)
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
-# BN + SiLU as one op (ops/bn_silu.py), train mode and tape-less eval; off, the two ops run apart (the tests compare them)
+# BN + SiLU as one op (ops/bn_silu.py), train mode and tape-less eval; off, the two ops run apart
+# (the tests compare them)
 FUSE_BN_SILU = True
 
 

@@ -16,8 +16,8 @@ dx). Fused, per row (a channel, or a channel's statistics group):
   for the exchange (`silu_grad_sums_kernel`, then `elementwise.bn_span_backward_dx_kernel`).
 
 Every value is rounded exactly as by the unfused kernels (elementwise.bn_center_normalize_kernel or
-elementwise.affine_rows_kernel, silu.silu_exp_forward_kernel, elementwise.silu_backward_kernel, bn_grad_sums_kernel and
-bn_backward_dx_kernel, in that order): tests/reference/test_kernels_bn_silu.py checks the bits.
+elementwise.affine_rows_kernel, silu.silu_exp_forward_kernel, elementwise.silu_backward_kernel,
+bn_grad_sums_kernel and bn_backward_dx_kernel, in that order): tests/reference/test_kernels_bn_silu.py checks the bits.
 
 Numba caches a kernel by its own file: after editing a helper imported here (silu_exp_forward_kernel,
 _row_sum, _row_dot, _bn_dx_row), clear NUMBA_CACHE_DIR or touch this file.
@@ -66,7 +66,7 @@ def affine_silu_forward_kernel(x, scale, shift, out, c):
     elementwise.affine_rows_kernel, then the SiLU kernel (its own function, compiled with FMA contraction)
     from that block into out, its sigmoid into a second block of scratch that nothing reads."""
     m = x.shape[1]
-    block = min(m, _EVAL_BLOCK)
+    block = max(1, min(m, _EVAL_BLOCK))  # rows of no values (an empty batch) leave out untouched, as it is empty
     y = np.empty(block, x.dtype)
     s = np.empty(block, x.dtype)
     for row in range(x.shape[0]):

@@ -46,7 +46,8 @@ def get_op(name: str):
 
 __all__ = [
     "OPS", "get_op", "activation_backward", "activation_forward", "sigmoid", "BatchNormSync", "batch_norm_backward",
-    "batch_norm_eval_backward", "batch_norm_eval_forward", "batch_norm_silu_eval_forward", "batch_norm_train_forward", "update_running_stats",
+    "batch_norm_eval_backward", "batch_norm_eval_forward", "batch_norm_silu_eval_forward", "batch_norm_train_forward",
+    "update_running_stats",
     "conv2d_backward", "conv2d_forward", "conv_pads", "pad", "dense_backward", "dense_forward", "smooth_targets",
     "softmax_cross_entropy", "global_avg_pool_backward", "global_avg_pool_forward", "drop_path_backward",
     "drop_path_forward", "dropout_backward", "dropout_forward", "keep_mask", "resize_bilinear",

@@ -168,6 +168,12 @@ def test_fused_eval_equals_the_two_ops_bit_for_bit(c, n, h, w, dtype, seed, eps)
     assert _same(ops.batch_norm_silu_eval_forward(x, gamma, beta, rm, rv, eps=eps), apart)
 
 
+def test_fused_eval_takes_an_empty_batch_as_the_two_ops_do():
+    x, v = np.zeros((3, 0, 4, 4), np.float32), np.ones(3, np.float32)
+    apart, _ = ops.activation_forward("silu", ops.batch_norm_eval_forward(x, v, v, v, v, eps=1e-3))
+    assert _same(ops.batch_norm_silu_eval_forward(x, v, v, v, v, eps=1e-3), apart)
+
+
 def test_fused_eval_values_are_silu_of_the_running_statistics():
     """Against the definition in float64 with libm's exp: silu(gamma * (x - mean) / sqrt(var + eps) + beta)."""
     rng = np.random.default_rng(5)
