@@ -107,7 +107,8 @@ def generate(spec: str, framework: str, output: str, image_size: int | None) -> 
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Batch size.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for weights, input, masks.")
 @click.option("--checks", "checks", default=None,
-              help="Comma-separated subset of eval_logits,train_logits,gradients,running_stats,sgd,rmsprop (default all).")
+              help="Comma-separated subset of eval_logits,train_logits,gradients,running_stats,sgd,rmsprop and the "
+                   "recipe-field checks (gradient_clip_norm, batch_norm.freeze_affine, ...; default all).")
 @click.option("--oracle-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="dtype the oracle runs in.")
 @click.option("--per-tensor", is_flag=True, help="Table: one row per tensor instead of one per check.")
@@ -121,15 +122,19 @@ def generate(spec: str, framework: str, output: str, image_size: int | None) -> 
               help="With --train-steps and jax: simulated CPU devices per process (a mesh of that many).")
 @click.option("--optimizer", type=click.Choice(["rmsprop", "sgd"]), default="rmsprop", show_default=True,
               help="With --train-steps: RMSProp with the TF conventions, or SGD with Nesterov momentum.")
+@click.option("--recipe", type=click.Choice(["default", "clipped-frozen-bn"]), default="default", show_default=True,
+              help="With --train-steps: BN statistics in groups, or every step clipped with BN frozen (gamma and "
+                   "beta fixed).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report (every tensor's relative error).")
 def check(spec: str, framework: str, against: str, dtype: str, image_size: int | None, batch: int, seed: int, checks: str | None,
           oracle_dtype: str, per_tensor: bool, train_steps: int | None, nproc: int, devices: int, optimizer: str,
-          as_json: bool) -> None:
+          recipe: str, as_json: bool) -> None:
     """Compare FRAMEWORK's model of SPEC against the NumPy oracle (or --against), tensor by tensor.
 
     Same canonical weights and input on both sides; compares eval logits, train-mode logits
     (dropout and drop path on, with the oracle's masks), every gradient, BN running statistics
-    after the step, and the update of one SGD and one RMSProp (TF convention) run. The relative
+    after the step, and the update of one SGD and one RMSProp (TF convention) run, then of the same
+    runs with one recipe field changed each (clipping, frozen BN, ...; the check is named by the field). The relative
     error of a tensor is max|a - b| / max|b|. A check the backend lacks the capability for (e.g.
     optimiser steps) is reported "not run", never passed. Exit 0 when every check that ran is within
     tolerance, 1 otherwise.
@@ -139,9 +144,11 @@ def check(spec: str, framework: str, against: str, dtype: str, image_size: int |
 
     if train_steps is not None:
         return _train_check(spec, framework, dtype, image_size, seed, train_steps, nproc, optimizer, as_json,
-                            devices)
+                            devices, recipe)
     if nproc != 1:
         raise click.UsageError("--nproc: only with --train-steps")
+    if recipe != "default":
+        raise click.UsageError("--recipe: only with --train-steps")
     if devices != 1:
         raise click.UsageError("--devices: only with --train-steps")
     selected = CHECKS if checks is None else _selected_checks(checks, CHECKS)
@@ -176,7 +183,7 @@ def check(spec: str, framework: str, against: str, dtype: str, image_size: int |
 
 
 def _train_check(spec: str, framework: str, dtype: str, image_size: int | None, seed: int, steps: int, nproc: int,
-                 optimizer: str, as_json: bool, devices: int = 1) -> None:
+                 optimizer: str, as_json: bool, devices: int = 1, recipe: str = "default") -> None:
     """`effv2 check --train-steps K`: the framework's trainer against the oracle's, end state compared."""
     from .train_check import run_train_check
 
@@ -196,7 +203,7 @@ def _train_check(spec: str, framework: str, dtype: str, image_size: int | None, 
                    f"{f' x {devices} devices' if devices > 1 else ''}), {dtype}", err=True)
     try:
         report = run_train_check(arch, framework=framework, steps=steps, nproc=nproc, dtype=dtype,
-                                 optimizer=optimizer, size=size, seed=seed, devices=devices)
+                                 optimizer=optimizer, size=size, seed=seed, devices=devices, recipe=recipe)
     except (ValueError, RuntimeError) as exc:
         raise SpecInputError(f"{spec}: {exc}") from None
     if as_json:
@@ -240,8 +247,9 @@ def convert(input_path: str, source: str | None, target: str | None, spec: str |
     """Convert peer weights to canonical safetensors (--from) or canonical weights to a peer (--to).
 
     \b
-    effv2 convert --from torchvision|timm|keras|efficientnet_pytorch STATE_DICT --spec SPEC -o OUT.safetensors
-    effv2 convert --to torchvision|timm|efficientnet_pytorch CANONICAL.safetensors [--spec SPEC] -o OUT
+    effv2 convert --from torchvision|timm|keras|efficientnet_pytorch|dli14 STATE_DICT --spec SPEC -o OUT.safetensors
+    effv2 convert --to torchvision|timm|efficientnet_pytorch|dli14 CANONICAL.safetensors [--spec SPEC] -o OUT
+    effv2 convert --to keras CANONICAL.safetensors [--spec SPEC] -o OUT.weights.h5
     """
     from effv2_spec.weights import check_tensors, load_weights, save_weights
 
@@ -270,8 +278,8 @@ def convert(input_path: str, source: str | None, target: str | None, spec: str |
             raise SpecInputError(f"{input_path}: the file carries no spec in its metadata; pass --spec SPEC")
         check_tensors(resolve(arch), tensors)
         exporter = _load_target("--to", target, registry.get_exporter)
-        exporter(tensors, arch, output)
-        click.echo(f"wrote {display_name(output)}: {arch.name} as a {target} state dict", err=True)
+        written = exporter(tensors, arch, output)  # an exporter may say what it wrote (None: a state dict)
+        click.echo(f"wrote {display_name(output)}: {arch.name} as {written or f'a {target} state dict'}", err=True)
     except (WeightsError, SpecError) as exc:
         raise SpecInputError(str(exc)) from None
     except OSError as exc:

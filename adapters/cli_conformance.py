@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from effv2_spec.console import SpecInputError, echo_json
+from effv2_spec.console import SpecInputError, echo_json, printable
 
 from .cli import _adapter, _framework_name
+from .conformance.properties import SPEC_FILE
 
 
 @click.command()
@@ -34,6 +35,7 @@ def conformance(framework: str, against: str, examples: int, seed: int, dtype: s
         from .conformance.properties import run_conformance
     except ModuleNotFoundError as exc:
         raise SpecInputError(f"effv2 conformance needs hypothesis ({exc}); pip install 'effv2[conformance]'") from None
+    _check_out(out_dir)  # a failure takes minutes to find and shrink: do not lose it to an unwritable --out
     adapter = _adapter(framework)
     baseline = _adapter(against, "--against")
     progress = None if as_json else (lambda msg: click.echo(f"  .. {msg}", err=True))
@@ -47,10 +49,39 @@ def conformance(framework: str, against: str, examples: int, seed: int, dtype: s
         f = result.failure
         click.echo(f"FAIL: {framework} vs {against} on a {len(f.spec.stages)}-stage spec at {f.image_size}x{f.image_size}, "
                    f"seed {f.seed}: {f.error}")
-        click.echo(f"wrote {', '.join(result.files)}")
+        if result.write_error:
+            click.echo(f"{printable(result.write_error)}; the failing spec follows (save it as {SPEC_FILE})", err=True)
+            click.echo(f.spec.model_dump_json(indent=2))
+        else:
+            click.echo(f"wrote {', '.join(result.files)}")
         click.echo(f"replay: {result.command}")
     if not result.passed:
         raise SystemExit(1)
+
+
+def _check_out(out_dir: str) -> None:
+    """--out must be a folder this process can create files in; probed with a file made and removed at once."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if not out_dir:
+        raise click.BadParameter("an empty path names no folder", param_hint="'--out'")
+    folder = Path(out_dir)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".effv2-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SpecInputError(f"--out {printable(out_dir)}: cannot write there ({exc.strerror or exc})") from None
+    finally:
+        if created and folder.is_dir():
+            try:
+                folder.rmdir()  # made only to probe it; the replay creates it again when there is a failure
+            except OSError:
+                pass
 
 
 __all__ = ["conformance"]

@@ -16,7 +16,8 @@ import time
 import click
 import numpy as np
 
-from effv2_spec.console import SpecInputError, echo_json, load_or_fail
+from effv2_spec.architecture import MAX_IMAGE_SIZE
+from effv2_spec.console import SpecInputError, echo_json, load_or_fail, printable
 from effv2_spec.documents import load_architecture
 from effv2_spec.errors import SpecError
 from effv2_spec.weights import WeightsError, load_weights
@@ -27,7 +28,7 @@ _FRAMEWORK = click.option("--framework", "-f", type=click.Choice(frameworks()), 
                           show_default=True, help="Where the network runs: the NumPy oracle or a backend.")
 _DTYPE = click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
                       help="Computation dtype.")
-_SIZE = click.option("--image-size", type=click.IntRange(min=1), default=None,
+_SIZE = click.option("--image-size", type=click.IntRange(min=1, max=MAX_IMAGE_SIZE), default=None,
                      help="Evaluation size S (default: the spec's input.eval_image_size).")
 _WEIGHTS = click.option("--weights", "-w", required=True, help="Canonical safetensors (effv2 convert / train).")
 
@@ -50,13 +51,32 @@ def _classifier(arch, weights: str, framework: str, dtype: str, image_size: int 
         raise SpecInputError(f"{weights}: {exc}" if not str(exc).startswith(str(weights)) else str(exc)) from None
 
 
-def _run(classifier: Classifier, x: np.ndarray, framework: str) -> np.ndarray:
+def _run(classifier: Classifier, images: np.ndarray, framework: str) -> np.ndarray:
+    """Logits of a uint8 NHWC batch; running out of memory (normalising included) is one line."""
+    from effv2_reference.preprocess import normalise
+
     try:
-        return classifier.logits(x)
+        return classifier.logits(normalise(images, classifier.spec, classifier.dtype))
     except (MemoryError, RuntimeError) as exc:  # out of memory, or the framework failed
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
         raise SpecInputError(f"{framework} forward failed: {type(exc).__name__}: {first} "
                              "(a smaller --batch needs less memory)") from None
+
+
+def _prepared(path: str, arch, size: int) -> np.ndarray:
+    """uint8 HWC pixels of one image by the spec's evaluation transform; every failure is one line naming it."""
+    from effv2_reference.preprocess import ImageError, load_image, pixels
+
+    if not str(path):
+        raise SpecInputError("'': an empty path names no image")
+    try:
+        img = load_image(path, arch.input.channels)
+        return pixels(img, size, arch.input.eval_preprocessing)
+    except ImageError as exc:
+        text = str(exc)
+        raise SpecInputError(text if text.startswith(str(path)) else f"{path}: {text}") from None
+    except MemoryError:
+        raise SpecInputError(f"{path}: not enough memory to prepare it at {size} px") from None
 
 
 # ---- predict -------------------------------------------------------------------------------------------
@@ -80,7 +100,6 @@ def predict(spec, weights, images, framework, k, labels_file, batch, dtype, imag
     An unreadable IMAGE is refused (one line, exit 1) before anything runs.
     """
     from effv2_reference.labels import LabelError, class_names
-    from effv2_reference.preprocess import ImageError, load_image, normalise, pixels
 
     arch = load_or_fail(load_architecture, spec)
     try:
@@ -88,12 +107,9 @@ def predict(spec, weights, images, framework, k, labels_file, batch, dtype, imag
     except LabelError as exc:
         raise SpecInputError(str(exc)) from None
     size = int(image_size if image_size is not None else arch.input.eval_image_size)
-    try:  # read every image before running: a bad file stops the run with nothing computed
-        prepared = [pixels(load_image(p, arch.input.channels), size, arch.input.eval_preprocessing) for p in images]
-    except ImageError as exc:
-        raise SpecInputError(str(exc)) from None
+    prepared = [_prepared(p, arch, size) for p in images]  # every image first: a bad one stops with nothing run
     classifier, size = _classifier(arch, weights, framework, dtype, image_size)
-    logits = np.concatenate([_run(classifier, normalise(np.stack(prepared[i:i + batch]), arch, dtype), framework)
+    logits = np.concatenate([_run(classifier, np.stack(prepared[i:i + batch]), framework)
                              for i in range(0, len(prepared), batch)])
     probs = softmax(logits)
     best = top_k(logits, k)
@@ -107,9 +123,9 @@ def predict(spec, weights, images, framework, k, labels_file, batch, dtype, imag
                    "preprocessing": arch.input.eval_preprocessing.model_dump(), "results": results})
         return
     for r in results:
-        click.echo(r["image"])
+        click.echo(printable(r["image"]))
         for rank, t in enumerate(r["top"], 1):
-            label = f"  {t['label']}" if t["label"] else ""
+            label = f"  {printable(t['label'])}" if t["label"] else ""  # a --labels file may hold escapes
             click.echo(f"  {rank:>3}  {t['probability']:8.4f}  class {t['class']:>4}{label}")
 
 
@@ -134,7 +150,7 @@ def evaluate(spec, weights, data, mapping_file, framework, batch, dtype, image_s
     skipped and counted (`skipped` in --json). Progress bar on stderr.
     """
     from effv2_reference.eval_data import EvalDataError, open_source
-    from effv2_reference.preprocess import ImageError, normalise
+    from effv2_reference.preprocess import ImageError
 
     arch = load_or_fail(load_architecture, spec)
     try:
@@ -152,10 +168,10 @@ def evaluate(spec, weights, data, mapping_file, framework, batch, dtype, image_s
             for b in source.batches(batch, size):
                 for line in b.skipped:
                     skipped.append(line)
-                    note(f"skipped {line}")
+                    note(f"skipped {printable(line)}")
                 if len(b.labels):
                     t0 = time.perf_counter()
-                    logits = _run(classifier, normalise(b.images, arch, dtype), framework)
+                    logits = _run(classifier, b.images, framework)
                     model_s += time.perf_counter() - t0
                     best = top_k(logits, k5)
                     counts["images"] += len(b.labels)
@@ -164,6 +180,9 @@ def evaluate(spec, weights, data, mapping_file, framework, batch, dtype, image_s
                 advance(len(b.labels) + len(b.skipped))
         except (EvalDataError, ImageError) as exc:
             raise SpecInputError(str(exc)) from None
+        except MemoryError:  # preparing a batch of large images (the forward pass has its own message)
+            raise SpecInputError(f"{printable(data)}: not enough memory to prepare a batch of images at {size} px "
+                                 "(a smaller --batch needs less memory)") from None
     seconds = time.perf_counter() - started
     n = counts["images"]
     if n == 0:
@@ -177,7 +196,7 @@ def evaluate(spec, weights, data, mapping_file, framework, batch, dtype, image_s
     if as_json:
         echo_json(result)
         return
-    click.echo(f"{arch.name} on {data} ({framework}, {dtype}, {size}x{size}): {n} images"
+    click.echo(f"{arch.name} on {printable(data)} ({framework}, {dtype}, {size}x{size}): {n} images"
                + (f", {len(skipped)} unreadable file(s) skipped" if skipped else ""))
     click.echo(f"top-1 {100 * result['top1']:.2f}%  top-{k5} {100 * result['top5']:.2f}%  "
                f"{result['images_per_s']:.1f} images/s")

@@ -43,13 +43,16 @@ class ReferenceAdapter:
 
     def optimizer_steps(self, tensors, grads_per_step: Sequence[Mapping[str, np.ndarray]], config, lrs,
                         resolved) -> dict[str, np.ndarray]:
+        """Every trainable tensor after the steps; those the recipe freezes come back unchanged."""
         from effv2_reference.optim import build_optimizer
+        from effv2_reference.recipe import Recipe
 
         opt = build_optimizer(config, resolved)
         dtype = np.result_type(*[np.asarray(v).dtype for v in tensors.values()])
         params = {p.name: np.array(tensors[p.name], dtype=dtype, copy=True) for p in resolved.trainable()}
+        stepped = {n: params[n] for n in Recipe.of(config, resolved).stepped}
         for grads, lr in zip(grads_per_step, lrs):
-            opt.step(params, {k: np.asarray(grads[k], dtype=dtype) for k in params}, lr)  # in place
+            opt.step(stepped, {k: np.asarray(grads[k], dtype=dtype) for k in stepped}, lr)  # in place
         return params
 
 

@@ -2,8 +2,8 @@
 
 `Classifier(spec, tensors, framework)` builds the network of `spec` at its eval size in
 the oracle (`reference`) or a registered adapter (torch, jax, ...) and gives logits for
-NCHW batches. `compatible(file_spec, spec)` says whether weights saved for one spec can
-run under another (same network; preprocessing and training-only fields may differ).
+NCHW batches. `check_compatible(file_spec, spec, source)` (effv2_spec.compatibility) refuses
+weights saved for another network.
 """
 
 from __future__ import annotations
@@ -13,77 +13,15 @@ from typing import Mapping
 import numpy as np
 
 from effv2_spec.architecture import ArchitectureSpec
+from effv2_spec.compatibility import check_compatible
 from effv2_spec.resolve import resolve
-from effv2_spec.weights import WeightsError, check_tensors
+from effv2_spec.weights import check_tensors
 
 from . import registry
 
 #: the oracle plus every registered adapter (the oracle is one of them)
 def frameworks() -> tuple[str, ...]:
     return tuple(dict.fromkeys(("reference", *registry.ADAPTERS)))
-
-
-#: fields that do not change eval-mode logits for given weights and network input
-_EVAL_IRRELEVANT = (
-    ("name",), ("input", "train_image_size"), ("input", "eval_image_size"), ("input", "eval_preprocessing"),
-    ("head", "dropout"), ("conventions", "stochastic_depth"), ("conventions", "init"),
-    ("conventions", "batch_norm", "momentum"), ("conventions", "batch_norm", "running_var"),
-)
-
-
-def _network_fields(spec: ArchitectureSpec) -> dict:
-    d = spec.model_dump(mode="json")
-    for path in _EVAL_IRRELEVANT:
-        node = d
-        for key in path[:-1]:
-            node = node.get(key, {})
-        node.pop(path[-1], None)
-    if not spec.input.normalization.in_model:  # normalisation outside the model is the input's business
-        d["input"]["normalization"] = {"in_model": False}
-    return d
-
-
-def _first_difference(a, b, path: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            where = f"{path}.{key}" if path else key
-            if key not in a or key not in b:
-                return where
-            found = _first_difference(a[key], b[key], where)
-            if found:
-                return found
-        return None
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            found = _first_difference(x, y, f"{path}[{i}]")
-            if found:
-                return found
-        return None
-    return None if a == b else (path or "(root)")
-
-
-def _get(d, path: str):
-    import re
-
-    for part in re.findall(r"[^.\[\]]+", path):
-        if isinstance(d, list):
-            d = d[int(part)]
-        elif isinstance(d, dict) and part in d:
-            d = d[part]
-        else:
-            return "(absent)"
-    return d
-
-
-def check_compatible(file_spec: ArchitectureSpec | None, spec: ArchitectureSpec, source: str) -> None:
-    """Raise WeightsError when weights saved for `file_spec` describe another network than `spec`'s."""
-    if file_spec is None:
-        return
-    a, b = _network_fields(file_spec), _network_fields(spec)
-    where = _first_difference(a, b)
-    if where is not None:
-        raise WeightsError(f"{source}: weights were made for spec {file_spec.name!r}, another network than "
-                           f"{spec.name!r}: {where} is {_get(a, where)!r} there and {_get(b, where)!r} here")
 
 
 class Classifier:

@@ -34,12 +34,15 @@ IMPORTERS: dict[str, str] = {
     "timm": "effv2_adapters.torch.peers:import_timm",
     "keras": "effv2_adapters.jax.keras_import:import_keras",
     "efficientnet_pytorch": "effv2_adapters.torch.peers:import_efficientnet_pytorch",
+    "dli14": "effv2_adapters.torch.peers:import_dli14",
 }
 
 EXPORTERS: dict[str, str] = {
     "torchvision": "effv2_adapters.torch.peers:export_torchvision",
     "timm": "effv2_adapters.torch.peers:export_timm",
     "efficientnet_pytorch": "effv2_adapters.torch.peers:export_efficientnet_pytorch",
+    "dli14": "effv2_adapters.torch.peers:export_dli14",
+    "keras": "effv2_adapters.jax.keras_export:export_keras",
 }
 
 

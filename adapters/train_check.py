@@ -29,10 +29,18 @@ import numpy as np
 
 from effv2_spec.architecture import ArchitectureSpec
 from effv2_spec.documents import parse_obj
+from effv2_reference.lifeline import tied_to_parent
 
 from .check import gradient_scales
 
 TOLERANCE = {"float64": 1e-9, "float32": 1e-3}
+
+#: the training recipes a check can run (`--recipe`): changes to the check's training document. The default
+#: normalises with BN statistics in groups; 'clipped-frozen-bn' clips every step (a clip norm well under the
+#: check's gradient norms) and freezes BN (running statistics, gamma and beta fixed), the fields a trainer could
+#: ignore without the default check noticing
+RECIPES = {"default": {}, "clipped-frozen-bn": {"gradient_clip_norm": 0.05,
+                                                "batch_norm": {"mode": "frozen", "freeze_affine": True}}}
 
 
 def check_schedule(steps: int, size: int) -> dict:
@@ -44,8 +52,18 @@ def check_schedule(steps: int, size: int) -> dict:
                              "drop_path_rate": {"start": 0.1, "end": 0.2}}}
 
 
-def check_training(optimizer: str, batch: int, group_size: int | None, mix_group_size: int | None = None) -> dict:
+def check_training(optimizer: str, batch: int, group_size: int | None, mix_group_size: int | None = None,
+                   recipe: str = "default") -> dict:
+    """The check's training document; `recipe` one of RECIPES."""
     opt = {"type": "rmsprop"} if optimizer == "rmsprop" else {"type": "sgd", "momentum": 0.9, "nesterov": True}
+    doc = _check_training(opt, optimizer, batch, group_size, mix_group_size)
+    for key, value in RECIPES[recipe].items():
+        doc[key] = {**doc[key], **value} if isinstance(value, dict) else value
+    return doc
+
+
+def _check_training(opt: dict, optimizer: str, batch: int, group_size: int | None,
+                    mix_group_size: int | None) -> dict:
     return {"kind": "training", "name": f"train-check-{optimizer}", "batch_size": batch, "optimizer": opt,
             "label_smoothing": 0.1, "ema": {"decay": 0.9},
             "learning_rate": {"base": 0.2, "reference_batch_size": 256, "warmup_epochs": 0.0,
@@ -162,11 +180,14 @@ def jax_device_env(devices: int) -> dict:
 def run_train_check(spec: ArchitectureSpec, *, framework: str = "torch", steps: int = 6, nproc: int = 1,
                     dtype: str = "float64", optimizer: str = "rmsprop", size: int = 24, batch: int = 16,
                     group_size: int | None = None, seed: int = 0, timeout_s: float = 600.0,
-                    workdir: str | os.PathLike | None = None, devices: int = 1) -> TrainCheckReport:
+                    workdir: str | os.PathLike | None = None, devices: int = 1,
+                    recipe: str = "default") -> TrainCheckReport:
     """Train `spec` `steps` steps with the oracle and with `framework` (`nproc` processes; jax: `devices`
-    simulated CPU devices per process) and compare."""
+    simulated CPU devices per process) by the check's `recipe` (RECIPES) and compare."""
     if framework not in ("torch", "jax"):
         raise ValueError(f"--train-steps: training checks exist for 'torch' and 'jax' (got {framework!r})")
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe: one of {', '.join(RECIPES)} (got {recipe!r})")
     if devices != 1 and framework != "jax":
         raise ValueError("--devices: simulated devices are a jax check (torch runs one device per process)")
     if batch % (nproc * devices):
@@ -176,7 +197,7 @@ def run_train_check(spec: ArchitectureSpec, *, framework: str = "torch", steps: 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         root = Path(tmp)
         docs = {"spec.json": json.loads(spec.model_dump_json()), "schedule.json": check_schedule(steps, size),
-                "training.json": check_training(optimizer, batch, group, batch // nproc)}
+                "training.json": check_training(optimizer, batch, group, batch // nproc, recipe)}
         for name, doc in docs.items():
             parse_obj(doc)  # a bad combination (e.g. the group) fails here, before any run
             (root / name).write_text(json.dumps(doc))
@@ -184,19 +205,19 @@ def run_train_check(spec: ArchitectureSpec, *, framework: str = "torch", steps: 
         common = [str(root / "spec.json"), "--schedule", str(root / "schedule.json"), "--training",
                   str(root / "training.json"), "--data", str(data), "--dtype", dtype, "--seed", str(seed),
                   "--checkpoint-every", "0"]
-        _run_cli(["train", *common, "--out", str(root / "oracle")], timeout_s)
+        _run_cli(["train", *common, "--out", str(root / "oracle")], timeout_s, root)
         other = ["train", *common, "--framework", framework, "--device", "cpu", "--out", str(root / framework)]
         if framework == "jax":
             env = jax_device_env(devices)
             env["EFFV2_JAX_CACHE"] = env.get("EFFV2_JAX_CACHE", str(root / "jax-cache"))
             if nproc == 1:
-                _run([sys.executable, "-m", "effv2_spec.cli", *other], timeout_s, env)
+                _run([sys.executable, "-m", "effv2_spec.cli", *other], timeout_s, root, env)
             else:
-                _run_all(jax_process_commands(nproc, other, timeout_s=min(timeout_s, 120.0)), timeout_s, env)
+                _run_all(jax_process_commands(nproc, other, timeout_s=min(timeout_s, 120.0)), timeout_s, root, env)
         elif nproc == 1:
-            _run_cli(other, timeout_s)
+            _run_cli(other, timeout_s, root)
         else:
-            _run(torchrun_command(nproc, other + ["--timeout", str(min(timeout_s, 120.0))]), timeout_s)
+            _run(torchrun_command(nproc, other + ["--timeout", str(min(timeout_s, 120.0))]), timeout_s, root)
         ref, got = _state_of(root / "oracle" / "checkpoint.npz"), _state_of(root / framework / "checkpoint.npz")
         report.parts, report.problems = compare_states(ref, got, dtype)
         if got["meta"].get("processes") != nproc:
@@ -214,15 +235,27 @@ def _check_data(path: Path, batch: int, size: int) -> Path:
     return path
 
 
-def _run_cli(args: list[str], timeout_s: float) -> None:
-    _run([sys.executable, "-m", "effv2_spec.cli", *args], timeout_s)
+def _run_cli(args: list[str], timeout_s: float, root: Path) -> None:
+    _run([sys.executable, "-m", "effv2_spec.cli", *args], timeout_s, root)
 
 
-def _run_all(cmds: list[list[str]], timeout_s: float, env: dict) -> None:
+def _tied(cmd: list[str], root: Path) -> list[str]:
+    """`cmd` stopped (SIGTERM: torchrun passes it to its ranks) and `root` removed if this check dies, even by
+    SIGKILL."""
+    return tied_to_parent(cmd, cleanup=root)
+
+
+def _child_env(env: dict | None, root: Path) -> dict:
+    """The runs' temporary files (torchrun's torchelastic_* folders) go inside the check's folder too."""
+    return dict(env or local_process_env(), TMPDIR=str(root))
+
+
+def _run_all(cmds: list[list[str]], timeout_s: float, root: Path, env: dict) -> None:
     """Start every command at once (the processes of one run), wait for all; the first failure is one line."""
     import time
 
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for c in cmds]
+    procs = [subprocess.Popen(_tied(c, root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_child_env(env, root)) for c in cmds]
     deadline = time.monotonic() + timeout_s
     outputs = []
     try:
@@ -242,9 +275,10 @@ def _run_all(cmds: list[list[str]], timeout_s: float, env: dict) -> None:
             raise RuntimeError(f"training check: a run failed (exit {code}): {lines[0]}")
 
 
-def _run(cmd: list[str], timeout_s: float, env: dict | None = None) -> None:
+def _run(cmd: list[str], timeout_s: float, root: Path, env: dict | None = None) -> None:
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env or local_process_env())
+        done = subprocess.run(_tied(cmd, root), capture_output=True, text=True, timeout=timeout_s,
+                              env=_child_env(env, root))
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"training check: '{' '.join(cmd[-12:])}' did not finish in {timeout_s:.0f} s") from None
     if done.returncode != 0:

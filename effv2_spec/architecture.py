@@ -69,9 +69,10 @@ class EvalPreprocessing(SpecModel):
     """Resize policy (official V2 S/M/L/XL at S >= 320: 'whole_image', no crop)."""
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bilinear"
     """Resampling filter, by Pillow's name (official V2 S/M/L/XL: bilinear; B0-B3 and V1: bicubic)."""
-    crop_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    """Fraction of the resized image kept by the centre crop, in (0, 1]; official B0-B3 and V1:
-    S / (S + 32) (0.875 at 224), V2 S/M/L/XL: 1.0 (timm's crop_pct)."""
+    crop_fraction: Annotated[float, Field(ge=0.25, le=1.0)] = 1.0
+    """Fraction of the resized image kept by the centre crop, in [0.25, 1]; official B0-B3 and V1:
+    S / (S + 32) (0.875 at 224), V2 S/M/L/XL: 1.0 (timm's crop_pct). The bound keeps the resize
+    before the crop (S / crop_fraction a side) within 4 S."""
 
 
 class InputSpec(SpecModel):
@@ -243,6 +244,9 @@ class InitSpec(SpecModel):
     """Depthwise fan_out: k*k (official, timm, Keras) or C*k*k (torchvision, d-li14)."""
     dense: Literal["uniform_fan_out", "normal_0.001"] = "uniform_fan_out"
     """Classifier kernel: U(-1/sqrt(out), 1/sqrt(out)) (official, torchvision, timm) or N(0, 0.001) (d-li14)."""
+    se: Literal["conv_fan_out", "normal_0.001"] = "conv_fan_out"
+    """SE reduce/expand kernels: as conv kernels, N(0, sqrt(2 / fan_out)) (official, torchvision, timm, Keras),
+    or N(0, 0.001) (d-li14, whose SE layers are nn.Linear under its dense init)."""
 
 
 class Conventions(SpecModel):

@@ -18,7 +18,18 @@ class SpecInputError(click.ClickException):
     exit_code = 1
 
     def show(self, file=None):
-        click.echo(self.format_message(), err=True)
+        click.echo(printable(self.format_message()), err=True)  # messages quote files, folder names, labels
+
+
+def printable(text) -> str:
+    """`text` with every control or other unprintable character escaped (\\x1b, \\u202e, ...), line breaks kept.
+
+    For whatever came from a file, a folder listing or an archive before it reaches a terminal: an escape
+    sequence there could clear the screen, retitle the window or hide text (OSC passes even through a pipe)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "\n".join("".join(c if c.isprintable() else repr(c)[1:-1] for c in line) for line in text.split("\n"))
 
 
 def display_name(source) -> str:

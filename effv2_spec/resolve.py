@@ -333,9 +333,12 @@ class _Resolver:
         return unit
 
     def squeeze(self, name, channels, squeeze, size) -> SqueezeExcite:
-        self.add(name, "reduce.weight", (squeeze, channels, 1, 1), "se_kernel", True, self.conv_init(squeeze))
+        dense = self.spec.conventions.init.se == "normal_0.001"
+        self.add(name, "reduce.weight", (squeeze, channels, 1, 1), "se_kernel", True,
+                 InitRule("normal", 0.001) if dense else self.conv_init(squeeze))
         self.add(name, "reduce.bias", (squeeze,), "se_bias", True, InitRule("zeros"))
-        self.add(name, "expand.weight", (channels, squeeze, 1, 1), "se_kernel", True, self.conv_init(channels))
+        self.add(name, "expand.weight", (channels, squeeze, 1, 1), "se_kernel", True,
+                 InitRule("normal", 0.001) if dense else self.conv_init(channels))
         self.add(name, "expand.bias", (channels,), "se_bias", True, InitRule("zeros"))
         conv = self.spec.conventions
         return SqueezeExcite(name, channels, squeeze, tuple(size), activation=conv.se.activation or conv.activation,

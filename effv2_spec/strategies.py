@@ -60,6 +60,7 @@ def conventions(draw, *, official: bool = False) -> dict[str, Any]:
             "conv": draw(st.sampled_from(["normal_fan_out", "truncated_normal_fan_out"])),
             "depthwise_fan_out": draw(st.sampled_from(["kernel_area", "channels_times_kernel_area"])),
             "dense": draw(st.sampled_from(["uniform_fan_out", "normal_0.001"])),
+            "se": draw(st.sampled_from(["conv_fan_out", "normal_0.001"])),
         },
     }
 

@@ -155,6 +155,13 @@ class Augmentation(SpecModel):
     """RandAugment variant: 'automl' (google/automl: 16 ops, strength magnitude/10 of each op's maximum,
     unbounded above 10, absolute pixel constants, fill 128), the scale of the paper's Table 6 and of the
     schedules; 'torchvision' (14 ops, magnitude on torchvision's 0-30 bin scale)."""
+    randaugment_reference_size: Annotated[int, Field(ge=8, le=8192)] | None = None
+    """How big the automl variant's pixel constants are. null (official): absolute pixels whatever the
+    image, translate up to 100 px and cutout half-side 40 px at magnitude 10 (made for 128-380 px ImageNet
+    crops; at 32 px, magnitude 5 moves the image 50 px, out of its frame). An integer R: both scale by
+    side / R (translate along each axis by that axis' side), so an image of any stage size is moved and cut
+    in the proportion an R px image is in automl, and the magnitude alone sets the strength, as the paper's
+    Algorithm 1 intends. Only for randaugment 'automl' (torchvision's translate is already relative)."""
     random_resized_crop: RandomResizedCrop | None = RandomResizedCrop()
     """Random box then bilinear resize to the stage size, or null: the whole image is resized."""
     horizontal_flip: bool = True
@@ -163,6 +170,13 @@ class Augmentation(SpecModel):
     """Mixup / cutmix partners are taken within contiguous groups of this many samples (the group
     reversed, as the official code does per core). null = the BN group size (the whole batch when
     that is null too). Must divide batch_size."""
+
+    @model_validator(mode="after")
+    def _reference_size_is_automl(self) -> "Augmentation":
+        if self.randaugment_reference_size is not None and self.randaugment != "automl":
+            raise ValueError("randaugment_reference_size: applies to randaugment 'automl' only (torchvision's "
+                             "translate is already relative to the image); set it to null")
+        return self
 
 
 class TrainingConfig(SpecModel):

@@ -132,10 +132,29 @@ def save_weights(path: str | os.PathLike, spec: ArchitectureSpec, tensors: dict[
     atomic_write_bytes(path, reproducible_safetensors(save(arrays, metadata=metadata)))
 
 
+def value_problem(tensors: dict[str, np.ndarray]) -> str | None:
+    """What makes these tensors unusable as weights whatever the spec, naming the first tensor; None if nothing.
+
+    Names and shapes are the spec's business (check_tensors); here: every tensor floating point (an
+    integer or bool file would be cast silently: all-ones weights), finite, and BN variances >= 0
+    (their square root is taken)."""
+    for name, v in tensors.items():
+        if v.dtype.kind != "f":
+            return f"{name} holds {v.dtype} values; weights are floating point (float16, float32 or float64)"
+    for name, v in tensors.items():
+        if not np.isfinite(v).all():
+            return f"{name} holds NaN or infinite values"
+        if name.endswith("running_var") and v.size and v.min() < 0:
+            return f"{name} holds a negative variance ({float(v.min()):.3g}); a BN running variance is >= 0"
+    return None
+
+
 def load_weights(path: str | os.PathLike) -> tuple[ArchitectureSpec | None, dict[str, np.ndarray]]:
     """Load a canonical weights file: (spec from its metadata or None, tensors)."""
     from safetensors import safe_open
 
+    if not str(path):
+        raise WeightsError("'': an empty path names no weights file")
     path = Path(path)
     if path.is_dir():
         raise WeightsError(f"{path}: is a directory, not a weights file")
@@ -147,6 +166,9 @@ def load_weights(path: str | os.PathLike) -> tuple[ArchitectureSpec | None, dict
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+    problem = value_problem(tensors)
+    if problem:
+        raise WeightsError(f"{path}: {problem}")
     spec = None
     if "effv2_spec" in metadata:
         spec = _embedded_spec(path, metadata["effv2_spec"])

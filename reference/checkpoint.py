@@ -149,13 +149,17 @@ DEFAULT_ROOT = Path("runs")
 
 
 def prepare_out_dir(out: str | os.PathLike | None, name: str, *, resume: bool, overwrite: bool,
-                    root: Path = DEFAULT_ROOT) -> Path:
+                    root: Path = DEFAULT_ROOT, lock: bool = False) -> Path:
     """The run's output folder, made safe to write: `out`, or `root/<name>` when `out` is None.
 
     - The default folder must resolve inside `root` (a name such as '../x' is refused; the schema
       refuses it too, this guards callers that build specs in Python).
+    - `lock`: the folder is created and locked for this process's life first (run_lock.py): another
+      run writing there, or a folder that cannot be written, is refused now rather than minutes in.
     - A folder that holds a checkpoint or weights is refused unless the run resumes it or
-      `overwrite` is set, which removes them first (so a killed new run cannot be resumed as the old one).
+      `overwrite` is set. Nothing is removed here: the new run's first checkpoint replaces the old
+      one (and removes the old weights, `ProgressiveLoop.save`), so a refused or killed new run
+      loses nothing.
     - Temporary files of a write that was killed (`.checkpoint.npz.*.tmp`) are removed.
     """
     folder = Path(out) if out is not None else _default_folder(name, root)
@@ -163,15 +167,20 @@ def prepare_out_dir(out: str | os.PathLike | None, name: str, *, resume: bool, o
         raise CheckpointError(f"{folder}: is a file; --out needs a folder")
     if resume and overwrite:
         raise CheckpointError("--resume and --overwrite exclude each other")
+    if lock:
+        from .run_lock import RunLockError, hold
+
+        try:
+            hold(folder)
+        except RunLockError as exc:
+            raise CheckpointError(str(exc)) from None
     if folder.is_dir():
-        _remove_stale_temporaries(folder)
+        if lock:  # without the lock, another process may be writing one of them right now
+            _remove_stale_temporaries(folder)
         held = [f for f in RUN_FILES if (folder / f).exists()]
         if held and not resume and not overwrite:
             raise CheckpointError(f"{folder}: already holds {' and '.join(held)} from an earlier run; "
                                   "use --resume or --overwrite")
-        if overwrite:
-            for f in held:  # missing_ok: under torchrun every process prepares the same folder
-                (folder / f).unlink(missing_ok=True)
     return folder
 
 

@@ -117,7 +117,7 @@ def _stage_line(rec: dict, num_stages: int) -> str:
               help="'digits' (embedded), an .npz with uint8 NHWC 'images' and int 'labels', or a folder "
                    "with one sub-folder of images per class.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Folder for checkpoint.npz and weights.safetensors [default: runs/<spec name>].")
+              help="Folder for checkpoint.npz, weights.safetensors and the record metrics.jsonl [default: runs/<spec name>].")
 @click.option("--resume", is_flag=True,
               help="Continue from the checkpoint in --out (same spec, schedule, recipe, seed).")
 @click.option("--overwrite", is_flag=True,
@@ -175,11 +175,19 @@ def _stage_line(rec: dict, num_stages: int) -> str:
               help="jax with --coordinator: number of processes (default JAX_NUM_PROCESSES).")
 @click.option("--process-id", "process_id", type=click.IntRange(min=0), default=None,
               help="jax with --coordinator: this process's index (default JAX_PROCESS_ID).")
+@click.option("--log-every", "log_every", type=click.IntRange(min=1), default=10, show_default=True,
+              help="A line of metrics.jsonl in --out every N steps (also at each stage end and checkpoint).")
+@click.option("--tensorboard", is_flag=True,
+              help="Also write the record as TensorBoard event files under <out>/tensorboard/.")
+@click.option("--eval-every", "eval_every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Held-out accuracy at the stage's size and the final size every N steps inside stages, in "
+                   "metrics.jsonl (0: at stage ends only).")
 @click.option("--json", "as_json", is_flag=True,
               help="End with one JSON object (final_accuracy, seconds, stages, ...).")
 def train(spec_source, schedule_source, training_source, data_source, out_dir, resume, overwrite, seed, steps, epochs, dtype,
           checkpoint_every, threads, workers, nproc, init_from, num_classes, frozen_bn, eval_size, stop_at, framework, device, precision,
-          channels_last, compile_, timeout_s, coordinator, num_processes, process_id, as_json):
+          channels_last, compile_, timeout_s, coordinator, num_processes, process_id, as_json, log_every=10,
+          tensorboard=False, eval_every=0):
     """Train SPEC progressively: with the NumPy/Numba oracle on CPU, with PyTorch (torchrun for many devices) or
     with JAX (every local device; --coordinator for several processes / hosts)."""
     t_start = time.perf_counter()
@@ -195,6 +203,9 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
     if frozen_bn:
         config = _with_changes(config, training_source, "--frozen-bn",
                                batch_norm=dict(config.batch_norm.model_dump(mode="json"), mode="frozen"))
+    if eval_size is not None and eval_size < spec.total_stride:
+        raise click.BadParameter(f"must be >= the network's total stride {spec.total_stride} (got {eval_size})",
+                                 param_hint="'--eval-size'")
 
     # imported here: numba and the oracle load only once the documents are known to be good
     from effv2_spec.accounting import ResourceError, check_training_fits
@@ -224,6 +235,9 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
             raise SpecInputError("the oracle starts its own processes (--nproc); under torchrun use --framework torch")
     elif nproc is not None and nproc != 1:
         raise click.UsageError("--nproc: only with --framework reference (torch: torchrun; jax: its devices)")
+    if workers is not None and workers > _cores():
+        raise click.UsageError(f"--workers {workers}: this machine has {_cores()} cores; more loader processes "
+                               "than cores only wait for each other")
 
     try:
         if framework == "reference":  # one process holds the whole batch in this machine's memory
@@ -235,14 +249,23 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
         raise SpecInputError(str(exc)) from None
     initial = None
     if init_from is not None:
+        from effv2_spec.compatibility import check_compatible
         from effv2_spec.weights import WeightsError, load_weights
 
         try:
-            initial = (init_from, load_weights(init_from)[1])
+            file_spec, tensors = load_weights(init_from)
         except (WeightsError, OSError, ValueError) as exc:
-            raise SpecInputError(f"{init_from}: cannot read weights ({exc})") from None
+            text = str(exc)  # load_weights names the file already
+            raise SpecInputError(text if text.startswith(str(init_from)) else
+                                 f"{init_from}: cannot read weights ({exc})") from None
+        try:  # another class count only with --num-classes, which draws a new classifier
+            check_compatible(file_spec, spec, init_from, new_classifier=num_classes is not None)
+        except WeightsError as exc:
+            raise SpecInputError(str(exc)) from None
+        initial = (init_from, tensors)
     try:
-        out = prepare_out_dir(out_dir, spec.name, resume=resume, overwrite=overwrite)
+        out = prepare_out_dir(out_dir, spec.name, resume=resume, overwrite=overwrite,
+                              lock=_writer_rank(framework, process_id) == 0)
     except CheckpointError as exc:
         raise SpecInputError(str(exc)) from None
     if framework == "reference":
@@ -273,7 +296,8 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
             if framework == "reference":
                 trainer = Trainer(spec, sched, config, train_data, heldout, seed=seed, dtype=dtype, out_dir=out,
                                   checkpoint_every=checkpoint_every or None, workers=workers or 0,
-                                  init_from=initial, eval_size=eval_size, replica=replica)
+                                  init_from=initial, eval_size=eval_size, replica=replica, log_every=log_every,
+                                  tensorboard=tensorboard, eval_every=eval_every)
             else:
                 options = dict(dtype=dtype, device=device, precision=precision, timeout_s=timeout_s)
                 if framework == "jax":
@@ -283,7 +307,8 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
                 procs, make_backend = _framework_backend(framework, **options)
                 trainer = ProgressiveLoop(spec, sched, config, train_data, heldout, make_backend, seed=seed,
                                           dtype=dtype, out_dir=out, checkpoint_every=checkpoint_every or None,
-                                          workers=workers or 0, init_from=initial, eval_size=eval_size)
+                                          workers=workers or 0, init_from=initial, eval_size=eval_size,
+                                          log_every=log_every, tensorboard=tensorboard, eval_every=eval_every)
             if resume:
                 trainer.resume()
         except CheckpointError as exc:
@@ -309,7 +334,7 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
                  f"{train_data.images.shape[1]} px stored): {sched.name} ({n_stages} stages, {trainer.total_steps} "
                  f"steps), {config.name} (batch {trainer.batch}), seed {seed}, {dtype}, {framework}"
                  + (f" x {trainer.backend.world} processes" if trainer.backend.world > 1 else "")
-                 + (f", from {init_from}" if init_from else "")
+                 + (f", from {init_from}" if init_from and not resume else "")  # a resume continues its own
                  + (", frozen BN" if config.batch_norm.mode == "frozen" else "")
                  + (f", resumed at step {trainer.step}" if resume else ""))
         if framework == "torch" and threads:
@@ -322,6 +347,7 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
         return trainer, result
 
     from .kernels.heap import retain_freed_memory
+    from .data.loader import LoaderError
     from .replicas import ReplicaError, run_replicas
     from .train import replica_capacity
 
@@ -331,6 +357,7 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
     # interpreter exit (0.6 s of a 2 s start-and-exit), and forked processes share its pages instead of
     # copying those the collector would touch
     gc.freeze()
+    _stop_on_sigterm()
     try:
         if world > 1:
             trainer, result = run_replicas(world, run_rank, capacity_bytes=replica_capacity(spec, dtype),
@@ -348,6 +375,8 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
         step = held["trainer"].step if "trainer" in held else 0
         raise SpecInputError(f"{spec.name}: training stopped at step {step} ({_first_line(exc)}); "
                              "another process may have died") from None
+    except LoaderError as exc:  # a data loader process failed or was killed
+        raise SpecInputError(f"{spec.name}: training stopped ({exc})") from None
     except OSError as exc:  # checkpoints and weights go to --out
         raise SpecInputError(f"{exc.filename or out}: cannot write ({exc.strerror or exc})") from None
     except KeyboardInterrupt:
@@ -356,7 +385,7 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
         kept = (f"checkpoint at step {trainer.last_checkpoint_step} in {out}; continue with --resume"
                 if trainer is not None and trainer.last_checkpoint_step is not None else "no checkpoint written yet")
         click.echo(f"interrupted at step {step}: {kept}", err=True)
-        sys.exit(130)
+        sys.exit(128 + _STOP_SIGNAL["number"])
     if framework != "reference":
         trainer.backend.procs.close()
     lead = trainer.backend.rank == 0
@@ -378,6 +407,32 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
             payload["compile_cache"] = dict(trainer.backend.compile_cache)
             payload["devices"] = len(trainer.backend.procs.devices)
         echo_json(payload)
+
+
+def _writer_rank(framework: str, process_id: int | None) -> int:
+    """This process's rank among the run's processes on a shared --out (only rank 0 locks and writes it)."""
+    if framework == "reference":
+        return 0
+    if framework == "jax" and process_id is not None:
+        return process_id
+    text = os.environ.get("JAX_PROCESS_ID" if framework == "jax" else "RANK", "0").strip()
+    return int(text) if text.isdigit() else 0
+
+
+_STOP_SIGNAL = {"number": 2}  # what interrupted the run: SIGINT unless SIGTERM arrives
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the run as Ctrl-C does (the loader's workers stop, the checkpoint is named); exit 143."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        _STOP_SIGNAL["number"] = signum
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _parse_nproc(value) -> int | None:

@@ -16,12 +16,7 @@ import numpy as np
 
 from effv2_spec.training import EMA
 
-
-def ema_decay(config: EMA, num_updates: int) -> float:
-    """The decay used for the update made at global step `num_updates` (1-based)."""
-    if config.num_updates_warmup:
-        return min(config.decay, (1.0 + num_updates) / (10.0 + num_updates))
-    return config.decay
+from .recipe import ema_decay  # noqa: F401 (the rule lives in the recipe; re-exported)
 
 
 class WeightEMA:

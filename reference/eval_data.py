@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from effv2_spec.architecture import ArchitectureSpec
+from effv2_spec.architecture import MAX_IMAGE_SIZE, ArchitectureSpec
 
 from .labels import LabelError, class_index
+from .npzfile import NpzError, check_magic, member_header, memory_budget, read_member
 from .preprocess import ImageError, load_image, pixels
+
+
+_BATCH_BYTES = 256 * 2**20  # raw image bytes one .npz batch may read at once
 
 
 class EvalDataError(ValueError):
@@ -64,8 +69,8 @@ class FolderSource:
                 try:
                     images.append(pixels(load_image(path, channels), size, how))
                     labels.append(label)
-                except ImageError as exc:
-                    skipped.append(str(exc))
+                except ImageError as exc:  # load_image names the file; the resize does not know it
+                    skipped.append(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}")
             empty = np.zeros((0, size, size, channels), np.uint8)
             yield Batch(np.stack(images) if images else empty, np.asarray(labels, np.int64), skipped)
 
@@ -75,42 +80,46 @@ class NpzSource:
 
     def __init__(self, path: Path, spec: ArchitectureSpec):
         self.path, self.spec, self.name = path, spec, str(path)
-        try:
+        try:  # every size is checked against the member's real size and a memory budget before it is used
+            check_magic(path)
             with zipfile.ZipFile(path) as zf:
                 names = set(zf.namelist())
                 missing = [k for k in ("images", "labels") if f"{k}.npy" not in names]
                 if missing:
                     raise EvalDataError(f"{path}: missing array(s) {', '.join(missing)}; an .npz needs 'images' "
                                         "(uint8 NHWC) and 'labels' (integers)")
-                with zf.open("labels.npy") as f:
-                    labels = np.load(f, allow_pickle=False)
-                with zf.open("images.npy") as f:
-                    shape, fortran, dtype = self._header(f)
+                shape, dtype, _, fortran, self._offset = member_header(zf, zf.getinfo("images.npy"))
+                self._check_images(shape, dtype, fortran)
+                labels_header = member_header(zf, zf.getinfo("labels.npy"))
+                lshape, ldtype, lbytes = labels_header[:3]
+                if len(lshape) != 1 or lshape[0] != shape[0] or ldtype.kind not in "iu":
+                    raise EvalDataError(f"{path}: labels: must be {shape[0]} integers (one per image), got "
+                                        f"shape {lshape} dtype {ldtype}")
+                if lbytes > memory_budget():
+                    raise EvalDataError(f"{path}: labels: {lbytes:,} bytes do not fit in half of this machine's memory")
+                labels = read_member(zf, zf.getinfo("labels.npy"), labels_header)
         except EvalDataError:
             raise
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise EvalDataError(f"{path}: not a readable .npz file ({exc})") from None
-        if dtype != np.uint8:
-            raise EvalDataError(f"{path}: images: must be uint8 (0..255), got dtype {dtype}")
-        if len(shape) != 4 or shape[3] not in (1, spec.input.channels) or 0 in shape:
-            raise EvalDataError(f"{path}: images: must be N x H x W x C with C = 1 or {spec.input.channels}, "
-                                f"got shape {shape}")
-        if fortran:
-            raise EvalDataError(f"{path}: images: must be stored in C order (np.savez of a C-contiguous array)")
-        if labels.ndim != 1 or labels.shape[0] != shape[0] or not np.issubdtype(labels.dtype, np.integer):
-            raise EvalDataError(f"{path}: labels: must be {shape[0]} integers (one per image), got "
-                                f"shape {labels.shape} dtype {labels.dtype}")
+        except NpzError as exc:
+            raise EvalDataError(f"{path}: {exc}") from None
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError,
+                RuntimeError, zlib.error) as exc:
+            raise EvalDataError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
         if labels.min() < 0 or labels.max() >= spec.num_classes:
             raise EvalDataError(f"{path}: labels: must lie in [0, {spec.num_classes}) for the spec's num_classes, "
                                 f"got values in [{labels.min()}, {labels.max()}]")
         self.shape, self.labels = shape, labels.astype(np.int64)
 
-    @staticmethod
-    def _header(f):
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            return np.lib.format.read_array_header_1_0(f)
-        return np.lib.format.read_array_header_2_0(f)
+    def _check_images(self, shape, dtype, fortran) -> None:
+        path, channels = self.path, self.spec.input.channels
+        if dtype != np.uint8:
+            raise EvalDataError(f"{path}: images: must be uint8 (0..255), got dtype {dtype}")
+        if len(shape) != 4 or shape[3] not in (1, channels) or 0 in shape:
+            raise EvalDataError(f"{path}: images: must be N x H x W x C with C = 1 or {channels}, got shape {shape}")
+        if max(shape[1:3]) > MAX_IMAGE_SIZE:
+            raise EvalDataError(f"{path}: images: height and width must be at most {MAX_IMAGE_SIZE}, got {shape[1:3]}")
+        if fortran:
+            raise EvalDataError(f"{path}: images: must be stored in C order (np.savez of a C-contiguous array)")
 
     def __len__(self) -> int:
         return int(self.shape[0])
@@ -121,31 +130,39 @@ class NpzSource:
         how = self.spec.input.eval_preprocessing
         n, h, w, c = self.shape
         row = h * w * c
+        batch = max(1, min(batch, _BATCH_BYTES // row))  # a batch of the largest images stays near _BATCH_BYTES
         with zipfile.ZipFile(self.path) as zf, zf.open("images.npy") as f:
-            self._header(f)
+            f.read(self._offset)
             for start in range(0, n, batch):
                 m = min(batch, n - start)
-                raw = f.read(row * m)
+                raw = f.read(row * m)  # bounded: zipfile never inflates more than it is asked for
                 if len(raw) != row * m:
                     raise EvalDataError(f"{self.path}: images: the file ends after {start + len(raw) // row} "
                                         f"of {n} images (truncated)")
                 chunk = np.frombuffer(raw, np.uint8).reshape(m, h, w, c)
                 out = []
-                for img in chunk:
+                for i, img in enumerate(chunk):
                     pil = Image.fromarray(img[..., 0] if c == 1 else img)
                     if c != self.spec.input.channels:
                         pil = pil.convert("RGB")
-                    out.append(pixels(pil, size, how))
+                    try:
+                        out.append(pixels(pil, size, how))
+                    except ImageError as exc:
+                        raise EvalDataError(f"{self.path}: images[{start + i}]: {exc}") from None
                 yield Batch(np.stack(out), self.labels[start:start + m])
 
 
 def open_source(data: str | os.PathLike, spec: ArchitectureSpec, mapping_file=None):
     """A FolderSource or NpzSource by what `data` is."""
+    if not str(data):
+        raise EvalDataError("--data '': an empty path names no file or folder")
     p = Path(data)
     if p.is_dir():
         return FolderSource(p, spec, mapping_file)
     if not p.exists():
         raise EvalDataError(f"{data}: no such file or folder (use an image folder or an .npz file)")
+    if not p.is_file():  # a FIFO or a device would block or never end
+        raise EvalDataError(f"{data}: not a regular file or folder (use an image folder or an .npz file)")
     if mapping_file is not None:
         raise EvalDataError(f"{data}: --class-index applies to image folders, not to .npz files")
     return NpzSource(p, spec)

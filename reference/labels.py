@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from functools import lru_cache
 from importlib import resources
+
+from effv2_spec.documents import MAX_DOCUMENT_BYTES
 
 
 class LabelError(ValueError):
@@ -30,14 +33,30 @@ def imagenet1k() -> tuple[tuple[str, str], ...]:
     return rows
 
 
-def _read_lines(path: str | os.PathLike, what: str) -> list[str]:
+def _read_text(path: str | os.PathLike, what: str) -> str:
+    """The UTF-8 text of a labels or class-index file, read with the caps of a spec document."""
+    if not str(path):
+        raise LabelError(f"'': an empty path names no {what} file")
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line.rstrip("\r\n") for line in f]
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # /dev/zero would never end
+                raise LabelError(f"{path}: not a regular file; a {what} file is text")
+            data = f.read(MAX_DOCUMENT_BYTES + 1)
     except FileNotFoundError:
         raise LabelError(f"{path}: no such {what} file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise LabelError(f"{path}: not a readable {what} file ({exc.strerror or exc})") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise LabelError(f"{path}: larger than {MAX_DOCUMENT_BYTES // 2**20} MiB; a {what} file is text of a few "
+                         "lines per class")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise LabelError(f"{path}: not a readable UTF-8 {what} file ({exc})") from None
+
+
+def _read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    lines = _read_text(path, what).replace("\r\n", "\n").replace("\r", "\n").split("\n")  # as text mode reads
     while lines and not lines[-1].strip():
         lines.pop()
     return lines
@@ -70,13 +89,13 @@ def class_index(folders: list[str], num_classes: int, mapping_file: str | os.Pat
     """
     if mapping_file is not None:
         if str(mapping_file).lower().endswith(".json"):
+            text = _read_text(mapping_file, "class-index")
             try:
-                with open(mapping_file, encoding="utf-8") as f:
-                    raw = json.load(f)
-            except FileNotFoundError:
-                raise LabelError(f"{mapping_file}: no such class-index file") from None
-            except (OSError, ValueError) as exc:
+                raw = json.loads(text)
+            except ValueError as exc:
                 raise LabelError(f"{mapping_file}: not a readable JSON class-index file ({exc})") from None
+            except RecursionError:
+                raise LabelError(f"{mapping_file}: JSON nested too deeply to be a class-index file") from None
             if not isinstance(raw, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw.values()):
                 raise LabelError(f"{mapping_file}: must be a JSON object mapping folder names to integer class indices")
             mapping = {str(k): int(v) for k, v in raw.items()}

@@ -37,7 +37,7 @@ def memory_budget() -> int:
 def read_npz(path: str | os.PathLike, budget: int | None = None) -> dict[str, np.ndarray]:
     """Every array of the `.npz` at `path`, by name (without `.npy`); `NpzError` for anything unsafe."""
     budget = memory_budget() if budget is None else budget
-    _check_magic(path)
+    check_magic(path)
     try:
         with zipfile.ZipFile(path) as z:
             # other members (a README, say) are not arrays; np.load would not read them either
@@ -45,13 +45,13 @@ def read_npz(path: str | os.PathLike, budget: int | None = None) -> dict[str, np
             declared = 0
             headers = []
             for info in members:
-                header = _member_header(z, info)
+                header = member_header(z, info)
                 declared += header[2]
                 if declared > budget:
                     raise NpzError(f"its arrays declare more than {budget / 2**30:.1f} GiB "
                                    "(half of this machine's memory)")
                 headers.append(header)
-            return {info.filename.removesuffix(".npy"): _read_member(z, info, h) for info, h in zip(members, headers)}
+            return {info.filename.removesuffix(".npy"): read_member(z, info, h) for info, h in zip(members, headers)}
     except NpzError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError,
@@ -59,7 +59,7 @@ def read_npz(path: str | os.PathLike, budget: int | None = None) -> dict[str, np
         raise NpzError(f"a damaged .npz archive ({type(exc).__name__}: {exc})") from None
 
 
-def _check_magic(path) -> None:
+def check_magic(path) -> None:
     with open(path, "rb") as f:
         head = f.read(len(_NPY_MAGIC))
     if head.startswith(_NPY_MAGIC):
@@ -68,7 +68,7 @@ def _check_magic(path) -> None:
         raise NpzError("not an .npz archive (it is not a zip file)")
 
 
-def _member_header(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int, bool, int]:
+def member_header(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int, bool, int]:
     """(shape, dtype, nbytes, fortran_order, header length) of one member, checked against its size."""
     with z.open(info) as fp:
         version = np.lib.format.read_magic(fp)
@@ -84,7 +84,7 @@ def _member_header(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int
     return shape, dtype, nbytes, fortran, header_len
 
 
-def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, header) -> np.ndarray:
+def read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, header) -> np.ndarray:
     shape, dtype, nbytes, fortran, header_len = header
     flat = np.empty(math.prod(shape), dtype=dtype)
     with z.open(info) as fp:

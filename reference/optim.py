@@ -13,6 +13,8 @@ The math is docs/internals.md, "Optimisers", word for word:
 `step(params, grads, lr)` mutates the parameter arrays in place (callers hold references
 to them, e.g. `ReferenceModel.params`) and never mutates `grads`. Slots are created lazily
 in the parameter's dtype, so float32 and float64 runs each stay in their own precision.
+Which tensors decay, the clip factor and the slot names are the run's recipe (recipe.py), shared with
+the PyTorch and JAX backends.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from effv2_spec.resolve import ResolvedModel
 from effv2_spec.training import RMSProp, SGD, TrainingConfig
 
 from .kernels.sgd import sgd_momentum_kernel, sgd_momentum_segments_kernel
+from .recipe import SLOTS, clip_factor, decayed_names
 
 
 class Optimizer(ABC):
@@ -36,12 +39,9 @@ class Optimizer(ABC):
 
     def __init__(self, config: TrainingConfig, resolved: ResolvedModel | None):
         self.config = config
-        wd = config.weight_decay
-        self.decay_rate = float(wd.rate)
-        roles = set(wd.applies_to)
+        self.decay_rate = float(config.weight_decay.rate)
         # no resolved table: nothing is known about roles, so nothing decays (never guess a role)
-        self.decayed: frozenset[str] = frozenset(
-            p.name for p in (resolved.trainable() if resolved is not None else ()) if p.role in roles)
+        self.decayed: frozenset[str] = decayed_names(config, resolved) if resolved is not None else frozenset()
         self.clip_norm = config.gradient_clip_norm
         self.state: dict[str, dict[str, np.ndarray]] = {s: {} for s in self.slots}
         self.steps = 0
@@ -57,9 +57,9 @@ class Optimizer(ABC):
                 g = g + w.dtype.type(self.decay_rate) * w
             out[name] = g
         if self.clip_norm is not None:
-            norm = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in out.values())))
-            if norm > self.clip_norm:
-                scale = self.clip_norm / norm
+            scale = clip_factor(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in out.values()),
+                                self.clip_norm)
+            if scale != 1.0:
                 out = {k: g * g.dtype.type(scale) for k, g in out.items()}
         return out
 
@@ -127,7 +127,7 @@ def consecutive_buffer(arrays: list[np.ndarray]) -> np.ndarray | None:
 class SGDOptimizer(Optimizer):
     """PyTorch SGD (dampening 0): v = m v + g; w -= lr (g + m v) (nesterov) or w -= lr v."""
 
-    slots = ("momentum",)
+    slots = SLOTS["sgd"]
 
     def __init__(self, config: TrainingConfig, resolved):
         super().__init__(config, resolved)
@@ -208,7 +208,7 @@ class SGDOptimizer(Optimizer):
 class RMSPropOptimizer(Optimizer):
     """RMSProp with the eps placement, initial accumulator and lr placement the config names."""
 
-    slots = ("ms", "mom")
+    slots = SLOTS["rmsprop"]
 
     def __init__(self, config: TrainingConfig, resolved):
         super().__init__(config, resolved)

@@ -31,8 +31,9 @@ from .ops.loss import softmax_cross_entropy
 from .ops.batchnorm import BatchNormSync
 from .optim import build_optimizer
 from .plan import SUPPORTED_REGULARIZERS, PlanError, TrainingPlan, stage_view  # noqa: F401 (re-exported)
+from .recipe import Recipe, batch_norm_layout  # noqa: F401 (batch_norm_layout re-exported)
 from .replicas import run_replicas
-from .trainloop import EVAL_BATCH, ProgressiveLoop, TrainingDiverged, TrainResult, frozen_names  # noqa: F401
+from .trainloop import EVAL_BATCH, ProgressiveLoop, TrainingDiverged, TrainResult  # noqa: F401
 
 
 # ---- evaluation of a bare model ----------------------------------------------------------------
@@ -67,22 +68,6 @@ def evaluate_with(model: ReferenceModel, tensors: dict[str, np.ndarray] | None, 
 
 
 # ---- the oracle's side of a step ------------------------------------------------------------------
-def batch_norm_layout(plan: TrainingPlan, world: int) -> tuple[int | None, int]:
-    """(BN group size within one process's rows or None, span): how the plan's BN groups fall on
-    `world` processes. span > 1: one group holds the rows of `span` processes (None then)."""
-    plan.shards(world)  # whole shards first: a batch that does not split says so
-    local, g = plan.batch_size // world, plan.bn_group_size
-    if g <= local:
-        if local % g:
-            raise PlanError(f"batch_norm.group_size: a group of {g} samples does not fit the {local} rows of each "
-                            f"of {world} processes (it must divide them)")
-        return g, 1
-    if g % local or world % (g // local):
-        raise PlanError(f"batch_norm.group_size: a group of {g} samples must be the rows of a number of processes "
-                        f"({local} rows each) that divides the {world} processes")
-    return None, g // local
-
-
 class OracleBackend:
     """`TrainingBackend` of the NumPy/Numba oracle: the whole global batch in one process, or with a
     `replica` (replicas.py) this process's shard of it: BN statistics of groups spanning processes,
@@ -104,9 +89,9 @@ class OracleBackend:
                 replica_mean=replica.mean if span < self.world else None)  # a group over all: identical already
         self.model = ReferenceModel(plan.base, dtype=dtype, seed=plan.seed)
         self.model.load_state_dict(tensors)
-        self.frozen_bn = config.batch_norm.mode == "frozen"
-        frozen = frozen_names(config, self.model.params)
-        self.trainable = [n for n in self.model.params if n not in frozen]
+        self.recipe = Recipe.of(config, plan.base)
+        self.frozen_bn = self.recipe.frozen_bn
+        self.trainable = [n for n in self.model.params if n not in self.recipe.frozen]
         self.optimizer = build_optimizer(config, plan.base)
         self.ema = WeightEMA(config.ema, self.model.state_dict()) if config.ema is not None else None
 
@@ -173,11 +158,13 @@ class Trainer(ProgressiveLoop):
     def __init__(self, spec: ArchitectureSpec, schedule: ProgressiveSchedule, config: TrainingConfig,
                  train_data: Dataset, heldout: Dataset, *, seed: int = 0, dtype: str = "float32",
                  out_dir: str | Path | None = None, checkpoint_every: int | None = 100,
-                 eval_size: int | None = None, workers: int = 0, init_from=None, replica=None):
+                 eval_size: int | None = None, workers: int = 0, init_from=None, replica=None, log_every: int = 10,
+                 tensorboard: bool = False, eval_every: int = 0):
         super().__init__(spec, schedule, config, train_data, heldout,
                          lambda plan, tensors: OracleBackend(plan, tensors, dtype, replica), seed=seed, dtype=dtype,
                          out_dir=out_dir, checkpoint_every=checkpoint_every, eval_size=eval_size,
-                         workers=workers, init_from=init_from)
+                         workers=workers, init_from=init_from, log_every=log_every, tensorboard=tensorboard,
+                         eval_every=eval_every)
 
     @property
     def model(self) -> ReferenceModel:

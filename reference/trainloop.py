@@ -37,6 +37,7 @@ from .data.pipeline import StepData, to_input
 from .data.sources import Dataset
 from .init import initial_tensors
 from .plan import PlanError, TrainingPlan
+from .record import RunRecord, run_header
 
 EVAL_BATCH = 256
 
@@ -126,14 +127,6 @@ def _few(names: list[str]) -> str:
     return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
 
 
-def frozen_names(config: TrainingConfig, names) -> frozenset[str]:
-    """Tensors the optimiser must not touch: BN gamma/beta when BN is frozen with `freeze_affine`."""
-    bn = config.batch_norm
-    if bn.mode == "frozen" and bn.freeze_affine:
-        return frozenset(n for n in names if ".bn." in n)
-    return frozenset()
-
-
 class ProgressiveLoop:
     """One run: `run()` trains to the schedule's end (or continues after `resume()`).
 
@@ -146,7 +139,8 @@ class ProgressiveLoop:
                  train_data: Dataset, heldout: Dataset, make_backend: Callable[[TrainingPlan, dict], TrainingBackend],
                  *, seed: int = 0, dtype: str = "float32", out_dir: str | Path | None = None,
                  checkpoint_every: int | None = 100, eval_size: int | None = None, workers: int = 0,
-                 init_from: tuple[str, Mapping[str, np.ndarray]] | None = None):
+                 init_from: tuple[str, Mapping[str, np.ndarray]] | None = None, log_every: int = 10,
+                 tensorboard: bool = False, eval_every: int = 0):
         self.spec, self.schedule, self.config = spec, schedule, config
         self.train_data, self.heldout = train_data, heldout
         self.seed, self.dtype = int(seed), dtype
@@ -168,8 +162,12 @@ class ProgressiveLoop:
             self.rows = self.plan.shards(self.backend.world)[self.backend.rank]
         except PlanError as exc:
             raise ValueError(f"{exc} (one part per process)") from None
+        # metrics.jsonl (record.py): output only, nothing the run computes reads it
+        self.record = RunRecord(self.out_dir if self.writes else None, log_every=log_every,
+                                tensorboard_files=tensorboard)
         self.data = StepData(self.plan, train_data.images, train_data.labels)
         self.workers = int(workers)
+        self.eval_every = int(eval_every)  # held-out `eval` lines inside stages (0: stage ends only)
         self.step = 0
         self.history: list[dict] = []
         self.partial: dict = {}  # running sums of the stage in progress
@@ -212,6 +210,9 @@ class ProgressiveLoop:
                                    + self._kept())
         if self.writes:
             save_checkpoint(self.checkpoint_path, Checkpoint(self._meta(), model, optimizer, ema))
+            self.record.checkpointed()
+            if self.last_checkpoint_step is None:  # a new run's first checkpoint: an earlier run's weights
+                (self.out_dir / "weights.safetensors").unlink(missing_ok=True)  # (--overwrite) no longer match
         self.last_checkpoint_step = self.step
 
     def _kept(self) -> str:
@@ -255,17 +256,19 @@ class ProgressiveLoop:
     # -- evaluation --
     def evaluate(self, size: int) -> float:
         """Top-1 accuracy on the held-out set at size x size (EMA weights when the recipe has an EMA)."""
-        use_ema = self.config.ema is not None
+        return self.heldout_metrics(size, use_ema=self.config.ema is not None)["top1"]
+
+    def heldout_metrics(self, size: int, *, use_ema: bool) -> dict:
+        """Held-out top-1, top-5 and mean softmax cross-entropy of the eval logits (no label smoothing)."""
         n = len(self.heldout)
         lo, hi = n * self.backend.rank // self.backend.world, n * (self.backend.rank + 1) // self.backend.world
-        correct = 0
+        sums = np.zeros(3)  # top-1 rows, top-5 rows, loss
         for i in range(lo, hi, EVAL_BATCH):
             j = min(i + EVAL_BATCH, hi)
             x = to_input(self.heldout.images[i:j], size, self.base, np.dtype(self.dtype))
-            logits = self.backend.logits(x, use_ema=use_ema)
-            correct += int((logits.argmax(axis=1) == self.heldout.labels[i:j]).sum())
-        total = self.backend.all_sum(np.array([correct], dtype=np.int64))
-        return int(total[0]) / max(n, 1)
+            sums += _scores(self.backend.logits(x, use_ema=use_ema), self.heldout.labels[i:j])
+        total = self.backend.all_sum(sums)
+        return {"top1": int(total[0]) / max(n, 1), "top5": int(total[1]) / max(n, 1), "loss": total[2] / max(n, 1)}
 
     # -- training --
     def run(self, on_step: Callable[[int, int, float], None] | None = None,
@@ -274,20 +277,24 @@ class ProgressiveLoop:
         `resume()` continues exactly)."""
         t0 = time.perf_counter()
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
-        with BatchLoader(self.data, self.workers, self.rows) as loader:
-            self.loader = loader
-            for st in self.stages:
-                if self.step >= st.end_step:
-                    continue
-                if self.step >= end:
-                    break
-                self._run_stage(st, on_step, end)
-                if self.step < st.end_step:  # stopped inside the stage
-                    if self.out_dir is not None:
-                        self.save()
-                    break
-                if on_stage is not None:
-                    on_stage(self.history[-1])
+        self.record.start(run_header(self), self.resumed_from, self.backend.framework, self.backend.world)
+        try:
+            with BatchLoader(self.data, self.workers, self.rows) as loader:
+                self.loader = loader
+                for st in self.stages:
+                    if self.step >= st.end_step:
+                        continue
+                    if self.step >= end:
+                        break
+                    self._run_stage(st, on_step, end)
+                    if self.step < st.end_step:  # stopped inside the stage
+                        if self.out_dir is not None:
+                            self.save()
+                        break
+                    if on_stage is not None:
+                        on_stage(self.history[-1])
+        finally:
+            self.record.close()
         self.backend.set_stage(self.base)
         stopped = self.step < self.total_steps
         if stopped:
@@ -317,6 +324,7 @@ class ProgressiveLoop:
             t = time.perf_counter()
             step = self.step
             images = self.loader.rows(step)
+            waited = time.perf_counter() - t
             x, targets = self.data.assemble(step, self.rows, images, resolved, dtype)
             masks = self.plan.masks(step, self.rows, resolved, dtype)
             lr = self.plan.learning_rate(step)
@@ -328,17 +336,28 @@ class ProgressiveLoop:
             acc["loss_sum"] += loss * self.batch
             acc["correct"] += int(correct)
             acc["images"] += self.batch
-            acc["seconds"] += time.perf_counter() - t
+            seconds = time.perf_counter() - t
+            acc["seconds"] += seconds
+            self.record.count(loss, int(correct), self.batch, seconds, waited)
+            checkpoint = (bool(self.checkpoint_every) and self.step % self.checkpoint_every == 0
+                          and self.step < st.end_step)
+            # a line at every checkpoint (and stop): a resume continues from a line boundary
+            if self.record.due(self.step) or self.step in (st.end_step, end) or checkpoint:
+                self.record.step_line(self.step, st, lr)
+            if self.eval_every and self.step % self.eval_every == 0 and self.step != st.end_step:
+                self._eval_line(st)
             if on_step is not None:
                 on_step(self.step, self.total_steps, loss)
-            if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.step < st.end_step:
+            if checkpoint:
                 self.save()
         if self.step < st.end_step:
             return
         # intermediate stages are measured at their own training size (a net trained at 16 px
         # is not yet meant to see 32 px); the last stage at the spec's eval size, the final figure
         eval_size = self.eval_size if st.index == self.stages[-1].index else st.image_size
-        heldout = self.evaluate(eval_size)
+        raw = self.heldout_metrics(eval_size, use_ema=False)
+        ema = self.heldout_metrics(eval_size, use_ema=True) if self.config.ema is not None else None
+        heldout = (ema or raw)["top1"]
         n = max(acc["images"], 1)
         self.history.append({
             "stage": st.index, "image_size": st.image_size, "start_step": st.start_step, "end_step": st.end_step,
@@ -347,9 +366,31 @@ class ProgressiveLoop:
             "images_per_second": acc["images"] / max(acc["seconds"], 1e-9), "seconds": acc["seconds"],
             "learning_rate_end": self.plan.learning_rate(self.step - 1),
         })
+        self.record.stage_line(self.history[-1], raw, ema)  # before the checkpoint, as every line
         self.partial = {}
         if self.out_dir is not None:
             self.save()
+
+
+    def _eval_line(self, st: ScheduleStage) -> None:
+        """Held-out metrics at the stage's size and at the final eval size (one pass when they are equal);
+        every rank takes part (the sums are reduced), rank 0 writes."""
+        use_ema = self.config.ema is not None
+        at_stage = self.heldout_metrics(st.image_size, use_ema=use_ema)
+        at_final = at_stage if st.image_size == self.eval_size else self.heldout_metrics(self.eval_size,
+                                                                                           use_ema=use_ema)
+        self.record.eval_line(self.step, st, self.eval_size, "ema" if use_ema else "raw", at_stage, at_final)
+
+
+def _scores(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(rows whose top-1 is the label, rows with the label in the top 5, summed cross-entropy)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    label_logit = logits[np.arange(len(labels)), labels]
+    top1 = int((logits.argmax(axis=1) == labels).sum())
+    top5 = int(((logits > label_logit[:, None]).sum(axis=1) < 5).sum())
+    peak = logits.max(axis=1)
+    loss = peak + np.log(np.exp(logits - peak[:, None]).sum(axis=1)) - label_logit
+    return np.array([top1, top5, loss.sum()])
 
 
 def _doc_name(doc_json: str | None) -> str:

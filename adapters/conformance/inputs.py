@@ -106,14 +106,33 @@ def conformance_tensors(spec: ArchitectureSpec, resolved: ResolvedModel, seed: i
     return tensors
 
 
-def training_configs():
-    """The two optimisers the update checks run: SGD (Nesterov) and RMSProp (TF convention)."""
-    from effv2_spec.training import SGD, RMSProp, TrainingConfig, WeightDecay
+def training_configs(clip_norm: float = 1.0):
+    """The recipes the update checks run: SGD (Nesterov) and RMSProp (TF convention), then one check per
+    recipe field, named by the field: one of the two with that field changed, so a backend that ignores
+    the field fails the check that names it. `clip_norm`: the gradient_clip_norm check's (small enough to
+    clip the check's gradients)."""
+    from effv2_spec.training import SGD, BatchNormTraining, RMSProp, TrainingConfig, WeightDecay
 
     wd = WeightDecay(rate=1e-3)
+    nesterov = SGD(type="sgd", momentum=0.9, nesterov=True)
+
+    def sgd(**changes):
+        return TrainingConfig(**{"optimizer": nesterov, "weight_decay": wd, **changes})
+
+    def rmsprop(**fields):
+        return TrainingConfig(optimizer=RMSProp(type="rmsprop", **fields), weight_decay=wd)
+
     return {
-        "sgd": TrainingConfig(optimizer=SGD(type="sgd", momentum=0.9, nesterov=True), weight_decay=wd),
-        "rmsprop": TrainingConfig(optimizer=RMSProp(type="rmsprop"), weight_decay=wd),  # TF convention (defaults)
+        "sgd": sgd(),
+        "rmsprop": rmsprop(),  # TF convention (defaults)
+        "gradient_clip_norm": sgd(gradient_clip_norm=clip_norm),
+        "batch_norm.freeze_affine": sgd(batch_norm=BatchNormTraining(mode="frozen", freeze_affine=True)),
+        "weight_decay.applies_to": sgd(weight_decay=WeightDecay(rate=1e-3, applies_to=(
+            "conv_kernel", "bn_gamma", "bn_beta", "dense_bias"))),
+        "sgd.nesterov": sgd(optimizer=SGD(type="sgd", momentum=0.9, nesterov=False)),
+        "rmsprop.eps_placement": rmsprop(eps_placement="outside_sqrt"),
+        "rmsprop.initial_accumulator": rmsprop(initial_accumulator=0.0),
+        "rmsprop.lr_in_momentum": rmsprop(lr_in_momentum=False),
     }
 
 

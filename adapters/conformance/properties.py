@@ -42,6 +42,7 @@ class ConformanceResult:
     failure: Failure | None = None
     files: list[str] = field(default_factory=list)
     command: str = ""
+    write_error: str = ""  # why the replay files could not be written (the caller then prints the spec)
 
     def to_dict(self) -> dict:
         out = {"framework": self.framework, "examples": self.examples, "seed": self.seed, "dtype": self.dtype,
@@ -83,7 +84,8 @@ def _cases(dtype: str):
 
 
 def failure_message(report: CheckReport) -> str:
-    return "; ".join(f"{c.check}: {c.worst_tensor} rel err {c.worst_rel_err:.2e} > {c.tolerance:.0e}"
+    return "; ".join(f"{c.check}: {c.reason}" if c.worst_rel_err is None else
+                     f"{c.check}: {c.worst_tensor} rel err {c.worst_rel_err:.2e} > {c.tolerance:.0e}"
                      for c in report.failures) or "no check ran"
 
 
@@ -122,18 +124,29 @@ def run_conformance(framework: str, *, examples: int = 20, seed: int = 0, dtype:
     except _Mismatch:
         result.passed = False
         result.failure = seen[-1]  # hypothesis replays the shrunk example last
-        result.files, result.command = _write_replay(result, Path(out_dir))
+        try:
+            result.files, result.command = _write_replay(result, Path(out_dir))
+        except OSError as exc:  # the failure found is not lost: the caller prints the spec and the command
+            result.command = _replay_command(result, Path(out_dir) / SPEC_FILE)
+            result.write_error = f"{exc.filename or out_dir}: cannot write ({exc.strerror or exc})"
     return result
+
+
+SPEC_FILE, RECORD_FILE = "conformance-failure.spec.json", "conformance-failure.json"
+
+
+def _replay_command(result: ConformanceResult, spec_path: Path) -> str:
+    f = result.failure
+    return (f"effv2 check {spec_path} --framework {result.framework} --dtype {result.dtype} "
+            f"--image-size {f.image_size} --batch 2 --seed {f.seed}")
 
 
 def _write_replay(result: ConformanceResult, out_dir: Path) -> tuple[list[str], str]:
     """The shrunk spec (loadable by `effv2 check`) and a record with its seed, size and the command."""
     f = result.failure
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = out_dir / "conformance-failure.spec.json"
-    record_path = out_dir / "conformance-failure.json"
-    command = (f"effv2 check {spec_path} --framework {result.framework} --dtype {result.dtype} "
-               f"--image-size {f.image_size} --batch 2 --seed {f.seed}")
+    spec_path, record_path = out_dir / SPEC_FILE, out_dir / RECORD_FILE
+    command = _replay_command(result, spec_path)
     atomic_write_bytes(spec_path, (f.spec.model_dump_json(indent=2) + "\n").encode())
     record = {**result.to_dict()["failure"], "files": [str(spec_path), str(record_path)], "replay": command,
               "framework": result.framework, "dtype": result.dtype}

@@ -77,6 +77,8 @@ class CheckReport:
 
 
 def _result(c: CheckResult) -> str:
+    if c.status == "failed" and c.worst_rel_err is None:
+        return f"FAIL: {c.reason}"
     return {"passed": "ok", "failed": "FAIL"}.get(c.status, f"{NOT_RUN}: {c.reason}")
 
 
@@ -88,7 +90,7 @@ def format_report(report: CheckReport, per_tensor: bool = False) -> tuple[list[s
         rows = [[t.check, 1, t.name, f"{t.rel_err:.2e}", f"{tol[t.check]:.0e}",
                  "ok" if t.rel_err <= tol[t.check] else "FAIL", ""] for t in report.tensors]
         return columns, rows + [[c.check, "", "", "", "", _result(c), ""] for c in report.not_run]
-    rows = [[c.check, c.tensors, c.worst_tensor, "" if c.status == NOT_RUN else f"{c.worst_rel_err:.2e}",
+    rows = [[c.check, c.tensors, c.worst_tensor, "" if c.worst_rel_err is None else f"{c.worst_rel_err:.2e}",
              f"{c.tolerance:.0e}", _result(c), f"{c.seconds:.1f}"] for c in report.checks]
     return columns, rows
 
@@ -97,12 +99,21 @@ def verdict(report: CheckReport) -> str:
     """The last line `effv2 check` prints: PASS / FAIL, and what did not run."""
     word = "PASS" if report.passed else "FAIL"
     if report.failures:
-        word += ": " + "; ".join(f"{c.check} worst tensor {c.worst_tensor} (rel err {c.worst_rel_err:.2e} > "
-                                 f"{c.tolerance:.0e})" for c in report.failures)
-    if report.not_run:
-        word += f" ({len(report.not_run)} check(s) not run: capability missing: " \
-                + ", ".join(c.check for c in report.not_run) + ")"
+        word += ": " + "; ".join(failure_text(c) for c in report.failures)
+    missing = [c.check for c in report.not_run if c.reason.startswith("capability missing")]
+    if missing:
+        word += f" ({len(missing)} check(s) not run: capability missing: " + ", ".join(missing) + ")"
+    later = [c.check for c in report.not_run if not c.reason.startswith("capability missing")]
+    if later:
+        word += f" ({len(later)} later check(s) not run: " + ", ".join(later) + ")"
     return word
 
 
-__all__ = ["NOT_RUN", "TensorResult", "CheckResult", "CheckReport", "format_report", "verdict"]
+def failure_text(c: CheckResult) -> str:
+    """One failed check: its worst tensor, or what the adapter raised."""
+    if c.worst_rel_err is None:
+        return f"{c.check} {c.reason}"
+    return f"{c.check} worst tensor {c.worst_tensor} (rel err {c.worst_rel_err:.2e} > {c.tolerance:.0e})"
+
+
+__all__ = ["NOT_RUN", "TensorResult", "CheckResult", "CheckReport", "format_report", "verdict", "failure_text"]

@@ -11,6 +11,10 @@ What is compared (docs/internals.md, Tolerances), with the same canonical weight
                     on kernels; compared as the update w_after - w_before. These need the optional
                     `optimizer_steps` capability on both sides; without it they are reported
                     "not run: capability missing", never passed.
+* one check per recipe field (FIELD_CHECKS, named by the field: `gradient_clip_norm` with a clip norm
+                    a quarter of the first step's gradient norm, so that both steps clip;
+                    `batch_norm.freeze_affine`; `weight_decay.applies_to`; `sgd.nesterov`; `rmsprop.*`):
+                    the same two steps with that one field changed (inputs.training_configs).
 
 The baseline runs in `oracle_dtype` (float64 by default) whatever `dtype` is, so a float32 check
 measures the backend's float32 error against the exact answer; weights and inputs are rounded to
@@ -33,13 +37,15 @@ from .numerics import gradient_scales, rel_err
 from .protocol import availability, capabilities, missing_methods
 from .report import NOT_RUN, CheckReport, CheckResult, TensorResult
 
-CHECKS = ("eval_logits", "train_logits", "gradients", "running_stats", "sgd", "rmsprop")
+FIELD_CHECKS = ("gradient_clip_norm", "batch_norm.freeze_affine", "weight_decay.applies_to", "sgd.nesterov",
+                "rmsprop.eps_placement", "rmsprop.initial_accumulator", "rmsprop.lr_in_momentum")
+CHECKS = ("eval_logits", "train_logits", "gradients", "running_stats", "sgd", "rmsprop") + FIELD_CHECKS
 TRAIN_CHECKS = ("train_logits", "gradients", "running_stats")
-OPTIMIZER_CHECKS = ("sgd", "rmsprop")
+OPTIMIZER_CHECKS = ("sgd", "rmsprop") + FIELD_CHECKS
 TOLERANCES = {
     "float64": {c: 1e-9 for c in CHECKS},
     "float32": {"eval_logits": 1e-4, "train_logits": 1e-4, "gradients": 1e-3, "running_stats": 1e-3,
-                "sgd": 1e-3, "rmsprop": 1e-3},
+                **{c: 1e-3 for c in OPTIMIZER_CHECKS}},
 }
 DEFAULT_IMAGE_SIZE = 64
 
@@ -49,18 +55,33 @@ class CheckError(Exception):
 
 
 def get_framework(framework: str, option: str = "--framework") -> Any:
-    """The adapter a framework name or "module:Class" names, ready to run; CheckError (one line) otherwise."""
+    """The adapter a framework name or "module:Class" names, ready to run; CheckError (one line) otherwise.
+
+    A plug-in is code under test: whatever it raises while it is imported, constructed or asked whether
+    it is available (SystemExit included) is a CheckError naming the step and the exception."""
+    from effv2_spec.lazy import load_target
+
     from .. import registry
 
     try:
-        adapter = registry.get_adapter(framework)
+        target = registry.adapter_target(framework)
     except KeyError as exc:
         raise CheckError(f"{option}: {exc.args[0]}") from None
+    try:
+        factory = load_target(target)
     except registry.TargetError as exc:
         raise CheckError(f"{option} {framework}: {exc}") from None
     except ImportError as exc:
-        raise CheckError(f"{option} {framework}: the {framework} adapter cannot be imported ({exc}); install it, "
-                         f"e.g. pip install 'effv2[{framework}]'") from None
+        advice = (f"install it, e.g. pip install 'effv2[{framework}]'" if framework in registry.ADAPTERS
+                  else "is its package installed, or its folder on PYTHONPATH?")
+        raise CheckError(f"{option} {framework}: the {framework} adapter cannot be imported ({exc}); "
+                         f"{advice}") from None
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plug-in's module failing at import
+        raise CheckError(f"{option} {framework}: importing the adapter raised {one_line(exc)}") from None
+    try:
+        adapter = factory() if isinstance(factory, type) else factory  # a class, or a ready instance
+    except (Exception, SystemExit) as exc:  # noqa: BLE001
+        raise CheckError(f"{option} {framework}: the adapter's constructor raised {one_line(exc)}") from None
     return ready(adapter, framework, option)
 
 
@@ -70,10 +91,49 @@ def ready(adapter: Any, framework: str, option: str = "--framework") -> Any:
     if missing:
         raise CheckError(f"{option} {framework}: not an effv2 adapter: it lacks {', '.join(missing)} "
                          "(see effv2_adapters.conformance.protocol.Adapter)")
-    reason = availability(adapter)
-    if reason:
+    try:
+        reason = availability(adapter)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001
+        raise CheckError(f"{option} {framework}: its available() raised {one_line(exc)}") from None
+    if reason is not None and reason is not True:
+        if not isinstance(reason, str) or not reason:
+            reason = f"available() returned {reason!r} (expected None, or a reason as text)"
         raise CheckError(f"{option} {framework}: not available: {reason}")
     return adapter
+
+
+def one_line(exc: BaseException) -> str:
+    """'Type: first line of the message' (SystemExit shows its code)."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r})"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class AdapterRaised(Exception):
+    """An adapter method raised (anything but MemoryError or Ctrl-C): the check in progress fails, naming it."""
+
+
+class _Guarded:
+    """`adapter` with every method's exception turned into AdapterRaised naming the adapter and the method."""
+
+    def __init__(self, adapter: Any, who: str):
+        self._adapter, self._who = adapter, who
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._adapter, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit(0) must not end a check with exit 0
+                raise AdapterRaised(f"{self._who}.{name} raised {one_line(exc)}") from None
+
+        return call
 
 
 @dataclass
@@ -184,14 +244,15 @@ def _model_checks(run: _Run, fw: Any, baseline: Any) -> dict[str, np.ndarray] | 
 
 
 def _optimizer_checks(run: _Run, fw: Any, baseline: Any, grads_ref: Mapping[str, np.ndarray]) -> None:
-    """Two steps of SGD and of RMSProp on each side from the same gradients; compares the updates."""
+    """Two steps of each optimiser recipe on each side from the same gradients; compares the updates."""
     trainable = {p.name: run.tensors[p.name] for p in run.resolved.trainable()}
     grads1 = {k: np.asarray(v, dtype=run.dtype) for k, v in grads_ref.items()}
     noise = np.random.default_rng([run.seed, 3])
     grads2 = {k: (0.5 * g + noise.standard_normal(g.shape) * (np.max(np.abs(g)) + 1e-3)).astype(run.dtype)
               for k, g in grads1.items()}
     lrs = [0.1, 0.05]
-    for name, config in training_configs().items():
+    norm1 = float(np.sqrt(sum(np.sum(np.square(grads1[n], dtype=np.float64)) for n in trainable)))
+    for name, config in training_configs(clip_norm=max(0.25 * norm1, 1e-12)).items():
         if name not in run.checks:
             continue
         t0 = time.perf_counter()
@@ -215,6 +276,17 @@ def _runnable_optimizer_checks(run: _Run, fw: Any, baseline: Any) -> tuple[str, 
     return ()
 
 
+def _stopped(run: _Run, reason: str) -> None:
+    """The check in progress failed with `reason`; the later ones did not run."""
+    done = {c.check for c in run.report.checks}
+    pending = [c for c in CHECKS if c in run.checks and c not in done]
+    if pending:
+        tol = TOLERANCES[run.dtype][pending[0]]
+        run.report.checks.append(CheckResult(pending[0], tol, 0, "", None, False, 0.0, "failed", reason))
+    for c in pending[1:]:
+        run.not_run(c, f"{pending[0]} failed first")
+
+
 def run_check(spec: ArchitectureSpec, framework: str, *, dtype: str = "float64",
               image_size: int | tuple[int, int] | None = None, batch: int = 2, seed: int = 0,
               checks: Iterable[str] = CHECKS, oracle_dtype: str = "float64", adapter: Any = None,
@@ -234,13 +306,20 @@ def run_check(spec: ArchitectureSpec, framework: str, *, dtype: str = "float64",
     run.checks = tuple(c for c in checks if c not in OPTIMIZER_CHECKS or c in optimizer_checks)
     if not run.checks:  # everything asked for needs a missing capability: nothing to compute
         return report
-    _prepare(run, batch, base)
-    grads_ref = _model_checks(run, fw, base)
-    if grads_ref is not None and optimizer_checks:
-        _optimizer_checks(run, fw, base, grads_ref)
+    fw, base = _Guarded(fw, framework), _Guarded(base, baseline_name)
+    try:
+        _prepare(run, batch, base)
+        grads_ref = _model_checks(run, fw, base)
+        if grads_ref is not None and optimizer_checks:
+            _optimizer_checks(run, fw, base, grads_ref)
+    except AdapterRaised as exc:
+        _stopped(run, str(exc))
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # an adapter's result is unusable
+        _stopped(run, f"its results could not be used ({one_line(exc)})")
     order = {c: i for i, c in enumerate(CHECKS)}
     report.checks.sort(key=lambda c: order[c.check])
     return report
 
 
-__all__ = ["CHECKS", "TOLERANCES", "DEFAULT_IMAGE_SIZE", "CheckError", "get_framework", "ready", "run_check"]
+__all__ = ["CHECKS", "FIELD_CHECKS", "TOLERANCES", "DEFAULT_IMAGE_SIZE", "CheckError", "AdapterRaised", "get_framework", "ready",
+           "run_check", "one_line"]

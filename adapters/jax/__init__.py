@@ -12,7 +12,7 @@ _EXPORTS = {
     "forward": "modules", "forward_backward": "modules", "EfficientNet": "modules",
     "load_canonical_tensors": "weights", "load_safetensors": "weights", "save_safetensors": "weights",
     "state_to_canonical": "weights", "optimizer_steps": "optim", "make_optimizer": "optim",
-    "JaxAdapter": "adapter", "import_keras": "keras_import",
+    "JaxAdapter": "adapter", "import_keras": "keras_import", "export_keras": "keras_export",
     "JaxBackend": "train", "make_jax_backend": "train",
 }
 

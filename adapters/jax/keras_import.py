@@ -3,19 +3,10 @@
 `import_keras(path, spec)` reads a `.weights.h5` file (`model.save_weights`) or a `.keras` archive
 (`model.save`, whose `model.weights.h5` member is read) with h5py alone: Keras itself is not needed.
 
-Keras 3 stores the layers of a Functional model under `layers/<key>/vars/<i>`, where `<key>` is the
-layer's class name in snake case, made unique by a counter in the order of `model.layers`
-(`conv2d`, `conv2d_1`, ..., `depthwise_conv2d_3`, `batch_normalization_17`, `dense`); the layers'
-own names (`block4a_se_reduce`) are not in the file. Keras's `model.layers` order is the execution
-order of the resolved spec's units, so the i-th Conv2D / DepthwiseConv2D / BatchNormalization of
-the file is the i-th of the spec (SE reduce and expand are Conv2D layers with a bias); every shape
-is checked, and any mismatch (another variant, `include_top=False`, a different class count) is
-a `WeightsError` naming the tensor.
-
-Layouts: Conv2D kernel (kh, kw, in, out) -> OIHW by transpose(3, 2, 0, 1); DepthwiseConv2D
-(kh, kw, C, 1) -> (C, 1, kh, kw) by transpose(2, 3, 0, 1); Dense (in, out) -> (out, in);
-BatchNormalization gamma, beta, moving_mean, moving_variance -> weight, bias, running_mean,
-running_var. Keras BN momentum 0.9 is effv2 momentum 0.1, eps 1e-3, and Keras 3 folds the biased
+Where each tensor sits in the file (`layers/<key>/vars/<i>`, keys by class and order, not by the layers'
+own names) and its layout is `keras_layout`'s table, which `keras_export` writes through too; every
+shape is checked, and any mismatch (another variant, `include_top=False`, a different class count) is
+a `WeightsError` naming the tensor. Keras BN momentum 0.9 is effv2 momentum 0.1, eps 1e-3, and Keras 3 folds the biased
 batch variance into moving_variance: the `efficientnetv2-*-keras` presets say so.
 
 Preprocessing: with `include_preprocessing=True` Keras B0-B3 run Rescaling(1/255) and
@@ -38,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from effv2_spec.resolve import ConvBN, SqueezeExcite, resolve
+from effv2_spec.resolve import resolve
 from effv2_spec.weights import WeightsError, check_tensors
+
+from .keras_layout import keras_layers
 
 
 #: Slack over the spec's float32 weights allowed for HDF5 structure in a weights file.
@@ -71,7 +64,12 @@ def _h5_file(path: str | os.PathLike, budget: int):
                 if size > budget:
                     raise WeightsError(f"{path}: model.weights.h5 declares {size:,} bytes; the spec's weights need at "
                                        f"most {budget:,} (a corrupt or hostile archive?)")
-                data = z.read("model.weights.h5")
+                with z.open("model.weights.h5") as member:  # the size above is the archive's word: bound the read
+                    data = member.read(budget + 1)
+                if len(data) > budget:
+                    raise WeightsError(f"{path}: model.weights.h5 inflates to more than {budget:,} bytes although it "
+                                       f"declares {size:,}; the spec's weights need at most {budget:,} (a corrupt or "
+                                       "hostile archive?)")
         except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError,
                 OSError, zlib.error) as exc:
             raise WeightsError(f"{path}: not a readable .keras archive ({exc})") from None
@@ -139,54 +137,26 @@ def import_keras(path: str | os.PathLike, spec: Any) -> dict[str, np.ndarray]:
     with _h5_file(path, budget) as f:
         layers = _layers_by_class(f, path, budget)
     counters = {"conv2d": 0, "depthwise_conv2d": 0, "batch_normalization": 0, "dense": 0}
-
-    def take(cls: str, what: str, count: int = 1) -> list[np.ndarray]:
-        i = counters[cls]
-        items = layers.get(cls, [])
-        if i >= len(items):
-            raise WeightsError(f"{path}: the file has {len(items)} {cls} layer(s); spec {resolved.spec.name!r} needs "
-                               f"one more for {what} (another variant, or saved with include_top=False?)")
-        counters[cls] = i + 1
-        if len(items[i]) < count:
-            raise WeightsError(f"{path}: {cls} #{i + 1} ({what}) has {len(items[i])} variable(s); expected {count}")
-        return items[i]
-
     tensors: dict[str, np.ndarray] = {}
-
-    def put(name: str, value: np.ndarray, key: str) -> None:
-        want = resolved.param(name).shape
-        if tuple(value.shape) != tuple(want):
-            raise WeightsError(f"{path}: {key} has shape {tuple(value.shape)} after conversion, but {name} of spec "
-                               f"{resolved.spec.name!r} is {tuple(want)}")
-        tensors[name] = np.ascontiguousarray(value)
-
-    for unit in resolved.units():
-        if isinstance(unit, ConvBN):
-            if unit.depthwise:
-                kernel = take("depthwise_conv2d", f"{unit.name}.conv")[0]
-                key = f"depthwise_conv2d #{counters['depthwise_conv2d']}"
-                put(f"{unit.name}.conv.weight", _oriented(kernel, (2, 3, 0, 1), key, path), key)
-            else:
-                kernel = take("conv2d", f"{unit.name}.conv")[0]
-                key = f"conv2d #{counters['conv2d']}"
-                put(f"{unit.name}.conv.weight", _oriented(kernel, (3, 2, 0, 1), key, path), key)
-            bn = take("batch_normalization", f"{unit.name}.bn")
-            if len(bn) != 4:
-                raise WeightsError(f"{path}: batch_normalization #{counters['batch_normalization']} has {len(bn)} "
-                                   "variables; expected gamma, beta, moving_mean, moving_variance")
-            for suffix, value in zip(("weight", "bias", "running_mean", "running_var"), bn):
-                put(f"{unit.name}.bn.{suffix}", value, f"batch_normalization #{counters['batch_normalization']}")
-        elif isinstance(unit, SqueezeExcite):
-            for part in ("reduce", "expand"):
-                values = take("conv2d", f"{unit.name}.{part}")
-                if len(values) != 2:
-                    raise WeightsError(f"{path}: conv2d #{counters['conv2d']} ({unit.name}.{part}) has no bias")
-                key = f"conv2d #{counters['conv2d']}"
-                put(f"{unit.name}.{part}.weight", _oriented(values[0], (3, 2, 0, 1), key, path), key)
-                put(f"{unit.name}.{part}.bias", values[1], f"conv2d #{counters['conv2d']}")
-    dense = take("dense", "classifier", count=2)
-    put("classifier.weight", _oriented(dense[0], (1, 0), "dense", path), "dense")
-    put("classifier.bias", dense[1], "dense")
+    for layer in keras_layers(resolved):
+        i = counters[layer.cls]
+        items = layers.get(layer.cls, [])
+        if i >= len(items):
+            raise WeightsError(f"{path}: the file has {len(items)} {layer.cls} layer(s); spec {resolved.spec.name!r} "
+                               f"needs one more for {layer.what} (another variant, or saved with include_top=False?)")
+        counters[layer.cls] = i + 1
+        key = f"{layer.cls} #{i + 1}"
+        if len(items[i]) != len(layer.variables):
+            names = ", ".join(n.rsplit(".", 1)[-1] for n, _ in layer.variables)
+            raise WeightsError(f"{path}: {key} ({layer.what}) has {len(items[i])} variable(s); expected "
+                               f"{len(layer.variables)} ({names})")
+        for (name, axes), value in zip(layer.variables, items[i]):
+            value = _oriented(value, axes, key, path)
+            want = resolved.param(name).shape
+            if tuple(value.shape) != tuple(want):
+                raise WeightsError(f"{path}: {key} has shape {tuple(value.shape)} after conversion, but {name} of "
+                                   f"spec {resolved.spec.name!r} is {tuple(want)}")
+            tensors[name] = np.ascontiguousarray(value)
     left = {cls: len(layers.get(cls, [])) - n for cls, n in counters.items() if len(layers.get(cls, [])) > n}
     if left:
         raise WeightsError(f"{path}: the file has more layers than spec {resolved.spec.name!r}: "

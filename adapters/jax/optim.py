@@ -1,7 +1,9 @@
 """optax optimisers configured from an effv2 `TrainingConfig` (docs/internals.md, Optimisers).
 
-Coupled L2 weight decay is `optax.add_decayed_weights(rate, mask)` first in the chain (g += rate * w
-on the tensors whose role is in `weight_decay.applies_to`), so the optimiser sees the decayed gradient.
+The step's semantics are the run's recipe (effv2_reference.recipe): coupled L2 weight decay is
+`optax.add_decayed_weights(rate, mask)` first in the chain (g += rate * w on the tensors of
+`Recipe.decays`), then, when the recipe clips, `clip_by_recipe` (every gradient times the recipe's
+`clip_factor` of their global squared norm), so the optimiser sees the decayed, clipped gradient.
 
 * SGD: `optax.sgd(lr, momentum, nesterov)`: optax's `trace` is `v = momentum * v + g` with update `v`
   (nesterov: `g + momentum * v`), the PyTorch formulation with dampening 0; then `-lr`.
@@ -29,19 +31,41 @@ import optax
 
 from effv2_spec.resolve import ResolvedModel
 from effv2_spec.training import TrainingConfig
+from effv2_reference.recipe import SLOTS, Recipe, clip_factor
 
 
 def decay_mask(names: Sequence[str], config: TrainingConfig, resolved: ResolvedModel) -> dict[str, bool]:
-    roles = set(config.weight_decay.applies_to)
-    return {n: resolved.param(n).role in roles for n in names}
+    decays = Recipe.of(config, resolved).decays
+    return {n: n in decays for n in names}
+
+
+#: the optax state fields that hold each optimiser's slots, in the order of the recipe's canonical slots
+_OPTAX_FIELDS = {"sgd": ("trace",), "rmsprop": ("nu", "trace")}
+
+
+def optax_slot_names(kind: str) -> dict[str, str]:
+    """optax state field -> canonical slot (effv2_reference.recipe.SLOTS) for optimiser `kind`."""
+    return dict(zip(_OPTAX_FIELDS[kind], SLOTS[kind], strict=True))
+
+
+def clip_by_recipe(clip_norm: float) -> optax.GradientTransformation:
+    """The recipe's clipping: every update times `clip_factor(global squared norm, clip_norm)`."""
+
+    def update(updates, state, params=None):
+        del params
+        sq_norm = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(updates))
+        factor = clip_factor(sq_norm, clip_norm, xp=jnp)
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def make_optimizer(config: TrainingConfig, learning_rate, mask: Mapping[str, bool] | None = None,
                    clip_norm: float | None = None) -> optax.GradientTransformation:
     """The optax transformation for `config`; `learning_rate` a float or an optax schedule.
 
-    With `clip_norm`, `optax.clip_by_global_norm` sits between the L2 term and the optimiser: the
-    oracle clips the gradient the L2 term was added to (effv2_reference.optim.effective_grads)."""
+    With `clip_norm`, `clip_by_recipe` sits between the L2 term and the optimiser: the recipe clips
+    the gradient the L2 term was added to (effv2_reference.recipe)."""
     opt = config.optimizer
     if opt.type == "sgd":
         core = optax.sgd(learning_rate, momentum=opt.momentum or None, nesterov=bool(opt.nesterov and opt.momentum))
@@ -61,7 +85,7 @@ def make_optimizer(config: TrainingConfig, learning_rate, mask: Mapping[str, boo
     else:  # pragma: no cover - the schema admits only the two
         raise ValueError(f"unknown optimizer {opt.type!r}")
     if clip_norm is not None:
-        core = optax.chain(optax.clip_by_global_norm(float(clip_norm)), core)
+        core = optax.chain(clip_by_recipe(float(clip_norm)), core)
     rate = float(config.weight_decay.rate)
     if rate == 0.0 or (mask is not None and not any(mask.values())):
         return core
@@ -70,7 +94,8 @@ def make_optimizer(config: TrainingConfig, learning_rate, mask: Mapping[str, boo
 
 def optimizer_steps(tensors: Mapping[str, np.ndarray], grads_per_step: Sequence[Mapping[str, np.ndarray]],
                     config: TrainingConfig, lrs: Sequence[float], resolved: ResolvedModel) -> dict[str, np.ndarray]:
-    """Apply len(lrs) optax steps from fresh optimiser state; returns the updated trainable tensors.
+    """Apply len(lrs) optax steps of the recipe from fresh optimiser state; returns every trainable tensor
+    (those the recipe freezes unchanged).
 
     Every transformation used is elementwise, so the tensors of each weight-decay group are
     concatenated into one vector ("decayed", "other") before optax sees them: the numbers are
@@ -79,19 +104,20 @@ def optimizer_steps(tensors: Mapping[str, np.ndarray], grads_per_step: Sequence[
     """
     if len(grads_per_step) != len(lrs):
         raise ValueError(f"got {len(grads_per_step)} gradient sets for {len(lrs)} learning rates")
-    names = [p.name for p in resolved.trainable()]
+    recipe = Recipe.of(config, resolved)
+    names = recipe.stepped
     dtype = np.asarray(tensors[names[0]]).dtype
     if dtype == np.float64 and not jax.config.read("jax_enable_x64"):
         jax.config.update("jax_enable_x64", True)
-    mask = decay_mask(names, config, resolved)
-    groups = {"decayed": [n for n in names if mask[n]], "other": [n for n in names if not mask[n]]}
+    groups = {"decayed": [n for n in names if n in recipe.decays],
+              "other": [n for n in names if n not in recipe.decays]}
     groups = {g: ns for g, ns in groups.items() if ns}
 
     def pack(arrays: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         return {g: jnp.asarray(np.concatenate([np.asarray(arrays[n], dtype).ravel() for n in ns])) for g, ns in groups.items()}
 
     table = jnp.asarray(np.asarray(lrs, dtype=np.float64).astype(dtype))
-    tx = make_optimizer(config, lambda count: table[count], {g: g == "decayed" for g in groups})
+    tx = make_optimizer(config, lambda count: table[count], {g: g == "decayed" for g in groups}, recipe.clip_norm)
     params = pack(tensors)
     state = tx.init(params)
 
@@ -102,7 +128,7 @@ def optimizer_steps(tensors: Mapping[str, np.ndarray], grads_per_step: Sequence[
 
     for grads in grads_per_step:
         params, state = step(params, state, pack(grads))
-    out = {}
+    out = {n: np.array(tensors[n], copy=True) for n in recipe.frozen}
     for g, ns in groups.items():
         flat, offset = np.asarray(params[g]), 0
         for n in ns:

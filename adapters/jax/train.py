@@ -25,315 +25,20 @@ compilation cache (`enable_compilation_cache`) lets a resumed run load them inst
 from __future__ import annotations
 
 import functools
-import os
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from effv2_spec.resolve import ResolvedModel
-from effv2_reference.ema import ema_decay
 from effv2_reference.plan import PlanError, TrainingPlan
-from effv2_reference.trainloop import frozen_names
+from effv2_reference.recipe import SLOTS, Recipe, soft_targets, stage_rates
+
+from .runtime import (DEFAULT_CACHE, Processes, TrainSetupError, compile_clock,  # noqa: F401 (re-exported)
+                      enable_compilation_cache)
+from .state import _Layout, _split, _stats_of
 
 PRECISIONS = ("float32", "bfloat16")
-DEFAULT_CACHE = Path("~/.cache/effv2/jax")
-_COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration", "/jax/core/compile/jaxpr_trace_duration",
-                   "/jax/core/compile/jaxpr_to_mlir_module_duration", "/jax/compilation_cache/cache_retrieval_time_sec")
-
-
-_CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "hits", "/jax/compilation_cache/cache_misses": "misses"}
-
-
-class TrainSetupError(ValueError):
-    """A run that cannot start as asked (devices, process layout, precision); one line for the user."""
-
-
-# ---- compile time and the persistent cache -------------------------------------------------
-class _CompileClock:
-    """Seconds jax spent tracing, lowering and compiling (or loading from the persistent cache)."""
-
-    def __init__(self):
-        self.seconds = 0.0
-        self.cache = {"hits": 0, "misses": 0}  # persistent compilation cache lookups
-        self._lock = threading.Lock()
-        import jax
-
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        jax.monitoring.register_event_listener(self._count)
-
-    def _listen(self, event: str, duration: float, **_):
-        if event in _COMPILE_EVENTS:
-            with self._lock:
-                self.seconds += float(duration)
-
-    def _count(self, event: str, **_):
-        kind = _CACHE_EVENTS.get(event)
-        if kind is not None:
-            with self._lock:
-                self.cache[kind] += 1
-
-
-@functools.lru_cache(maxsize=1)
-def compile_clock() -> _CompileClock:
-    return _CompileClock()
-
-
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | None:
-    """Point jax's persistent compilation cache at `path` (default $EFFV2_JAX_CACHE or ~/.cache/effv2/jax;
-    'off' disables it). A resumed run then loads each stage's compiled step instead of compiling it."""
-    import jax
-
-    where = path if path is not None else os.environ.get("EFFV2_JAX_CACHE", str(DEFAULT_CACHE))
-    if str(where).lower() in ("", "off", "none", "0"):
-        return None
-    folder = Path(where).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None  # a cache that cannot be written only costs compile time
-    if jax.config.jax_compilation_cache_dir != str(folder):
-        jax.config.update("jax_compilation_cache_dir", str(folder))
-        try:  # jax opens its cache once per process, at the first compile: open it again at the new place
-            from jax._src import compilation_cache
-
-            compilation_cache.reset_cache()
-        except (ImportError, AttributeError):
-            pass
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    return str(folder)
-
-
-# ---- processes and devices ------------------------------------------------------------------
-class Processes:
-    """The process layout (jax.distributed) and the device mesh over every process's devices."""
-
-    def __init__(self, platform: str | None = None, initialized: bool = False):
-        import jax
-        from jax.sharding import AxisType, Mesh
-
-        self.initialized = initialized
-        try:
-            devices = jax.devices(platform) if platform else jax.devices()
-        except RuntimeError as exc:
-            raise TrainSetupError(f"--device {platform}: no such jax backend here ({_first_line(exc)})") from None
-        self.devices = sorted(devices, key=lambda d: (d.process_index, d.id))
-        self.rank, self.world = jax.process_index(), jax.process_count()
-        self.local_devices = [d for d in self.devices if d.process_index == self.rank]
-        self.mesh = Mesh(np.array(self.devices), ("data",), axis_types=(AxisType.Auto,))
-
-    @classmethod
-    def start(cls, device: str | None = None, *, coordinator: str | None = None, num_processes: int | None = None,
-              process_id: int | None = None, timeout_s: float = 600.0) -> "Processes":
-        """One process, or several through `jax.distributed.initialize` (the options, else JAX_COORDINATOR_ADDRESS,
-        JAX_NUM_PROCESSES, JAX_PROCESS_ID from the environment). A coordinator that does not answer within
-        `timeout_s` is a TrainSetupError, not a hang."""
-        import jax
-
-        env = os.environ
-        coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS") or None
-        if coordinator is None and (num_processes or process_id is not None):
-            raise TrainSetupError("--num-processes / --process-id need --coordinator ADDR:PORT")
-        initialized = False
-        if coordinator is not None:
-            try:
-                n = int(num_processes if num_processes is not None else env.get("JAX_NUM_PROCESSES", "0"))
-                i = int(process_id if process_id is not None else env.get("JAX_PROCESS_ID", "-1"))
-            except ValueError:
-                raise TrainSetupError("JAX_NUM_PROCESSES / JAX_PROCESS_ID: expected integers") from None
-            if n < 1 or not 0 <= i < n:
-                raise TrainSetupError(f"--coordinator {coordinator}: needs --num-processes N >= 1 and "
-                                      f"--process-id in [0, N) (got {n} and {i})")
-            platform = _platform(device)
-            if platform == "cpu":
-                try:  # before the backends start: then only the CPU client joins the service
-                    jax.config.update("jax_platforms", "cpu")
-                except RuntimeError:
-                    pass
-            host, port = _address(coordinator)
-            # jax's coordination client ends the process (a C++ fatal error) when the service does not answer in
-            # time; meet on the coordinator's port first, where a missing peer is a clean one-line error
-            _rendezvous(host, port, n, i, timeout_s)
-            loopback = host in ("127.0.0.1", "localhost", "::1")
-            try:
-                jax.distributed.initialize(coordinator, n, i, initialization_timeout=max(1, int(timeout_s)),
-                                           heartbeat_timeout_seconds=max(10, int(timeout_s)),
-                                           shutdown_timeout_seconds=max(10, int(min(timeout_s, 60))),
-                                           coordinator_bind_address=coordinator if loopback else None)
-            except (RuntimeError, ValueError) as exc:
-                raise TrainSetupError(f"--coordinator {coordinator}: process {i} of {n} could not join within "
-                                      f"{timeout_s:.0f} s ({_first_line(exc)})") from None
-            initialized = True
-        return cls(_platform(device), initialized)
-
-    def all_sum(self, values: np.ndarray) -> np.ndarray:
-        if self.world == 1:
-            return values
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(np.asarray(values))).sum(axis=0).astype(
-            np.asarray(values).dtype)
-
-    def close(self) -> None:
-        if self.initialized:
-            import jax
-
-            try:
-                jax.distributed.shutdown()
-            except RuntimeError:
-                pass
-            self.initialized = False
-
-
-def _address(coordinator: str) -> tuple[str, int]:
-    host, sep, port = coordinator.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise TrainSetupError(f"--coordinator: expected HOST:PORT (got {coordinator!r})")
-    return host.strip("[]"), int(port)
-
-
-def _rendezvous(host: str, port: int, n: int, i: int, timeout_s: float) -> None:
-    """Every process checks in on the coordinator's port before jax.distributed starts there.
-
-    Process 0 listens on HOST:PORT until the other n - 1 processes have sent their index, answers each
-    'go' and closes the port (jax's coordination service binds it next); the others connect (retrying
-    until the deadline) and wait for 'go'. Nothing arriving within `timeout_s` is a TrainSetupError."""
-    import socket
-    import time
-
-    if n == 1:
-        return
-    deadline = time.monotonic() + timeout_s
-    where = f"{host}:{port}"
-    if i == 0:
-        try:
-            server = socket.create_server((host, port), reuse_port=False)
-        except OSError as exc:
-            raise TrainSetupError(f"--coordinator {where}: process 0 cannot listen there ({exc.strerror or exc})") \
-                from None
-        peers: dict[int, socket.socket] = {}
-        try:
-            while len(peers) < n - 1:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    missing = sorted(set(range(1, n)) - set(peers))
-                    raise TrainSetupError(f"--coordinator {where}: process(es) {', '.join(map(str, missing))} of {n} "
-                                          f"did not join within {timeout_s:.0f} s")
-                server.settimeout(left)
-                try:
-                    conn, _ = server.accept()
-                except socket.timeout:
-                    continue
-                conn.settimeout(max(0.1, deadline - time.monotonic()))
-                try:
-                    peer = int(conn.recv(64).decode().strip() or -1)
-                except (OSError, ValueError):
-                    conn.close()
-                    continue
-                if not 0 < peer < n or peer in peers:
-                    conn.close()
-                    raise TrainSetupError(f"--coordinator {where}: a process announced index {peer} (expected "
-                                          f"1..{n - 1}, each once)")
-                peers[peer] = conn
-            for conn in peers.values():
-                conn.sendall(b"go\n")
-        finally:
-            for conn in peers.values():
-                conn.close()
-            server.close()
-        return
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TrainSetupError(f"--coordinator {where}: no answer from process 0 within {timeout_s:.0f} s")
-        try:
-            with socket.create_connection((host, port), timeout=min(left, 5.0)) as conn:
-                conn.sendall(f"{i}\n".encode())
-                conn.settimeout(max(0.1, deadline - time.monotonic()))
-                if conn.recv(16).startswith(b"go"):
-                    return
-        except (OSError, socket.timeout):
-            pass
-        time.sleep(0.2)
-
-
-def _platform(device: str | None) -> str | None:
-    if device is None:
-        return None
-    name = device.split(":")[0].lower()
-    name = {"cuda": "gpu", "rocm": "gpu"}.get(name, name)
-    if name not in ("cpu", "gpu", "tpu"):
-        raise TrainSetupError(f"--device: expected cpu, gpu (cuda) or tpu for jax (got {device!r})")
-    return name
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-# ---- the model's state as flat dicts ----------------------------------------------------------
-def _leaf_name(path) -> str | None:
-    """The canonical name of a Param / BatchStat leaf of an nnx.State (None for rng state)."""
-    from .modules import _LEAF_TO_CANONICAL, canonical_name
-
-    keys = [getattr(p, "key", getattr(p, "name", p)) for p in path]
-    if keys and keys[-1] == "value":
-        path, keys = path[:-1], keys[:-1]
-    if not keys or str(keys[-1]) not in _LEAF_TO_CANONICAL or str(keys[0]) == "rngs":
-        return None
-    return canonical_name(path)
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Static description of the model's state (hashable: part of the compiled step's key)."""
-
-    graphdef: Any
-    param_def: Any
-    param_names: tuple
-    rest_def: Any
-    rest_names: tuple  # canonical name, or None for a leaf kept as is (rng state)
-    key_impls: tuple = ()  # per rng leaf: the PRNG implementation of a key (stored as its raw data), or None
-
-    def merge(self, params: Mapping, stats: Mapping, other: tuple):
-        import jax
-        from flax import nnx
-
-        it = iter(jax.random.wrap_key_data(v, impl=impl) if impl is not None else v
-                  for v, impl in zip(other, self.key_impls))
-        p = jax.tree.unflatten(self.param_def, [params[n] for n in self.param_names])
-        r = jax.tree.unflatten(self.rest_def, [stats[n] if n is not None else next(it) for n in self.rest_names])
-        return nnx.merge(self.graphdef, p, r)
-
-
-def _split(model):
-    import jax
-    from flax import nnx
-
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    pl, pdef = jax.tree_util.tree_flatten_with_path(params)
-    rl, rdef = jax.tree_util.tree_flatten_with_path(rest)
-    rest_names = tuple(_leaf_name(p) for p, _ in rl)
-    other = [v for n, (_, v) in zip(rest_names, rl) if n is None]
-    impls = tuple(jax.random.key_impl(v) if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key) else None
-                  for v in other)
-    other = tuple(np.asarray(jax.random.key_data(v)) if impl is not None else np.asarray(v)
-                  for v, impl in zip(other, impls))
-    layout = _Layout(graphdef, pdef, tuple(_leaf_name(p) for p, _ in pl), rdef, rest_names, impls)
-    values = {n: v for n, (_, v) in zip(layout.param_names, pl)}
-    stats = {n: v for n, (_, v) in zip(rest_names, rl) if n is not None}
-    return layout, values, stats, other
-
-
-def _stats_of(model) -> dict:
-    import jax
-    from flax import nnx
-
-    leaves, _ = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.BatchStat))
-    return {_leaf_name(p): v for p, v in leaves}
 
 
 # ---- the compiled step -------------------------------------------------------------------------
@@ -418,11 +123,7 @@ def _train_step(statics: _StepStatics, columns: tuple, packed, fixed_p, stats, o
         logits = model(jnp.transpose(x, (0, 2, 3, 1)).astype(cdt), True,
                        {k: v.astype(cdt) for k, v in masks.items()})
         logits = logits.astype(statics.param_dtype)
-        k = logits.shape[1]
-        t = targets.astype(logits.dtype)
-        s = statics.label_smoothing
-        if s:
-            t = t * (1.0 - s) + s / k
+        t = soft_targets(targets.astype(logits.dtype), logits.shape[1], statics.label_smoothing)
         loss = -jnp.sum(t * jax.nn.log_softmax(logits, axis=1)) / logits.shape[0]
         new_stats = {n: v.astype(stats[n].dtype) for n, v in _stats_of(model).items()}
         return loss, (logits, new_stats)
@@ -490,21 +191,20 @@ class JaxBackend:
         self.dtype = as_dtype(dtype)
         self.compute_dtype = "bfloat16" if precision == "bfloat16" else self.dtype.name
         model = build_model(plan.base, self.dtype, init=False, seed=plan.seed)
-        groups = plan.batch_size // plan.bn_group_size
-        frozen_bn = self.config.batch_norm.mode == "frozen"
+        self.recipe = Recipe.of(self.config, plan.base)
+        groups = plan.batch_size // plan.bn_group_size  # SPMD: the global batch's groups, wherever they lie
         for _, m in _iter_modules(model):
             if isinstance(m, BatchNorm):
-                m.groups, m.frozen = (groups if groups > 1 else None), frozen_bn
+                m.groups, m.frozen = (groups if groups > 1 else None), self.recipe.frozen_bn
         self.model = model
         self.mesh = self.procs.mesh
         self.replicated = NamedSharding(self.mesh, P())
         self.rows = NamedSharding(self.mesh, P("data"))
         layout, params, stats, _ = _split(model)
         shapes = {n: tuple(v.shape) for n, v in {**params, **stats}.items()}
-        self.frozen = frozen_names(self.config, list(params))
-        roles = set(self.config.weight_decay.applies_to)
+        self.frozen = self.recipe.frozen
         trainable = sorted(n for n in params if n not in self.frozen)
-        decayed = [n for n in trainable if self.config.weight_decay.rate and plan.base.param(n).role in roles]
+        decayed = [n for n in trainable if self.recipe.decay_rate and n in self.recipe.decays]
         groups_ = (("decayed", decayed), ("other", [n for n in trainable if n not in decayed]))
         self.groups = tuple((g, tuple((n, shapes[n]) for n in ns)) for g, ns in groups_ if ns)
         self.trainable = tuple(trainable)
@@ -553,21 +253,21 @@ class JaxBackend:
 
     def _statics(self) -> _StepStatics:
         return _StepStatics(self._train_layout, self._config_json, self.groups, self.ema_spec, self.compute_dtype,
-                            self.dtype.name, float(self.config.label_smoothing),
-                            self.config.batch_norm.mode == "frozen")
+                            self.dtype.name, self.recipe.label_smoothing, self.recipe.frozen_bn)
 
     # -- stage and step --
     def set_stage(self, resolved: ResolvedModel) -> None:
         """The stage's dropout and per-block drop-path rates (static: the stage's step compiles with them)."""
-        rates = (float(resolved.classifier.dropout),) + tuple(float(r.drop_path_rate) for r in resolved.blocks)
+        dropout, drop_paths = stage_rates(resolved)
+        rates = (dropout,) + drop_paths
         if rates == self._rates:
             return
         self._rates = rates
         self._fns: dict = {}  # compiled steps of this stage, by row-data columns
         m = self.model
-        for block, row in zip(m.blocks, resolved.blocks):
-            block.drop_path_rate = float(row.drop_path_rate)
-        m.dropout = float(resolved.classifier.dropout)
+        for block, rate in zip(m.blocks, drop_paths):
+            block.drop_path_rate = rate
+        m.dropout = dropout
         saved = m.dtype
         m.dtype = self.compute_dtype
         self._train_layout = _split(m)[0]
@@ -611,7 +311,7 @@ class JaxBackend:
         import warnings
 
         fn, xd, rowdata = self._step_inputs(x, targets, masks)
-        rate = 1.0 - ema_decay(self.config.ema, step + 1) if self.config.ema is not None else 0.0
+        rate = self.recipe.ema_rate(step + 1)
         args = (self.packed, self.fixed, self.stats, self.other, self.opt_state, self.ema, xd, rowdata,
                 self._put(np.asarray(lr, self.dtype)), self._put(np.asarray(rate, self.dtype)))
         clock = compile_clock()
@@ -662,14 +362,15 @@ class JaxBackend:
     def _sign(self, slot: str) -> float:
         """optax's TF RMSProp (lr inside the momentum) keeps -lr * g / d in its trace: the oracle's `mom` negated."""
         opt = self.config.optimizer
-        return -1.0 if (opt.type == "rmsprop" and opt.lr_in_momentum and slot == "mom") else 1.0
+        return -1.0 if (opt.type == "rmsprop" and opt.lr_in_momentum and slot == SLOTS["rmsprop"][1]) else 1.0
 
     def _slot_leaves(self) -> dict:
         """(canonical slot, group) -> index into the optax state's leaves of that group's packed slot."""
         import jax
 
-        kind = self.config.optimizer.type
-        names = {"sgd": {"trace": "momentum"}, "rmsprop": {"nu": "ms", "trace": "mom"}}[kind]
+        from .optim import optax_slot_names
+
+        names = optax_slot_names(self.config.optimizer.type)
         leaves, _ = jax.tree_util.tree_flatten_with_path(self.opt_state)
         groups = {g for g, _ in self.groups}
         out = {}

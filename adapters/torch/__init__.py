@@ -14,6 +14,7 @@ _EXPORTS = {
     "TFRMSProp": "optim", "TorchAdapter": "adapter",
     "import_torchvision": "peers", "import_timm": "peers", "export_torchvision": "peers", "export_timm": "peers",
     "import_efficientnet_pytorch": "peers", "export_efficientnet_pytorch": "peers",
+    "import_dli14": "peers", "export_dli14": "peers",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -77,8 +77,10 @@ class Conv(nn.Module):
         k, s = self.kernel, self.stride
         if k == 1 and s == 1:
             return F.conv2d(x, self.weight, self.bias, 1, 0, 1, self.groups)
-        top, bottom = conv_padding(self.padding, x.shape[-2], k, s)
-        left, right = conv_padding(self.padding, x.shape[-1], k, s)
+        # Python ints: the ONNX tracer would otherwise record the pad arithmetic as graph ops, whose
+        # integer division truncates where ours floors (wrong pads for odd sizes next to even ones)
+        top, bottom = conv_padding(self.padding, int(x.shape[-2]), k, s)
+        left, right = conv_padding(self.padding, int(x.shape[-1]), k, s)
         if top == bottom and left == right:
             return F.conv2d(x, self.weight, self.bias, s, (top, left), 1, self.groups)
         x = F.pad(x, (left, right, top, bottom))

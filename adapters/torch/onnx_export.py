@@ -8,13 +8,14 @@ file's metadata carries the spec JSON (`effv2_spec`), as canonical weights files
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import warnings
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from effv2_spec.weights import atomic_write_bytes
 
 #: the ONNX opset the export targets (onnxruntime >= 1.12 runs it; every op used exists since opset 13)
 OPSET = 17
@@ -31,23 +32,17 @@ def export_onnx(resolved, tensors: Mapping[str, np.ndarray], path: str | os.Path
 
     model = load_canonical_tensors(build_model(resolved, dtype, init=False), tensors, resolved).eval()
     x = torch.zeros(2, resolved.input_channels, *resolved.image_size, dtype=next(model.parameters()).dtype)
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            torch.onnx.export(model, (x,), tmp, dynamo=False, opset_version=opset, input_names=["images"],
-                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-        proto = onnx.load(tmp)
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = "effv2_spec", resolved.spec.model_dump_json()
-        onnx.checker.check_model(proto)
-        onnx.save(proto, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(model, (x,), buffer, dynamo=False, opset_version=opset, input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    proto = onnx.load_from_string(buffer.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "effv2_spec", resolved.spec.model_dump_json()
+    onnx.checker.check_model(proto)
+    # as every other writer: parent folders made, the mode of an existing file kept, else 0666 less the umask
+    atomic_write_bytes(path, proto.SerializeToString())
 
 
 __all__ = ["OPSET", "export_onnx"]

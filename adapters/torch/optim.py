@@ -3,8 +3,9 @@
 SGD is torch.optim.SGD. RMSProp is torch.optim.RMSprop where that is exactly the spec
 (eps outside the sqrt, accumulator starting at 0, lr outside the momentum buffer), and
 otherwise `TFRMSProp`, an exact implementation of the configurable (TF) convention.
-Weight decay is coupled L2 (g += rate * w) on the tensors whose role is listed in
-`weight_decay.applies_to`, through per-group `weight_decay`.
+The optimisers see the gradients `recipe_gradients` leaves in `.grad`: the recipe's coupled L2
+(g += rate * w on the tensors of `Recipe.decays`), then its global-norm clip factor
+(effv2_reference.recipe), so no optimiser here carries a weight decay of its own.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from effv2_spec.resolve import ResolvedModel
 from effv2_spec.training import TrainingConfig
+from effv2_reference.recipe import SLOTS, Recipe, clip_factor
 
 
 class TFRMSProp(torch.optim.Optimizer):
@@ -72,24 +74,35 @@ def torch_rmsprop_matches(opt) -> bool:
             and (not opt.lr_in_momentum or opt.momentum == 0.0))
 
 
-def param_groups(named: Mapping[str, torch.Tensor], config: TrainingConfig, resolved: ResolvedModel) -> list[dict]:
-    """Two groups: tensors whose role decays (weight_decay = rate) and the rest (0)."""
-    wd = config.weight_decay
-    roles = set(wd.applies_to)
-    decay = [p for n, p in named.items() if resolved.param(n).role in roles]
-    rest = [p for n, p in named.items() if resolved.param(n).role not in roles]
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": float(wd.rate)})
-    if rest:
-        groups.append({"params": rest, "weight_decay": 0.0})
-    return groups
+@torch.no_grad()
+def recipe_gradients(named: Mapping[str, torch.Tensor], recipe: Recipe) -> None:
+    """The gradients the optimiser steps with, in place in `.grad`: the L2 term added to the tensors that
+    decay, then every gradient of `named` (the tensors stepped) multiplied by the recipe's clip factor."""
+    if recipe.decay_rate:
+        for name, p in named.items():
+            if name in recipe.decays:
+                p.grad.add_(p, alpha=recipe.decay_rate)
+    if recipe.clip_norm is not None:
+        factor = clip_factor(float(sum(torch.sum(p.grad.to(torch.float64) ** 2) for p in named.values())),
+                             recipe.clip_norm)
+        if factor != 1.0:
+            for p in named.values():
+                p.grad.mul_(factor)
 
 
-def make_optimizer(named: Mapping[str, torch.Tensor], config: TrainingConfig, resolved: ResolvedModel,
-                   lr: float = 0.0) -> torch.optim.Optimizer:
-    """The torch optimiser for `config` over the named trainable tensors."""
-    groups = param_groups(named, config, resolved)
+#: each torch optimiser's state keys, in the order of the recipe's canonical slots (recipe.SLOTS)
+_NATIVE_KEYS = {torch.optim.SGD: ("momentum_buffer",), torch.optim.RMSprop: ("square_avg", "momentum_buffer"),
+                TFRMSProp: ("ms", "mom")}
+
+
+def native_slot_keys(optimizer: torch.optim.Optimizer, kind: str) -> dict[str, str]:
+    """Canonical slot -> the state key `optimizer` (made by `make_optimizer` for optimiser `kind`) keeps it under."""
+    return dict(zip(SLOTS[kind], _NATIVE_KEYS[type(optimizer)], strict=True))
+
+
+def make_optimizer(named: Mapping[str, torch.Tensor], config: TrainingConfig, lr: float = 0.0) -> torch.optim.Optimizer:
+    """The torch optimiser for `config` over the named tensors it steps (no weight decay: `recipe_gradients`)."""
+    groups = [{"params": list(named.values()), "weight_decay": 0.0}]
     opt = config.optimizer
     if opt.type == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=opt.momentum, dampening=0.0,
@@ -104,16 +117,19 @@ def make_optimizer(named: Mapping[str, torch.Tensor], config: TrainingConfig, re
 
 def optimizer_steps(tensors: Mapping[str, np.ndarray], grads_per_step: Sequence[Mapping[str, np.ndarray]],
                     config: TrainingConfig, lrs: Sequence[float], resolved: ResolvedModel) -> dict[str, np.ndarray]:
-    """Apply len(lrs) steps from fresh optimiser state; returns the updated trainable tensors."""
+    """Apply len(lrs) steps of the recipe from fresh optimiser state; returns every trainable tensor (those the
+    recipe freezes unchanged)."""
     if len(grads_per_step) != len(lrs):
         raise ValueError(f"got {len(grads_per_step)} gradient sets for {len(lrs)} learning rates")
-    trainable = [p.name for p in resolved.params if p.trainable]
-    named = {n: torch.nn.Parameter(torch.from_numpy(np.array(tensors[n], copy=True))) for n in trainable}
-    optimizer = make_optimizer(named, config, resolved)
+    recipe = Recipe.of(config, resolved)
+    named = {n: torch.nn.Parameter(torch.from_numpy(np.array(tensors[n], copy=True))) for n in recipe.stepped}
+    optimizer = make_optimizer(named, config)
     for grads, lr in zip(grads_per_step, lrs):
         for group in optimizer.param_groups:
             group["lr"] = float(lr)
         for n, p in named.items():
             p.grad = torch.from_numpy(np.asarray(grads[n], dtype=tensors[n].dtype).copy())
+        recipe_gradients(named, recipe)
         optimizer.step()
-    return {n: p.detach().numpy().copy() for n, p in named.items()}
+    out = {n: np.array(tensors[n], copy=True) for n in recipe.frozen}
+    return out | {n: p.detach().numpy().copy() for n, p in named.items()}

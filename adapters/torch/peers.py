@@ -14,6 +14,9 @@ from each library's module attributes):
 
 * efficientnet_pytorch (lukemelas/EfficientNet-PyTorch, V1 B0-B8 and L2): see
   `efficientnet_pytorch_names`.
+* d-li14/efficientnetv2.pytorch `effnetv2_{s,m,l,xl}`: see `dli14_names`; its SE layers are nn.Linear,
+  so SE kernels are reshaped between (out, in) and the canonical (out, in, 1, 1). Pair its weights
+  with the `*-dli14` presets.
 
 `num_batches_tracked` has no canonical counterpart: dropped on import, written as 0 on export.
 Behaviour (padding, BN eps, SE width) is the spec's business: pair torchvision weights with a
@@ -116,9 +119,43 @@ def efficientnet_pytorch_names(resolved: ResolvedModel) -> list[tuple[str, str]]
     return pairs
 
 
+def dli14_names(resolved: ResolvedModel) -> list[tuple[str, str]]:
+    """(canonical name, d-li14 name) for every tensor of d-li14/efficientnetv2.pytorch's `EffNetV2`.
+
+    `features` is one flat nn.Sequential: `features.0.{0,1}` the stem, `features.{i+1}` block i (our flat
+    index). A block's `conv` is an nn.Sequential holding each unit's modules in execution order: conv, BN
+    and (when the unit has one) the activation, so a unit's conv sits at the running position k, its BN
+    at k + 1; the SE layer takes one position, its two nn.Linear at `fc.0` and `fc.2`. Head `conv.{0,1}`,
+    dense `classifier`."""
+    pairs = _unit_pairs(resolved.stem, "features.0.0", "features.0.1")
+    for block in resolved.blocks:
+        base, k = f"features.{block.index + 1}.conv", 0
+        for unit in block.layers:
+            if isinstance(unit, SqueezeExcite):
+                pairs += _unit_pairs(unit, f"{base}.{k}.fc.0", f"{base}.{k}.fc.2")
+                k += 1
+            else:
+                pairs += _unit_pairs(unit, f"{base}.{k}", f"{base}.{k + 1}")
+                k += 3 if unit.activation else 2
+    pairs += _unit_pairs(resolved.head, "conv.0", "conv.1")
+    pairs += [("classifier.weight", "classifier.weight"), ("classifier.bias", "classifier.bias")]
+    return pairs
+
+
 NAME_TABLES: dict[str, Callable[[ResolvedModel], list[tuple[str, str]]]] = {
     "torchvision": torchvision_names, "timm": timm_names, "efficientnet_pytorch": efficientnet_pytorch_names,
+    "dli14": dli14_names,
 }
+
+#: Layouts whose SE layers are nn.Linear: their kernels are (out, in), ours the 1x1 conv (out, in, 1, 1).
+LINEAR_SE = {"dli14"}
+
+
+def _peer_shape(entry, layout: str) -> tuple[int, ...]:
+    """The shape `layout` stores canonical tensor `entry` in (the same numbers, only reshaped)."""
+    if layout in LINEAR_SE and entry.role == "se_kernel":
+        return entry.shape[:2]
+    return entry.shape
 
 
 # ---- file I/O --------------------------------------------------------------------------------
@@ -187,12 +224,13 @@ def state_dict_to_canonical(state: dict, spec: Any, source: str) -> dict[str, np
     peer_names = {peer for _, peer in pairs}
     missing = [peer for _, peer in pairs if peer not in state]
     extra = sorted(k for k in state if k not in peer_names and not k.endswith("num_batches_tracked"))
-    wrong = [f"{peer} (canonical {canon}): expected shape {resolved.param(canon).shape}, got {tuple(state[peer].shape)}"
-             for canon, peer in pairs if peer in state and tuple(state[peer].shape) != resolved.param(canon).shape]
+    shapes = {canon: _peer_shape(resolved.param(canon), source) for canon, _ in pairs}
+    wrong = [f"{peer} (canonical {canon}): expected shape {shapes[canon]}, got {tuple(state[peer].shape)}"
+             for canon, peer in pairs if peer in state and tuple(state[peer].shape) != shapes[canon]]
     problems = mismatch(missing, extra, wrong)
     if problems:
         raise WeightsError(f"{source} state dict does not match spec {resolved.spec.name!r}: {problems}")
-    tensors = {canon: _to_numpy(state[peer]) for canon, peer in pairs}
+    tensors = {canon: _to_numpy(state[peer]).reshape(resolved.param(canon).shape) for canon, peer in pairs}
     check_tensors(resolved, tensors)
     return tensors
 
@@ -205,7 +243,8 @@ def canonical_to_state_dict(tensors: dict[str, np.ndarray], spec: Any, target: s
     check_tensors(resolved, tensors)
     state: OrderedDict[str, Any] = OrderedDict()
     for canon, peer in NAME_TABLES[target](resolved):
-        state[peer] = torch.from_numpy(np.array(tensors[canon], copy=True))
+        value = np.array(tensors[canon], copy=True).reshape(_peer_shape(resolved.param(canon), target))
+        state[peer] = torch.from_numpy(value)
         if canon.endswith(".bn.running_var"):
             state[peer[: -len("running_var")] + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
     return state
@@ -249,6 +288,16 @@ def export_torchvision(tensors, spec, path) -> None:
 def export_timm(tensors, spec, path) -> None:
     """Write canonical tensors as a timm state dict (torch.save, or safetensors by suffix), atomically."""
     _export(tensors, spec, path, "timm")
+
+
+def import_dli14(path, spec) -> dict[str, np.ndarray]:
+    """Canonical tensors from a d-li14/efficientnetv2.pytorch `effnetv2_*` state dict file."""
+    return _import(path, spec, "dli14")
+
+
+def export_dli14(tensors, spec, path) -> None:
+    """Write canonical tensors as a d-li14 `effnetv2_*` state dict (torch.save, or safetensors by suffix)."""
+    _export(tensors, spec, path, "dli14")
 
 
 def import_efficientnet_pytorch(path, spec) -> dict[str, np.ndarray]:

@@ -25,19 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from effv2_spec.resolve import ResolvedModel
-from effv2_reference.ema import ema_decay
 from effv2_reference.plan import PlanError, TrainingPlan
-from effv2_reference.trainloop import frozen_names
+from effv2_reference.recipe import Recipe, batch_norm_layout, soft_targets, stage_rates
 
 from .build import as_dtype, build_model
 from .modules import BatchNorm, EfficientNet
-from .optim import make_optimizer
+from .optim import make_optimizer, native_slot_keys, recipe_gradients
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-# torch optimiser state key -> canonical slot (effv2_reference.optim names)
-_SLOTS = {"sgd": {"momentum_buffer": "momentum"},
-          "rmsprop": {"square_avg": "ms", "momentum_buffer": "mom", "ms": "ms", "mom": "mom"}}
 
 
 class TrainSetupError(ValueError):
@@ -87,21 +82,14 @@ class Processes:
 
 
 def configure_batch_norm(model: EfficientNet, plan: TrainingPlan, procs: Processes) -> None:
-    """Give every BN the plan's statistics groups for this process layout."""
-    local = plan.batch_size // procs.world
-    g = plan.bn_group_size
-    group_sum, span, group_size = None, 1, None
-    if g <= local:
-        if local % g:
-            raise TrainSetupError(f"batch_norm.group_size: a group of {g} samples does not fit the {local} rows of "
-                                  f"each of {procs.world} processes (it must divide them)")
-        group_size = g if (g < local or procs.world > 1) else None
-    else:
-        if g % local:
-            raise TrainSetupError(f"batch_norm.group_size: a group of {g} samples must be a whole number of "
-                                  f"processes' rows ({local} each)")
-        span = g // local
-        group_sum = _group_sum(procs, span)
+    """Give every BN the plan's statistics groups for this process layout (the recipe's `batch_norm_layout`)."""
+    try:
+        group_size, span = batch_norm_layout(plan, procs.world)
+    except PlanError as exc:
+        raise TrainSetupError(str(exc)) from None
+    if group_size == plan.batch_size:  # one process, one group: the plain batch statistics
+        group_size = None
+    group_sum = _group_sum(procs, span) if span > 1 else None
     replica_mean = _replica_mean(procs) if procs.world > 1 else None
     for m in model.modules():
         if isinstance(m, BatchNorm):
@@ -139,15 +127,14 @@ def _replica_mean(procs: Processes):
 
 def set_rates(model: EfficientNet, resolved: ResolvedModel) -> None:
     """The stage's dropout and per-block drop-path rates (the resolved table of the stage)."""
-    for block, row in zip(model.blocks, resolved.blocks):
-        block.drop_path_rate = float(row.drop_path_rate)
-    model.dropout = float(resolved.classifier.dropout)
+    model.dropout, drop_paths = stage_rates(resolved)
+    for block, rate in zip(model.blocks, drop_paths):
+        block.drop_path_rate = rate
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """mean_n -sum_k t * log_softmax(logits), t = targets * (1 - s) + s / K (effv2_reference.ops.loss)."""
-    k = logits.shape[1]
-    t = targets * (1.0 - smoothing) + smoothing / k if smoothing else targets
+    """mean_n -sum_k t * log_softmax(logits) with the recipe's soft targets t (effv2_reference.recipe)."""
+    t = soft_targets(targets, logits.shape[1], smoothing)
     return -(t * F.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits,
                                dim=1)).sum() / logits.shape[0]
 
@@ -182,16 +169,13 @@ class TorchBackend:
         model.to(self.device, memory_format=self.memory_format)
         self.net = model
         configure_batch_norm(model, plan, self.procs)
-        self.frozen_bn = self.config.batch_norm.mode == "frozen"
-        frozen = frozen_names(self.config, dict(model.named_parameters()))
+        self.recipe = Recipe.of(self.config, plan.base)
+        self.frozen_bn = self.recipe.frozen_bn
         for name, p in model.named_parameters():
-            p.requires_grad_(name not in frozen)
-        self.named = {n: p for n, p in model.named_parameters() if n not in frozen}
-        self.decayed = [p for n, p in self.named.items() if plan.base.param(n).role in
-                        set(self.config.weight_decay.applies_to)]
-        self.optimizer = make_optimizer(self.named, self.config, plan.base)
-        for group in self.optimizer.param_groups:  # L2 is added below, before clipping, as the oracle does
-            group["weight_decay"] = 0.0
+            p.requires_grad_(name not in self.recipe.frozen)
+        self.named = {n: p for n, p in model.named_parameters() if n not in self.recipe.frozen}
+        self.optimizer = make_optimizer(self.named, self.config)
+        self.slot_keys = native_slot_keys(self.optimizer, self.config.optimizer.type)
         self.steps = 0
         self.ema = ({k: v.detach().clone() for k, v in model.state_dict().items()}
                     if self.config.ema is not None else None)
@@ -230,7 +214,7 @@ class TorchBackend:
         mt = {k: torch.from_numpy(v).to(self.device, self.dtype) for k, v in masks.items()}
         with self._autocast():
             logits = self.train_net(xt, mt)
-        loss = soft_cross_entropy(logits, tt, self.config.label_smoothing)
+        loss = soft_cross_entropy(logits, tt, self.recipe.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if self.scaler is not None:
@@ -249,16 +233,7 @@ class TorchBackend:
 
     @torch.no_grad()
     def _update(self, lr: float) -> None:
-        rate = float(self.config.weight_decay.rate)
-        if rate:
-            for p in self.decayed:
-                p.grad.add_(p, alpha=rate)
-        clip = self.config.gradient_clip_norm
-        if clip is not None:
-            norm = float(torch.sqrt(sum(torch.sum(p.grad.to(torch.float64) ** 2) for p in self.named.values())))
-            if norm > clip:
-                for p in self.named.values():
-                    p.grad.mul_(clip / norm)
+        recipe_gradients(self.named, self.recipe)  # L2, then the clip factor, as the oracle does
         for group in self.optimizer.param_groups:
             group["lr"] = float(lr)
         if self.scaler is not None:
@@ -269,10 +244,10 @@ class TorchBackend:
 
     @torch.no_grad()
     def _ema_update(self, num_updates: int) -> None:
-        d = ema_decay(self.config.ema, num_updates)
+        rate = self.recipe.ema_rate(num_updates)
         for k, v in self.net.state_dict().items():
             s = self.ema[k]
-            s.sub_((s - v) * (1.0 - d))
+            s.sub_((s - v) * rate)
 
     # -- eval --
     @torch.no_grad()
@@ -297,23 +272,20 @@ class TorchBackend:
     # -- canonical state --
     def state(self) -> tuple[dict, dict, dict]:
         model = {k: v.detach().cpu().numpy().copy() for k, v in self.net.state_dict().items()}
-        kind = self.config.optimizer.type
-        slots = _SLOTS[kind]
         opt: dict[str, np.ndarray] = {}
         for name, p in self.named.items():
-            for key, v in self.optimizer.state.get(p, {}).items():
-                if key in slots and isinstance(v, torch.Tensor) and v.shape == p.shape:
-                    opt[f"{slots[key]}/{name}"] = v.detach().cpu().numpy().copy()
+            state = self.optimizer.state.get(p, {})
+            for slot, key in self.slot_keys.items():
+                v = state.get(key)
+                if isinstance(v, torch.Tensor) and v.shape == p.shape:
+                    opt[f"{slot}/{name}"] = v.detach().cpu().numpy().copy()
         opt["steps"] = np.array(self.steps, dtype=np.int64)
         ema = {k: v.cpu().numpy().copy() for k, v in self.ema.items()} if self.ema is not None else {}
         return model, opt, ema
 
     def load_state(self, model, optimizer, ema) -> None:
         self.net.load_state_dict({k: torch.from_numpy(np.array(v, copy=True)) for k, v in model.items()})
-        kind = self.config.optimizer.type
-        back = {slot: key for key, slot in _SLOTS[kind].items()}
-        if isinstance(self.optimizer, torch.optim.RMSprop):
-            back = {"ms": "square_avg", "mom": "momentum_buffer"}
+        back = self.slot_keys
         self.optimizer.state.clear()
         steps = int(np.asarray(optimizer.get("steps", 0)))
         for key, v in optimizer.items():

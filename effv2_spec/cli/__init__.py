@@ -7,6 +7,8 @@ Each subcommand lives in its own module and is imported only when invoked, so
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from ..lazy import load_target
@@ -19,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "summary": "effv2_spec.cli.summary_cmd:summary",
     "schedule": "effv2_spec.cli.schedule_cmd:schedule",
     "train": "effv2_reference.cli_train:train",
+    "plot": "effv2_reference.cli_plot:plot",
     "generate": "effv2_adapters.cli:generate",
     "check": "effv2_adapters.cli:check",
     "convert": "effv2_adapters.cli:convert",
@@ -35,11 +38,13 @@ _HELP = {
     "summary": "Per-block shapes, parameters and MACs of an architecture.",
     "schedule": "The per-stage table of a progressive schedule (Algorithm 1).",
     "train": "Train with the reference oracle (NumPy + Numba) on CPU.",
+    "plot": "Loss and held-out accuracy curves of training runs (metrics.jsonl) as a PNG or JSON.",
     "generate": "Emit a standalone PyTorch or JAX model file from a spec.",
     "check": "Compare a backend (built-in, plug-in or module:Class) against the oracle, tensor by tensor.",
-    "convert": "Convert peer weights (torchvision, timm, Keras, efficientnet_pytorch) to canonical safetensors and back.",
+    "convert": "Convert peer weights (torchvision, timm, Keras, efficientnet_pytorch, d-li14) to canonical safetensors "
+               "and back.",
     "conformance": "Random specs through the check harness against the oracle; shrinks and saves a failure.",
-    "export": "Export a spec with canonical weights to ONNX (dynamic batch).",
+    "export": "Export a spec with canonical weights to ONNX or a torch.export .pt2 (dynamic batch).",
     "predict": "Top-K classes of images with canonical weights (oracle, torch or jax).",
     "eval": "Top-1/top-5 accuracy and images/s on an image folder or .npz.",
 }
@@ -92,3 +97,17 @@ def main():
     SPEC arguments take a path to a JSON file or a preset name (see `effv2 presets`).
     Exit codes: 0 success, 1 invalid input or failed check, 2 usage error.
     """
+    import warnings
+
+    warnings.showwarning = _one_line_warning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning (Pillow's, NumPy's, a framework's) as one line: no source path and line before it."""
+    from ..console import printable
+
+    text = str(message).strip().splitlines()
+    try:
+        (file or sys.stderr).write(f"warning: {printable(text[0] if text else category.__name__)}\n")
+    except (OSError, ValueError):  # stderr closed
+        pass

@@ -87,7 +87,8 @@ def _flip_and_augment(img: np.ndarray, *, augmentation: Augmentation, randaugmen
     if _draws_flip(augmentation, rng):
         img = horizontal_flip(img)
     if _augments(randaugment_layers, magnitude):
-        img = randaugment_image(img, randaugment_layers, magnitude, rng, variant=augmentation.randaugment)
+        img = randaugment_image(img, randaugment_layers, magnitude, rng, variant=augmentation.randaugment,
+                                reference_size=augmentation.randaugment_reference_size)
     return img
 
 
@@ -106,7 +107,7 @@ def _flip_and_augment_rows(images: np.ndarray, rngs: list[np.random.Generator], 
     flips, drawn = [], []
     for rng in rngs:  # each row's draws in _flip_and_augment's order: the flip, then the ops
         flips.append(_draws_flip(augmentation, rng))
-        drawn.append(draw_layers(randaugment_layers, magnitude, h, w, rng))
+        drawn.append(draw_layers(randaugment_layers, magnitude, h, w, rng, augmentation.randaugment_reference_size))
     return kernel(images, flips, drawn)
 
 

@@ -9,6 +9,11 @@ image), enhance factor level / 10 * 1.8 + 0.1, posterize int(level / 10 * 4) bit
 threshold int(level / 10 * 256), solarize-add int(level / 10 * 110); rotate, shear and translate
 are negated with probability 1/2. Empty pixels of geometric ops and cutout are 128.
 
+The one departure, opt-in (`augmentation.randaugment_reference_size` = R in the training config): translate
+and cutout scaled by the image side / R. automl's absolute pixels were made for 128-380 px crops; on the
+16-64 px images of a CPU run, magnitude 5 translates the whole image out of its frame and cuts out most of
+it, so the small stages of a progressive run got the strongest geometric distortion instead of the weakest.
+
 The TF ops are reproduced with their quirks, because they define what the published models saw:
   * TF casts a Python int to the image's uint8 dtype (wrapping modulo 256, google-research/
     big_vision#110) and its shift kernels clamp the shift to [0, 7] (tensorflow cwise_ops.h):
@@ -350,8 +355,18 @@ def cutout(image: np.ndarray, pad_size: int, centre: tuple[int, int]) -> np.ndar
 
 
 # ---- level -> argument (automl level_to_arg) and the policy ----------------------------------
-def level_to_arg(name: str, magnitude: float, rng: np.random.Generator | None = None, sign: float | None = None):
-    """The argument of op `name` at `magnitude` (no cap). Signed ops take `sign` or draw it from `rng`."""
+def pixel_scales(h: int, w: int, reference_size: int | None) -> tuple[float, float] | None:
+    """(rows, columns) factors of the translate and cutout constants for an h x w image: None for automl's
+    absolute pixels, else (h / R, w / R) (training config `augmentation.randaugment_reference_size` = R)."""
+    if reference_size is None:
+        return None
+    return h / reference_size, w / reference_size
+
+
+def level_to_arg(name: str, magnitude: float, rng: np.random.Generator | None = None, sign: float | None = None,
+                 scales: tuple[float, float] | None = None):
+    """The argument of op `name` at `magnitude` (no cap). Signed ops take `sign` or draw it from `rng`.
+    `scales` (`pixel_scales`) makes translate and cutout relative to the image; None keeps automl's pixels."""
     m = float(magnitude) / MAX_LEVEL
     if name in SIGNED and sign is None:
         sign = -1.0 if rng.random() < 0.5 else 1.0  # automl keeps the sign iff floor(u + 0.5) == 1
@@ -360,6 +375,8 @@ def level_to_arg(name: str, magnitude: float, rng: np.random.Generator | None = 
     if name in ("ShearX", "ShearY"):
         return sign * m * 0.3
     if name in ("TranslateX", "TranslateY"):
+        if scales is not None:  # the shift runs along columns for X, along rows for Y
+            return sign * m * float(TRANSLATE_CONST) * (scales[1] if name == "TranslateX" else scales[0])
         return sign * m * float(TRANSLATE_CONST)
     if name in ("Color", "Contrast", "Brightness", "Sharpness"):
         return m * 1.8 + 0.1
@@ -370,6 +387,8 @@ def level_to_arg(name: str, magnitude: float, rng: np.random.Generator | None = 
     if name == "SolarizeAdd":
         return int(m * 110)
     if name == "Cutout":
+        if scales is not None:
+            return int(m * CUTOUT_CONST * min(scales))
         return int(m * CUTOUT_CONST)
     if name in ("AutoContrast", "Equalize", "Invert"):
         return None
@@ -411,23 +430,25 @@ def _as_rgb(img: np.ndarray) -> np.ndarray:
 
 
 def draw_argument(name: str, magnitude: float, h: int, w: int, rng: np.random.Generator | None = None,
-                  sign: float | None = None):
+                  sign: float | None = None, reference_size: int | None = None):
     """Op `name`'s argument at `magnitude` on an h x w image: `level_to_arg`'s, for Cutout (half-side,
-    (centre row, centre column)); the sign (signed ops, unless given) then the centre drawn from `rng`."""
-    arg = level_to_arg(name, magnitude, rng, sign)
+    (centre row, centre column)); the sign (signed ops, unless given) then the centre drawn from `rng`.
+    `reference_size`: see `pixel_scales` (None: automl's absolute pixels)."""
+    arg = level_to_arg(name, magnitude, rng, sign, pixel_scales(h, w, reference_size))
     if name == "Cutout":
         return arg, (int(rng.integers(h)), int(rng.integers(w)))
     return arg
 
 
-def draw_layers(layers: int, magnitude: float, h: int, w: int, rng: np.random.Generator) -> list[tuple[str, object]]:
+def draw_layers(layers: int, magnitude: float, h: int, w: int, rng: np.random.Generator,
+                reference_size: int | None = None) -> list[tuple[str, object]]:
     """What `randaugment` does to an h x w image: (op name, `draw_argument`) per layer, in the draw order."""
     if magnitude < 0:
         raise ValueError(f"randaugment: magnitude must be >= 0, got {magnitude}")
     drawn = []
     for _ in range(int(layers)):
         name = OP_NAMES[int(rng.integers(len(OP_NAMES)))]
-        drawn.append((name, draw_argument(name, magnitude, h, w, rng)))
+        drawn.append((name, draw_argument(name, magnitude, h, w, rng, reference_size=reference_size)))
     return drawn
 
 
@@ -445,22 +466,24 @@ def apply_op(name: str, img: np.ndarray, magnitude: float, rng: np.random.Genera
     return _apply(name, img, draw_argument(name, magnitude, img.shape[0], img.shape[1], rng, sign))
 
 
-def randaugment(img: np.ndarray, layers: int, magnitude: float, rng: np.random.Generator) -> np.ndarray:
-    """automl distort_image_with_randaugment: `layers` ops drawn uniformly from the 16, always applied."""
+def randaugment(img: np.ndarray, layers: int, magnitude: float, rng: np.random.Generator,
+                reference_size: int | None = None) -> np.ndarray:
+    """automl distort_image_with_randaugment: `layers` ops drawn uniformly from the 16, always applied
+    (`reference_size`: see `pixel_scales`)."""
     _as_rgb(img)
     out = img
-    for name, arg in draw_layers(layers, magnitude, img.shape[0], img.shape[1], rng):
+    for name, arg in draw_layers(layers, magnitude, img.shape[0], img.shape[1], rng, reference_size):
         out = _apply(name, out, arg)
     return out
 
 
 def randaugment_image(img: np.ndarray, layers: int, magnitude: float, rng: np.random.Generator,
-                      variant: str = "automl") -> np.ndarray:
+                      variant: str = "automl", reference_size: int | None = None) -> np.ndarray:
     """RandAugment one uint8 (H, W, C) image: `variant` 'automl' (this module, magnitude on the official
     open-ended scale, 10 = each op's reference maximum) or 'torchvision' (effv2_reference.data.randaugment,
     magnitude on torchvision's 0..30 bins)."""
     if variant == "automl":
-        return randaugment(img, layers, magnitude, rng)
+        return randaugment(img, layers, magnitude, rng, reference_size)
     if variant == "torchvision":
         return _torchvision_randaugment(img, int(layers), magnitude, rng)
     raise ValueError(f"randaugment: unknown variant {variant!r}; use one of {', '.join(VARIANTS)}")

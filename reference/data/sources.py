@@ -144,20 +144,18 @@ def load_folder(path: str | os.PathLike, num_classes: int, channels: int, size: 
 def _read_image(f: Path, mode: str, size: int) -> np.ndarray:
     """One image as uint8 size x size; anything Pillow cannot or should not decode is a DataError.
 
-    Pillow only warns between its pixel limit and twice that; the warning is made an error, since
-    an image that large is a decompression bomb here, not a training example."""
-    import warnings
-
+    The same opener as predict and eval (raster formats and regular files only; past Pillow's pixel
+    limit a decompression bomb, not a warning), and 16-bit or float images scaled, not clipped."""
     from PIL import Image
 
+    from ..preprocess import ImageError, eight_bit, open_raster
+
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(f) as im:
-                im = im.convert(mode).resize((size, size), Image.BILINEAR)
-                return np.asarray(im, dtype=np.uint8)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{f}: image too large to decode safely ({exc})") from None
+        with open_raster(f) as im:
+            im = eight_bit(im).convert(mode).resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except ImageError as exc:
+        raise DataError(str(exc)) from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError) as exc:  # Pillow's decoder errors
         raise DataError(f"{f}: not a readable image ({type(exc).__name__}: {exc})") from None
 
@@ -176,6 +174,8 @@ def load_source(source: str, num_classes: int, channels: int, size: int) -> Data
             return load_folder(p, num_classes, channels, size)
         except OSError as exc:  # an unreadable sub-folder (permissions)
             raise DataError(f"{exc.filename or source}: cannot read ({exc.strerror or exc})") from None
+    if not p.is_file():  # a FIFO or a device would block or never end
+        raise DataError(f"{source}: not a regular file or folder (use 'digits', an .npz file or an image folder)")
     return load_npz(p, num_classes, channels)
 
 

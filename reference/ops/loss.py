@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..recipe import soft_targets
+
 
 def smooth_targets(targets: np.ndarray, num_classes: int, label_smoothing: float = 0.0, dtype=np.float64):
     """Integer labels (N,) or soft targets (N, K) -> (1 - ls) * t + ls / K, as (N, K)."""
@@ -22,9 +24,7 @@ def smooth_targets(targets: np.ndarray, num_classes: int, label_smoothing: float
                          f"got shape {targets.shape}")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"softmax_cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing}")
-    if label_smoothing:
-        t = t * (1.0 - label_smoothing) + label_smoothing / num_classes
-    return t
+    return soft_targets(t, num_classes, label_smoothing)  # the recipe's definition, shared with every backend
 
 
 def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray, *, label_smoothing: float = 0.0):

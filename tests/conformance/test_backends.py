@@ -22,12 +22,14 @@ FULL_F64 = {  # preset: image size (odd and even sizes both appear)
     "efficientnetv2-s": 64, "efficientnetv2-s-torchvision": 64, "efficientnet-b0": 65, "efficientnetv2-b0-keras": 64,
 }
 FULL_F32 = {"efficientnetv2-b1": 65, "efficientnetv2-b2": 64, "efficientnetv2-b3": 64,
-            "efficientnet-b1": 64, "efficientnet-b2": 65, "efficientnet-b3": 64,
+            "efficientnet-b1": 64, "efficientnet-b2": 65, "efficientnet-b3": 64, "efficientnet-lite0": 64,
             "efficientnetv2-b1-keras": 64, "efficientnetv2-b2-keras": 65, "efficientnetv2-b3-keras": 64}
 EVAL_GRADS_F64 = {"efficientnetv2-m": 64, "efficientnetv2-l": 64, "efficientnetv2-xl": 64,
                   "efficientnetv2-m-torchvision": 64, "efficientnetv2-l-torchvision": 65,
                   "efficientnet-b4": 64, "efficientnet-b5": 64, "efficientnet-b6": 64, "efficientnet-b7": 64,
-                  "efficientnetv2-s-keras": 64, "efficientnetv2-m-keras": 65, "efficientnetv2-l-keras": 64}
+                  "efficientnetv2-s-keras": 64, "efficientnetv2-m-keras": 65, "efficientnetv2-l-keras": 64,
+                  "efficientnetv2-s-dli14": 65, "efficientnetv2-m-dli14": 64, "efficientnetv2-l-dli14": 64,
+                  "efficientnetv2-xl-dli14": 65}
 # presets whose network is another preset's: the timm dialect states timm's evaluation transform and
 # training defaults (dropout 0, drop path 0, unbiased running variance) on the official tf_ network
 SAME_NETWORK = {f"efficientnetv2-{v}-timm": f"efficientnetv2-{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")}

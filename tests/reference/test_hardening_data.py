@@ -211,7 +211,7 @@ def test_a_folder_of_an_earlier_run_is_refused_without_resume_or_overwrite(tmp_p
     assert (tmp_path / held).read_bytes() == b"finished run"
     assert prepare_out_dir(tmp_path, "x", resume=True, overwrite=False) == tmp_path
     prepare_out_dir(tmp_path, "x", resume=False, overwrite=True)
-    assert not (tmp_path / held).exists()
+    assert (tmp_path / held).read_bytes() == b"finished run"  # replaced only by the new run's first checkpoint
 
 
 def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path):
@@ -219,7 +219,7 @@ def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path):
     stale.write_bytes(b"half")
     mine = tmp_path / "notes.tmp"
     mine.write_bytes(b"user file")
-    prepare_out_dir(tmp_path, "x", resume=False, overwrite=False)
+    prepare_out_dir(tmp_path, "x", resume=False, overwrite=False, lock=True)  # under the lock: no writer is alive
     assert not stale.exists() and mine.exists()
 
 

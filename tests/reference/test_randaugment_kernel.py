@@ -138,11 +138,12 @@ def nano_run(augmentation=None, magnitude_end=None, channels=3):
 
 
 @pytest.mark.parametrize("augmentation, magnitude_end, channels", [
-    (None, None, 3),  # the default CPU run: magnitudes 0, 2.5, 5, no flips, whole-image resize
+    (None, None, 3),  # the default CPU run: magnitudes 0, 2.5, 5, no flips, whole-image resize, relative pixels
     ({"horizontal_flip": True}, 25, 3),
     ({"horizontal_flip": True}, 17.5, 1),
     ({"horizontal_flip": True, "random_resized_crop": {}}, 15, 3),
-    ({"horizontal_flip": True, "randaugment": "torchvision"}, 15, 3),  # no kernel: the NumPy ops either way
+    ({"horizontal_flip": True, "randaugment": "torchvision", "randaugment_reference_size": None}, 15, 3),  # no kernel: the NumPy ops either way
+    ({"horizontal_flip": True, "randaugment_reference_size": None}, 15, 3),  # automl's absolute pixels
 ])
 def test_prepare_rows_with_and_without_the_kernel(monkeypatch, augmentation, magnitude_end, channels):
     assert pipeline._randaugment_rows_kernel() is not None

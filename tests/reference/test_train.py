@@ -288,7 +288,7 @@ def test_cli_fine_tune_bad_inputs(tmp_path):
     assert r.exit_code == 0, r.output
     one_line_error(invoke("efficientnetv2-nano", "--init-from", tmp_path / "m" / "weights.safetensors",
                           "--num-classes", 5, "--data", folder, "--out", tmp_path / "x", "--steps", 2),
-                   "weights.safetensors", "do not fit the spec 'efficientnetv2-nano'")
+                   "weights.safetensors", "another network than 'efficientnetv2-nano'")
     r = invoke("--num-classes", 0, "--data", folder, "--out", tmp_path / "y")
     assert r.exit_code == 2 and "Traceback" not in r.output and "--num-classes" in r.output
     doc = json.loads(load_preset("training-cpu").model_dump_json())

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from effv2_adapters.torch.optim import TFRMSProp, make_optimizer, optimizer_steps, torch_rmsprop_matches
+from effv2_adapters.torch.optim import (TFRMSProp, make_optimizer, optimizer_steps, recipe_gradients,
+                                        torch_rmsprop_matches)
+from effv2_reference.recipe import Recipe
 from effv2_spec.resolve import resolve
 from effv2_spec.training import SGD, RMSProp, TrainingConfig, WeightDecay
 
@@ -78,20 +80,24 @@ def test_rmsprop_every_convention(eps_placement, acc, lr_in_momentum, momentum):
     for n in expected:
         assert np.max(np.abs(got[n] - expected[n])) <= 1e-13 * max(1.0, np.max(np.abs(expected[n]))), n
     named = {n: torch.nn.Parameter(torch.zeros(1)) for n in ("stem.conv.weight",)}
-    chosen = make_optimizer(named, config, RESOLVED)
+    chosen = make_optimizer(named, config)
     uses_torch = eps_placement == "outside_sqrt" and acc == 0.0 and (not lr_in_momentum or momentum == 0.0)
     assert torch_rmsprop_matches(opt) == uses_torch
     assert isinstance(chosen, torch.optim.RMSprop if uses_torch else TFRMSProp)
 
 
 def test_official_recipe_is_tf_rmsprop_with_decay_on_kernels_only():
+    """The optimiser carries no weight decay: the recipe adds L2 to the kernels' gradients (before clipping)."""
     config = TrainingConfig()
-    named = {p.name: torch.nn.Parameter(torch.zeros(p.shape)) for p in RESOLVED.trainable()}
-    opt = make_optimizer(named, config, RESOLVED)
-    assert isinstance(opt, TFRMSProp)
-    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    named = {p.name: torch.nn.Parameter(torch.ones(p.shape, dtype=torch.float64)) for p in RESOLVED.trainable()}
+    opt = make_optimizer(named, config)
+    assert isinstance(opt, TFRMSProp) and all(g["weight_decay"] == 0.0 for g in opt.param_groups)
+    for p in named.values():
+        p.grad = torch.zeros_like(p)
+    recipe_gradients(named, Recipe.of(config, RESOLVED))
     for n, p in named.items():
-        assert (id(p) in decayed) == (RESOLVED.param(n).role in config.weight_decay.applies_to), n
+        kernel = RESOLVED.param(n).role in ("conv_kernel", "depthwise_kernel", "se_kernel", "dense_kernel")
+        assert float(p.grad.abs().max()) == (config.weight_decay.rate if kernel else 0.0), n
 
 
 def test_mismatched_steps_rejected():
