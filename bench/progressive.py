@@ -144,9 +144,11 @@ def plan(a, docs: dict[str, Path], data: str, data_args: list[str]) -> list[tupl
             if variant in FINETUNE_VARIANTS:
                 extra = ["--init-from", weights] + (["--frozen-bn"] if variant.endswith("frozen-bn") else [])
                 args = [a.finetune_spec, "--schedule", str(docs["fixed"]), *extra]
+                # click keeps an option's last value: this --training, after `common`'s, wins
+                recipe = ["--training", str(docs["finetune-training"])] if "finetune-training" in docs else []
             else:
-                args = [a.spec, "--schedule", str(docs[variant])]
-            runs.append((variant, seed, [*args, "--seed", str(seed), *common]))
+                args, recipe = [a.spec, "--schedule", str(docs[variant])], []
+            runs.append((variant, seed, [*args, "--seed", str(seed), *common, *recipe]))
     return runs
 
 
@@ -168,6 +170,8 @@ def parse() -> argparse.Namespace:
                     help="[default: the three variants, and the two fine-tuning ones with --finetune]")
     ap.add_argument("--finetune", default=None, help="'lite0' or a canonical weights file")
     ap.add_argument("--finetune-spec", default="efficientnet-lite0")
+    ap.add_argument("--finetune-lr-scale", type=float, default=1.0,
+                    help="fine-tuning runs: --training's base learning rate times this [default: 1, the same]")
     ap.add_argument("--train-arg", action="append", default=[], help="passed on to every effv2 train (repeat)")
     ap.add_argument("--target", type=float, default=None, help="held-out accuracy 0..1 [default: 95%% of fixed]")
     ap.add_argument("--results", type=Path, default=None, help="[default: runs/progressive-<data>]")
@@ -201,6 +205,14 @@ def main() -> None:
     for name, doc in schedules(base, a.sizes, a.steps).items():
         docs[name] = a.results / "schedules" / f"{name}.json"
         write_json(docs[name], doc)
+    if a.finetune and a.finetune_lr_scale != 1.0:
+        from effv2_spec.documents import load_training
+
+        recipe = json.loads(load_training(a.training).model_dump_json())
+        recipe["learning_rate"]["base"] *= a.finetune_lr_scale
+        recipe["name"] = f"{recipe['name']}-lr-x{a.finetune_lr_scale:g}"
+        docs["finetune-training"] = a.results / "schedules" / "finetune-training.json"
+        write_json(docs["finetune-training"], recipe)
     data, data_args = data_source(a)
     runs = []
     for variant, seed, args in plan(a, docs, data, data_args):

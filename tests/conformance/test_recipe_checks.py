@@ -3,6 +3,7 @@ that ignores a field (tests/conformance/planted_adapter.py) fails the check name
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,26 @@ def test_the_torch_adapter_passes_every_recipe_field(on_path):
                                        "--checks", ",".join(FIELD_CHECKS)])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == "PASS"
+
+
+@pytest.mark.slow  # two short trainings per framework (the oracle's and the framework's), ~15 s / ~35 s
+@pytest.mark.parametrize("framework,optimizer", [("torch", "sgd"), ("jax", "rmsprop")])
+def test_train_check_with_clipping_and_frozen_bn(framework, optimizer):
+    """`--recipe clipped-frozen-bn`: a clip norm of 0.05, under the gradient norms of the check's steps (0.15 to
+    0.27 for the oracle's SGD run at 24 px), and frozen BN; the trainer ends where the oracle does, and the
+    frozen gamma / beta have no optimiser slots."""
+    pytest.importorskip(framework)
+    r = CliRunner().invoke(main, ["check", "efficientnetv2-nano", "--framework", framework, "--train-steps", "4",
+                                  "--optimizer", optimizer, "--recipe", "clipped-frozen-bn", "--image-size", "16",
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    parts = {p["part"]: p for p in json.loads(r.stdout)["parts"]}
+    assert all(p["worst"] <= 1e-9 for p in parts.values()), parts
+    slots_per_tensor = 1 if optimizer == "sgd" else 2
+    assert parts["optimizer"]["tensors"] == slots_per_tensor * (56 - 28)  # nano: 56 trainable, 28 BN gamma / beta
+
+
+def test_recipe_is_a_train_check_option():
+    r = CliRunner().invoke(main, ["check", "efficientnetv2-nano", "--framework", "torch", "--recipe",
+                                  "clipped-frozen-bn"])
+    assert r.exit_code == 2 and "only with --train-steps" in r.output
