@@ -120,8 +120,9 @@ def generate(spec: str, framework: str, output: str, image_size: int | None) -> 
                    "jax.distributed; 127.0.0.1).")
 @click.option("--devices", type=click.IntRange(min=1, max=64), default=1, show_default=True,
               help="With --train-steps and jax: simulated CPU devices per process (a mesh of that many).")
-@click.option("--optimizer", type=click.Choice(["rmsprop", "sgd"]), default="rmsprop", show_default=True,
-              help="With --train-steps: RMSProp with the TF conventions, or SGD with Nesterov momentum.")
+@click.option("--optimizer", type=click.Choice(["rmsprop", "sgd", "adamw"]), default="rmsprop", show_default=True,
+              help="With --train-steps: RMSProp with the TF conventions, SGD with Nesterov momentum, or AdamW "
+                   "(decoupled decay 0.05 beside the L2).")
 @click.option("--recipe", type=click.Choice(["default", "clipped-frozen-bn"]), default="default", show_default=True,
               help="With --train-steps: BN statistics in groups, or every step clipped with BN frozen (gamma and "
                    "beta fixed).")
@@ -151,7 +152,7 @@ def check(spec: str, framework: str, against: str, dtype: str, image_size: int |
         raise click.UsageError("--recipe: only with --train-steps")
     if devices != 1:
         raise click.UsageError("--devices: only with --train-steps")
-    selected = CHECKS if checks is None else _selected_checks(checks, CHECKS)
+    selected = conformance.default_checks(dtype) if checks is None else _selected_checks(checks, CHECKS)
     arch = _load_spec(spec)
     try:  # refuse before allocating what cannot fit (one network's training step is a lower bound)
         check_training_fits(arch, image_size or max(64, arch.total_stride), batch, oracle_dtype)

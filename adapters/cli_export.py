@@ -39,6 +39,8 @@ def export(spec: str, weights: str, fmt: str, output: str, image_size: tuple[int
     """
     if opset is not None and fmt != "onnx":
         raise click.UsageError("--opset: only with --format onnx")
+    if output == "":
+        raise click.BadParameter("an empty path names no file", param_hint="'-o' / '--output'")
     arch = load_or_fail(load_architecture, spec)
     default = compound_image_size(arch, arch.input.eval_image_size)
     height, width = image_size if image_size is not None else (default, default)

@@ -52,10 +52,16 @@ def check_schedule(steps: int, size: int) -> dict:
                              "drop_path_rate": {"start": 0.1, "end": 0.2}}}
 
 
+#: the check's optimiser per `--optimizer` name. AdamW's eps is 1e-5, not 1e-8: Adam turns a gradient element below
+#: eps into g / eps, so the last-bit differences of two correct float64 trainers grow by lr / eps (to 1e-8 at 1e-8)
+OPTIMIZERS = {"rmsprop": {"type": "rmsprop"}, "sgd": {"type": "sgd", "momentum": 0.9, "nesterov": True},
+              "adamw": {"type": "adamw", "weight_decay": 0.05, "eps": 1e-5}}
+
+
 def check_training(optimizer: str, batch: int, group_size: int | None, mix_group_size: int | None = None,
                    recipe: str = "default") -> dict:
-    """The check's training document; `recipe` one of RECIPES."""
-    opt = {"type": "rmsprop"} if optimizer == "rmsprop" else {"type": "sgd", "momentum": 0.9, "nesterov": True}
+    """The check's training document; `optimizer` one of OPTIMIZERS, `recipe` one of RECIPES."""
+    opt = dict(OPTIMIZERS[optimizer])
     doc = _check_training(opt, optimizer, batch, group_size, mix_group_size)
     for key, value in RECIPES[recipe].items():
         doc[key] = {**doc[key], **value} if isinstance(value, dict) else value

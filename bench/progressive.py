@@ -52,9 +52,13 @@ FINETUNE_VARIANTS = ("finetune", "finetune-frozen-bn")
 ELPV_DEFAULTS = {"sizes": (32, 64), "steps": 300}
 
 
-def schedules(base: dict, sizes: tuple[int, int] | None, steps: int | None) -> dict[str, dict]:
-    """The three schedules of the ablation, derived from one progressive schedule document."""
+def schedules(base: dict, sizes: tuple[int, int] | None, steps: int | None, weakest: bool = False) -> dict[str, dict]:
+    """The three schedules of the ablation, derived from one progressive schedule document (with
+    `weakest`, every regulariser held at its first stage's value first)."""
     sched = json.loads(json.dumps(base))
+    if weakest:
+        sched["name"] += "-weakest"
+        sched["regularizers"] = {k: {"start": r["start"], "end": r["start"]} for k, r in sched["regularizers"].items()}
     if sizes:
         sched["image_size"] = dict(sched["image_size"], start=sizes[0], end=sizes[1])
     if steps:
@@ -172,6 +176,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--finetune-spec", default="efficientnet-lite0")
     ap.add_argument("--finetune-lr-scale", type=float, default=1.0,
                     help="fine-tuning runs: --training's base learning rate times this [default: 1, the same]")
+    ap.add_argument("--weakest-regularization", action="store_true",
+                    help="hold every regulariser at the schedule's first value (a size-only ramp)")
     ap.add_argument("--train-arg", action="append", default=[], help="passed on to every effv2 train (repeat)")
     ap.add_argument("--target", type=float, default=None, help="held-out accuracy 0..1 [default: 95%% of fixed]")
     ap.add_argument("--results", type=Path, default=None, help="[default: runs/progressive-<data>]")
@@ -202,7 +208,7 @@ def main() -> None:
 
     base = json.loads(load_schedule(a.schedule).model_dump_json())
     docs = {}
-    for name, doc in schedules(base, a.sizes, a.steps).items():
+    for name, doc in schedules(base, a.sizes, a.steps, a.weakest_regularization).items():
         docs[name] = a.results / "schedules" / f"{name}.json"
         write_json(docs[name], doc)
     if a.finetune and a.finetune_lr_scale != 1.0:

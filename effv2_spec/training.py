@@ -9,7 +9,7 @@ dense kernels, label smoothing 0.1, EMA 0.9999.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, model_validator
 
@@ -25,6 +25,8 @@ class SGD(SpecModel):
     """SGD: v = momentum * v + g; w -= lr * v (nesterov: w -= lr * (g + momentum * v))."""
 
     type: Literal["sgd"]
+    slots: ClassVar[tuple[str, ...]] = ("momentum",)
+    """Canonical per-tensor state (checkpoints: `momentum/<tensor>`): v."""
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     """Momentum coefficient; 0 is plain gradient descent."""
     nesterov: bool = False
@@ -35,6 +37,8 @@ class RMSProp(SpecModel):
     """RMSProp with the two conventions that differ between TF and PyTorch stated."""
 
     type: Literal["rmsprop"]
+    slots: ClassVar[tuple[str, ...]] = ("ms", "mom")
+    """Canonical per-tensor state: the mean square and the momentum buffer (lr inside it or not, as below)."""
     decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     """ms = decay * ms + (1 - decay) * g^2 (TF `decay`/`rho`, PyTorch `alpha`)."""
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
@@ -50,7 +54,35 @@ class RMSProp(SpecModel):
     Identical for a constant lr, different when the lr changes."""
 
 
-Optimizer = Annotated[Union[SGD, RMSProp], Field(discriminator="type")]
+class AdamW(SpecModel):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW and optax.adamw compute it.
+
+    At step t (1-based, counted over the whole run), from the gradient g the recipe gives (coupled L2
+    `weight_decay.rate` added, then clipped, as for every optimiser):
+    m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2  (both start at 0);
+    w -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps) + lr * weight_decay * w,
+    the decay term only on the tensors whose role is in the training config's `weight_decay.applies_to`,
+    taken from w before the step."""
+
+    type: Literal["adamw"]
+    slots: ClassVar[tuple[str, ...]] = ("exp_avg", "exp_avg_sq")
+    """Canonical per-tensor state: m and v, without bias correction; t is the checkpoint's step count."""
+    beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    """Decay of the first moment m."""
+    beta2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.999
+    """Decay of the second moment v."""
+    eps: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-8
+    """Added to the bias-corrected sqrt(v), outside the sqrt (PyTorch and optax)."""
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    """Decoupled decay: w -= lr * weight_decay * w on the roles of `weight_decay.applies_to`, not through m
+    and v (PyTorch's default 0.01). Independent of the coupled L2 `weight_decay.rate`, which still adds
+    rate * w to the gradient when it is not 0 (set it to 0 for plain AdamW)."""
+
+
+#: the optimisers a training document can name, each with its canonical slot names (`slots`)
+OPTIMIZERS = (SGD, RMSProp, AdamW)
+
+Optimizer = Annotated[Union[OPTIMIZERS], Field(discriminator="type")]
 
 
 class ExponentialDecay(SpecModel):
@@ -93,7 +125,8 @@ class LearningRate(SpecModel):
 
 
 class WeightDecay(SpecModel):
-    """Coupled L2 in the loss: rate * sum(w^2) / 2 over the tensors whose role is listed."""
+    """Coupled L2 in the loss: rate * sum(w^2) / 2 over the tensors whose role is listed (also the tensors
+    AdamW's decoupled `weight_decay` applies to)."""
 
     rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-5
     """L2 coefficient (official: 1e-5)."""
@@ -195,7 +228,7 @@ class TrainingConfig(SpecModel):
     learning_rate: LearningRate = LearningRate()
     """Learning-rate schedule."""
     weight_decay: WeightDecay = WeightDecay()
-    """Coupled L2 regularisation."""
+    """Coupled L2 regularisation (and the roles AdamW's decoupled decay applies to)."""
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     """Targets become y * (1 - s) + s / K."""
     ema: EMA | None = EMA()

@@ -238,6 +238,10 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
     if workers is not None and workers > _cores():
         raise click.UsageError(f"--workers {workers}: this machine has {_cores()} cores; more loader processes "
                                "than cores only wait for each other")
+    if framework == "jax":  # several processes: a dead peer aborts the survivors in C++; a child takes that
+        supervise = importlib.import_module("effv2_adapters.jax.supervise")
+        if supervise.wanted(coordinator):
+            sys.exit(supervise.run(out_dir, spec.name, process_id, num_processes))
 
     try:
         if framework == "reference":  # one process holds the whole batch in this machine's memory

@@ -1,4 +1,4 @@
-"""Optimisers of `effv2_spec.training`: SGD and RMSProp, with coupled L2 weight decay by role.
+"""Optimisers of `effv2_spec.training`: SGD, RMSProp and AdamW, with coupled L2 weight decay by role.
 
 The math is docs/internals.md, "Optimisers", word for word:
 
@@ -8,7 +8,9 @@ The math is docs/internals.md, "Optimisers", word for word:
 * SGD, PyTorch formulation with dampening 0: `v = momentum * v + g`; `w -= lr * (g + momentum * v)`
   with nesterov, else `w -= lr * v`;
 * RMSProp: `ms = decay * ms + (1 - decay) * g^2` from `initial_accumulator`; the denominator
-  `sqrt(ms + eps)` or `sqrt(ms) + eps`; lr inside the momentum (TF) or outside (PyTorch).
+  `sqrt(ms + eps)` or `sqrt(ms) + eps`; lr inside the momentum (TF) or outside (PyTorch);
+* AdamW (torch.optim.AdamW, optax.adamw): bias-corrected Adam from the run's step count, plus the decoupled
+  `w -= lr * weight_decay * w` on the tensors that decay.
 
 `step(params, grads, lr)` mutates the parameter arrays in place (callers hold references
 to them, e.g. `ReferenceModel.params`) and never mutates `grads`. Slots are created lazily
@@ -25,10 +27,10 @@ from typing import Mapping
 import numpy as np
 
 from effv2_spec.resolve import ResolvedModel
-from effv2_spec.training import RMSProp, SGD, TrainingConfig
+from effv2_spec.training import SGD, AdamW, RMSProp, TrainingConfig
 
 from .kernels.sgd import sgd_momentum_kernel, sgd_momentum_segments_kernel
-from .recipe import SLOTS, clip_factor, decayed_names
+from .recipe import clip_factor, decayed_names
 
 
 class Optimizer(ABC):
@@ -127,7 +129,7 @@ def consecutive_buffer(arrays: list[np.ndarray]) -> np.ndarray | None:
 class SGDOptimizer(Optimizer):
     """PyTorch SGD (dampening 0): v = m v + g; w -= lr (g + m v) (nesterov) or w -= lr v."""
 
-    slots = SLOTS["sgd"]
+    slots = SGD.slots
 
     def __init__(self, config: TrainingConfig, resolved):
         super().__init__(config, resolved)
@@ -208,7 +210,7 @@ class SGDOptimizer(Optimizer):
 class RMSPropOptimizer(Optimizer):
     """RMSProp with the eps placement, initial accumulator and lr placement the config names."""
 
-    slots = SLOTS["rmsprop"]
+    slots = RMSProp.slots
 
     def __init__(self, config: TrainingConfig, resolved):
         super().__init__(config, resolved)
@@ -237,11 +239,36 @@ class RMSPropOptimizer(Optimizer):
             w -= lr * mom
 
 
+class AdamWOptimizer(Optimizer):
+    """AdamW as the spec states it (effv2_spec.training.AdamW), step t = the optimiser's step count + 1."""
+
+    slots = AdamW.slots
+
+    def __init__(self, config: TrainingConfig, resolved):
+        super().__init__(config, resolved)
+        opt: AdamW = config.optimizer
+        self.beta1, self.beta2, self.eps = float(opt.beta1), float(opt.beta2), float(opt.eps)
+        self.decoupled = float(opt.weight_decay)
+
+    def _update(self, name, w, g, lr):
+        t, step = w.dtype.type, self.steps + 1  # `steps` counts once every tensor of the step is updated
+        m, v = self._slot("exp_avg", name, w), self._slot("exp_avg_sq", name, w)
+        m *= t(self.beta1)
+        m += t(1.0 - self.beta1) * g
+        v *= t(self.beta2)
+        v += t(1.0 - self.beta2) * g * g
+        decay = lr * t(self.decoupled) * w if self.decoupled and name in self.decayed else None  # w before the step
+        w -= lr * (m / t(1.0 - self.beta1**step)) / (np.sqrt(v / t(1.0 - self.beta2**step)) + t(self.eps))
+        if decay is not None:
+            w -= decay
+
+
+_OPTIMIZERS = {"sgd": SGDOptimizer, "rmsprop": RMSPropOptimizer, "adamw": AdamWOptimizer}
+
+
 def build_optimizer(config: TrainingConfig, resolved: ResolvedModel | None = None) -> Optimizer:
     """The optimiser `config.optimizer` names, decaying the tensors of `resolved` by role."""
     kind = config.optimizer.type
-    if kind == "sgd":
-        return SGDOptimizer(config, resolved)
-    if kind == "rmsprop":
-        return RMSPropOptimizer(config, resolved)
+    if kind in _OPTIMIZERS:
+        return _OPTIMIZERS[kind](config, resolved)
     raise ValueError(f"optimizer.type: unknown optimizer {kind!r}")  # pragma: no cover - the schema forbids it

@@ -6,7 +6,8 @@ semantics from here and keep only tensor arithmetic and collectives (docs/intern
 * loss: softmax cross-entropy, mean over the global batch, against soft targets
   `t * (1 - s) + s / K` (label smoothing s, K classes; mixup / cutmix targets are already soft);
 * L2 by role: `g += rate * w` for the trainable tensors whose resolved role is in
-  `weight_decay.applies_to` (`Recipe.decays`), frozen tensors excepted;
+  `weight_decay.applies_to` (`Recipe.decays`), frozen tensors excepted; AdamW's decoupled decay
+  (`w -= lr * wd * w`, inside the optimiser) applies to the same `Recipe.decays`;
 * then clipping: the global norm is taken over the gradients *with* the L2 term (it is part of the
   loss), over every tensor the optimiser steps, and every gradient is multiplied by `clip_factor`;
 * frozen BN: with `batch_norm.mode == 'frozen'` BN normalises with its running statistics; with
@@ -21,14 +22,16 @@ NumPy only (no numba, no framework): every trainer imports it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 
 from effv2_spec.resolve import ResolvedModel
-from effv2_spec.training import EMA, TrainingConfig
+from effv2_spec.training import EMA, OPTIMIZERS, TrainingConfig
 
-#: canonical per-tensor slots of each optimiser, in the order its backends list their native state
-SLOTS: dict[str, tuple[str, ...]] = {"sgd": ("momentum",), "rmsprop": ("ms", "mom")}
+#: canonical per-tensor slots of each optimiser (declared with it in the spec: `SGD.slots`, ...), in the order
+#: its backends list their native state; every checkpoint also keeps the step count, `steps`
+SLOTS: dict[str, tuple[str, ...]] = {get_args(cls.model_fields["type"].annotation)[0]: cls.slots for cls in OPTIMIZERS}
 
 #: resolved roles of the BN affine tensors that `batch_norm.freeze_affine` keeps fixed
 FROZEN_AFFINE_ROLES = ("bn_gamma", "bn_beta")
@@ -69,7 +72,7 @@ class Recipe:
         return cls(stepped=tuple(p.name for p in resolved.trainable() if p.name not in frozen), frozen=frozen,
                    decays=decayed_names(config, resolved), decay_rate=float(config.weight_decay.rate),
                    clip_norm=config.gradient_clip_norm, label_smoothing=float(config.label_smoothing),
-                   frozen_bn=config.batch_norm.mode == "frozen", slots=SLOTS[config.optimizer.type],
+                   frozen_bn=config.batch_norm.mode == "frozen", slots=config.optimizer.slots,
                    ema=config.ema)
 
     def l2_rate(self, name: str) -> float:

@@ -173,7 +173,7 @@ def test_a_missing_capability_is_reported_not_run_never_passed():
     pytest.importorskip("torch")
     report = run_check(_spec(), "no-optimizer", image_size=32, adapter=NoOptimizer(), baseline="torch")
     status = {c.check: c.status for c in report.checks}
-    optimizer_checks = ("sgd", "rmsprop", *harness.FIELD_CHECKS)
+    optimizer_checks = ("sgd", "rmsprop", "adamw", *harness.FIELD_CHECKS)
     assert status == {"eval_logits": "passed", "train_logits": "passed", "gradients": "passed",
                       "running_stats": "passed", **{c: "not run" for c in optimizer_checks}}
     assert all(c.passed is None and "capability missing" in c.reason for c in report.not_run)

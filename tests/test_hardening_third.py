@@ -477,6 +477,9 @@ def test_empty_paths_name_nothing(nano, tmp_path, monkeypatch):
     assert result.exit_code == 1 and one_line(result) == "'': an empty path names no image"
     result = run("predict", "efficientnetv2-nano", "-w", "", a)
     assert result.exit_code == 1 and "'': an empty path names no weights file" in one_line(result)
+    result = run("export", "efficientnetv2-nano", "--weights", w, "-o", "")
+    assert result.exit_code == 2 and "'-o' / '--output': an empty path names no file" in result.output
+    assert not list(root.glob("*.onnx"))
 
 
 def test_train_refuses_an_eval_size_below_the_total_stride(tmp_path):

@@ -11,9 +11,10 @@ from .inputs import RESIDUAL_GAMMA, conformance_tensors, keep_masks, make_input,
 from .numerics import gradient_scales, rel_err, unit_of
 from .protocol import Adapter, OptimizerCapable, SourceCapable, capabilities, missing_methods
 from .report import NOT_RUN, CheckReport, CheckResult, TensorResult, format_report, verdict
-from .runner import CHECKS, DEFAULT_IMAGE_SIZE, FIELD_CHECKS, TOLERANCES, CheckError, get_framework, ready, run_check
+from .runner import (CHECKS, DEFAULT_IMAGE_SIZE, FIELD_CHECKS, TOLERANCES, CheckError, default_checks, get_framework,
+                     ready, run_check)
 
-__all__ = ["Adapter", "OptimizerCapable", "SourceCapable", "capabilities", "missing_methods", "CHECKS", "FIELD_CHECKS",
+__all__ = ["Adapter", "OptimizerCapable", "SourceCapable", "capabilities", "missing_methods", "CHECKS", "FIELD_CHECKS", "default_checks",
            "TOLERANCES",
            "DEFAULT_IMAGE_SIZE", "CheckError", "get_framework", "ready", "run_check", "NOT_RUN", "CheckReport",
            "CheckResult", "TensorResult", "format_report", "verdict", "rel_err", "unit_of", "gradient_scales",

@@ -107,11 +107,14 @@ def conformance_tensors(spec: ArchitectureSpec, resolved: ResolvedModel, seed: i
 
 
 def training_configs(clip_norm: float = 1.0):
-    """The recipes the update checks run: SGD (Nesterov) and RMSProp (TF convention), then one check per
-    recipe field, named by the field: one of the two with that field changed, so a backend that ignores
-    the field fails the check that names it. `clip_norm`: the gradient_clip_norm check's (small enough to
+    """The recipes the update checks run: SGD (Nesterov), RMSProp (TF convention) and AdamW (betas 0.9 / 0.999,
+    eps 1e-6, no decoupled decay beside the coupled L2), then one check per recipe field, named by the field: one
+    of the three with that field changed, so a backend that ignores the field fails the check that names it.
+    AdamW's eps is 1e-6, not its default 1e-8: where a gradient and the L2 term nearly cancel, float32 rounds
+    their sum by ~1e-10, which Adam's g / (|g| + eps) magnifies by 1 / eps (to ~6e-3 of the update at 1e-8, over
+    the float32 tolerance, for any correct backend; ~6e-5 at 1e-6). `clip_norm`: the gradient_clip_norm check's (small enough to
     clip the check's gradients)."""
-    from effv2_spec.training import SGD, BatchNormTraining, RMSProp, TrainingConfig, WeightDecay
+    from effv2_spec.training import SGD, AdamW, BatchNormTraining, RMSProp, TrainingConfig, WeightDecay
 
     wd = WeightDecay(rate=1e-3)
     nesterov = SGD(type="sgd", momentum=0.9, nesterov=True)
@@ -122,9 +125,14 @@ def training_configs(clip_norm: float = 1.0):
     def rmsprop(**fields):
         return TrainingConfig(optimizer=RMSProp(type="rmsprop", **fields), weight_decay=wd)
 
+    def adamw(**fields):
+        return TrainingConfig(optimizer=AdamW(type="adamw", **{"eps": 1e-6, "weight_decay": 0.0, **fields}),
+                              weight_decay=wd)
+
     return {
         "sgd": sgd(),
         "rmsprop": rmsprop(),  # TF convention (defaults)
+        "adamw": adamw(),
         "gradient_clip_norm": sgd(gradient_clip_norm=clip_norm),
         "batch_norm.freeze_affine": sgd(batch_norm=BatchNormTraining(mode="frozen", freeze_affine=True)),
         "weight_decay.applies_to": sgd(weight_decay=WeightDecay(rate=1e-3, applies_to=(
@@ -133,6 +141,10 @@ def training_configs(clip_norm: float = 1.0):
         "rmsprop.eps_placement": rmsprop(eps_placement="outside_sqrt"),
         "rmsprop.initial_accumulator": rmsprop(initial_accumulator=0.0),
         "rmsprop.lr_in_momentum": rmsprop(lr_in_momentum=False),
+        "adamw.beta1": adamw(beta1=0.5),
+        "adamw.beta2": adamw(beta2=0.5),  # two steps: far from 0.999 for the bias-corrected v to move
+        "adamw.eps": adamw(eps=1e-3),  # above many of the check's gradients: float32 sees it too
+        "adamw.weight_decay": adamw(weight_decay=0.1),
     }
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from effv2_spec.weights import atomic_write_bytes
 
 from .report import CheckReport
-from .runner import run_check
+from .runner import default_checks, run_check
 
 #: what the drawn specs may be at most: big enough for every block kind and convention, small enough
 #: that one example costs about a second
@@ -110,6 +110,7 @@ def run_conformance(framework: str, *, examples: int = 20, seed: int = 0, dtype:
         say(f"example {count[0]}: {len(spec.stages)} stage(s), {size}x{size}, seed {case_seed}")
         try:
             report = run_check(spec, framework, dtype=dtype, image_size=size, batch=2, seed=case_seed, adapter=adapter,
+                               checks=default_checks(dtype),
                                baseline=baseline)
         except Exception as exc:  # a crashing backend is a failure to shrink and replay too
             seen.append(Failure(spec, size, case_seed, f"{type(exc).__name__}: {exc}".splitlines()[0]))

@@ -15,6 +15,10 @@ The step's semantics are the run's recipe (effv2_reference.recipe): coupled L2 w
   which is what it is used for. optax has no switch for `lr_in_momentum=False`
   (`buf = m * buf + g / d; w -= lr * buf`), so that case is the same optax transformations in the
   other order: `scale_by_rms -> trace(momentum) -> scale_by_learning_rate`.
+* AdamW: `optax.adamw(lr, b1, b2, eps, eps_root=0, weight_decay, mask)`: `scale_by_adam` (m, v, bias
+  correction from its `count`, eps outside the sqrt), then `weight_decay * w` added on the masked (decayed)
+  group, then `-lr`: `w -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * w)`, torch.optim.AdamW's step.
+  A resumed run sets optax's step counts from the checkpoint's `steps` (`step_count_leaves`).
 
 The learning rate of step k is a schedule `lrs[count]` (optax passes the step count), so a list of
 per-step rates runs through optax's own machinery. Steps are jit-compiled.
@@ -40,12 +44,19 @@ def decay_mask(names: Sequence[str], config: TrainingConfig, resolved: ResolvedM
 
 
 #: the optax state fields that hold each optimiser's slots, in the order of the recipe's canonical slots
-_OPTAX_FIELDS = {"sgd": ("trace",), "rmsprop": ("nu", "trace")}
+_OPTAX_FIELDS = {"sgd": ("trace",), "rmsprop": ("nu", "trace"), "adamw": ("mu", "nu")}
 
 
 def optax_slot_names(kind: str) -> dict[str, str]:
     """optax state field -> canonical slot (effv2_reference.recipe.SLOTS) for optimiser `kind`."""
     return dict(zip(_OPTAX_FIELDS[kind], SLOTS[kind], strict=True))
+
+
+def step_count_leaves(state) -> list[int]:
+    """Indices into `jax.tree.leaves(state)` of optax's step counts (`count` fields: AdamW's bias correction,
+    schedules), which a resumed run sets to the checkpoint's `steps`."""
+    paths = jax.tree_util.tree_flatten_with_path(state)[0]
+    return [i for i, (path, _) in enumerate(paths) if path and getattr(path[-1], "name", None) == "count"]
 
 
 def clip_by_recipe(clip_norm: float) -> optax.GradientTransformation:
@@ -82,7 +93,10 @@ def make_optimizer(config: TrainingConfig, learning_rate, mask: Mapping[str, boo
                 optax.trace(decay=momentum, nesterov=False),
                 optax.scale_by_learning_rate(learning_rate),
             )
-    else:  # pragma: no cover - the schema admits only the two
+    elif opt.type == "adamw":
+        core = optax.adamw(learning_rate, b1=opt.beta1, b2=opt.beta2, eps=opt.eps, eps_root=0.0,
+                           weight_decay=opt.weight_decay, mask=mask)
+    else:  # pragma: no cover - the schema admits only these
         raise ValueError(f"unknown optimizer {opt.type!r}")
     if clip_norm is not None:
         core = optax.chain(clip_by_recipe(float(clip_norm)), core)

@@ -403,6 +403,7 @@ class JaxBackend:
         import jax
 
         from .modules import from_canonical_layout
+        from .optim import step_count_leaves
 
         if self.ema_spec:
             missing = sorted(n for n, _ in self.ema_spec if n not in ema)
@@ -428,6 +429,8 @@ class JaxBackend:
                     host[n] = value * self._sign(slot)
             leaves[i] = self._put(np.concatenate([np.asarray(host[n], self.dtype).ravel() for n, _ in spec]))
         self.steps = int(np.asarray(optimizer.get("steps", 0)))
+        for i in step_count_leaves(state):
+            leaves[i] = self._put(np.full(np.shape(leaves[i]), self.steps, leaves[i].dtype))
         self.opt_state = jax.tree.unflatten(treedef, leaves)
 
 

@@ -2,10 +2,11 @@
 
 SGD is torch.optim.SGD. RMSProp is torch.optim.RMSprop where that is exactly the spec
 (eps outside the sqrt, accumulator starting at 0, lr outside the momentum buffer), and
-otherwise `TFRMSProp`, an exact implementation of the configurable (TF) convention.
+otherwise `TFRMSProp`, an exact implementation of the configurable (TF) convention. AdamW is
+torch.optim.AdamW, its decoupled decay in the param group of the tensors that decay (`Recipe.decays`).
 The optimisers see the gradients `recipe_gradients` leaves in `.grad`: the recipe's coupled L2
 (g += rate * w on the tensors of `Recipe.decays`), then its global-norm clip factor
-(effv2_reference.recipe), so no optimiser here carries a weight decay of its own.
+(effv2_reference.recipe), so no optimiser here carries a coupled weight decay of its own.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def recipe_gradients(named: Mapping[str, torch.Tensor], recipe: Recipe) -> None:
 
 #: each torch optimiser's state keys, in the order of the recipe's canonical slots (recipe.SLOTS)
 _NATIVE_KEYS = {torch.optim.SGD: ("momentum_buffer",), torch.optim.RMSprop: ("square_avg", "momentum_buffer"),
-                TFRMSProp: ("ms", "mom")}
+                TFRMSProp: ("ms", "mom"), torch.optim.AdamW: ("exp_avg", "exp_avg_sq")}
 
 
 def native_slot_keys(optimizer: torch.optim.Optimizer, kind: str) -> dict[str, str]:
@@ -100,10 +101,28 @@ def native_slot_keys(optimizer: torch.optim.Optimizer, kind: str) -> dict[str, s
     return dict(zip(SLOTS[kind], _NATIVE_KEYS[type(optimizer)], strict=True))
 
 
-def make_optimizer(named: Mapping[str, torch.Tensor], config: TrainingConfig, lr: float = 0.0) -> torch.optim.Optimizer:
-    """The torch optimiser for `config` over the named tensors it steps (no weight decay: `recipe_gradients`)."""
+def restore_slot(optimizer: torch.optim.Optimizer, p: torch.Tensor, key: str, value: torch.Tensor, steps: int) -> None:
+    """`optimizer.state[p][key] = value` (a checkpoint's slot), with the rest of the state torch's optimiser then
+    expects: the step count (AdamW's bias correction counts from it) and, for RMSprop, a momentum buffer."""
+    state = optimizer.state[p]
+    state[key] = value
+    if isinstance(optimizer, (torch.optim.RMSprop, torch.optim.AdamW)):
+        state.setdefault("step", torch.tensor(float(steps)))
+    if isinstance(optimizer, torch.optim.RMSprop):
+        state.setdefault("momentum_buffer", torch.zeros_like(p))
+
+
+def make_optimizer(named: Mapping[str, torch.Tensor], config: TrainingConfig, lr: float = 0.0,
+                   decays: frozenset[str] = frozenset()) -> torch.optim.Optimizer:
+    """The torch optimiser for `config` over the named tensors it steps (no coupled L2: `recipe_gradients`);
+    `decays`: the tensors an AdamW's decoupled decay applies to (`Recipe.decays`)."""
     groups = [{"params": list(named.values()), "weight_decay": 0.0}]
     opt = config.optimizer
+    if opt.type == "adamw":
+        groups = [{"params": [p for n, p in named.items() if (n in decays) == d], "weight_decay": wd}
+                  for d, wd in ((True, opt.weight_decay), (False, 0.0))]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(opt.beta1, opt.beta2),
+                                 eps=opt.eps, amsgrad=False, foreach=False)
     if opt.type == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=opt.momentum, dampening=0.0,
                                nesterov=bool(opt.nesterov and opt.momentum > 0), foreach=False)
@@ -123,7 +142,7 @@ def optimizer_steps(tensors: Mapping[str, np.ndarray], grads_per_step: Sequence[
         raise ValueError(f"got {len(grads_per_step)} gradient sets for {len(lrs)} learning rates")
     recipe = Recipe.of(config, resolved)
     named = {n: torch.nn.Parameter(torch.from_numpy(np.array(tensors[n], copy=True))) for n in recipe.stepped}
-    optimizer = make_optimizer(named, config)
+    optimizer = make_optimizer(named, config, decays=recipe.decays)
     for grads, lr in zip(grads_per_step, lrs):
         for group in optimizer.param_groups:
             group["lr"] = float(lr)

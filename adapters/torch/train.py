@@ -30,7 +30,7 @@ from effv2_reference.recipe import Recipe, batch_norm_layout, soft_targets, stag
 
 from .build import as_dtype, build_model
 from .modules import BatchNorm, EfficientNet
-from .optim import make_optimizer, native_slot_keys, recipe_gradients
+from .optim import make_optimizer, native_slot_keys, recipe_gradients, restore_slot
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -174,7 +174,7 @@ class TorchBackend:
         for name, p in model.named_parameters():
             p.requires_grad_(name not in self.recipe.frozen)
         self.named = {n: p for n, p in model.named_parameters() if n not in self.recipe.frozen}
-        self.optimizer = make_optimizer(self.named, self.config)
+        self.optimizer = make_optimizer(self.named, self.config, decays=self.recipe.decays)
         self.slot_keys = native_slot_keys(self.optimizer, self.config.optimizer.type)
         self.steps = 0
         self.ema = ({k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -295,11 +295,8 @@ class TorchBackend:
             if slot not in back or name not in self.named:
                 raise ValueError(f"optimizer state: {key!r} does not fit this run")
             p = self.named[name]
-            state = self.optimizer.state[p]
-            state[back[slot]] = torch.from_numpy(np.array(v, copy=True)).to(p.device, p.dtype)
-            if isinstance(self.optimizer, torch.optim.RMSprop):
-                state.setdefault("step", torch.tensor(float(steps)))
-                state.setdefault("momentum_buffer", torch.zeros_like(p))
+            restore_slot(self.optimizer, p, back[slot], torch.from_numpy(np.array(v, copy=True)).to(p.device, p.dtype),
+                         steps)
         self.steps = steps
         if self.ema is not None:
             self.ema = {k: torch.from_numpy(np.array(ema[k], copy=True)).to(self.device) for k in self.ema}

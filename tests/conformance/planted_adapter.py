@@ -46,3 +46,14 @@ class IgnoresFrozenAffine(_IgnoresField):
 
     name = "torch-ignores-freeze-affine"
     dropped = {"batch_norm": BatchNormTraining()}  # batch statistics, gamma and beta trained
+
+
+class IgnoresDecoupledDecay(_IgnoresField):
+    """Steps AdamW without its decoupled `weight_decay` (torch.optim.Adam where AdamW is meant)."""
+
+    name = "torch-ignores-decoupled-decay"
+
+    def optimizer_steps(self, tensors, grads_per_step, config, lrs, resolved):
+        plain = config.optimizer.model_copy(update={"weight_decay": 0.0})
+        return self.inner.optimizer_steps(tensors, grads_per_step, config.model_copy(update={"optimizer": plain}),
+                                          lrs, resolved)

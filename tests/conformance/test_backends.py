@@ -12,7 +12,7 @@ import pytest
 from hypothesis import settings
 
 from effv2_adapters import registry
-from effv2_adapters.conformance import CHECKS, CheckError, get_framework, run_check
+from effv2_adapters.conformance import CHECKS, FIELD_CHECKS, CheckError, get_framework, run_check
 from effv2_adapters.conformance.properties import run_conformance
 from effv2_spec import presets
 from effv2_spec.documents import load_architecture
@@ -34,15 +34,30 @@ EVAL_GRADS_F64 = {"efficientnetv2-m": 64, "efficientnetv2-l": 64, "efficientnetv
 # training defaults (dropout 0, drop path 0, unbiased running variance) on the official tf_ network
 SAME_NETWORK = {f"efficientnetv2-{v}-timm": f"efficientnetv2-{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")}
 
+#: what depends on the architecture: the forward, the backward, BN statistics and the two optimisers' updates.
+#: The recipe-field checks (clipping, frozen BN, decay roles, optimiser switches) and further optimisers vary
+#: the recipe, not the network: they run in full on the presets of RECIPE_PRESETS, not on every dialect.
+MODEL_CHECKS = ",".join(c for c in CHECKS if c not in FIELD_CHECKS and c in (
+    "eval_logits", "train_logits", "gradients", "running_stats", "sgd", "rmsprop"))
+RECIPE_PRESETS = {"efficientnetv2-nano", "efficientnetv2-b0-keras", "efficientnet-b0"}
+
+
+def _checks(name: str, dtype: str) -> str | None:
+    """Every check on the recipe presets in float64 (the field checks compare semantics, at 1e-9); the
+    model checks elsewhere (in float32 two clipped steps of a deep network drift past 1e-3 on tiny tensors,
+    e.g. B1's last SE bias at 1.6e-3, where the same check passes at 1e-13 in float64)."""
+    return None if name in RECIPE_PRESETS and dtype == "float64" else MODEL_CHECKS
+
+
 #: backend -> (preset, image size, dtype, checks or None for all)
 PRESET_CASES = {
-    "torch": ([(n, s, "float64", None) for n, s in FULL_F64.items()]
-              + [(n, s, "float32", None) for n, s in FULL_F32.items()]
+    "torch": ([(n, s, "float64", _checks(n, "float64")) for n, s in FULL_F64.items()]
+              + [(n, s, "float32", _checks(n, "float32")) for n, s in FULL_F32.items()]
               + [(n, s, "float64", "eval_logits,gradients") for n, s in EVAL_GRADS_F64.items()]),
     # XLA compiles each network for tens of seconds on two cores: the small ones, official and Keras
     # dialects (symmetric padding is drawn by the random specs)
-    "jax": [("efficientnetv2-nano", 33, "float64", None), ("efficientnetv2-nano", 40, "float32", None),
-            ("efficientnetv2-b0-keras", 64, "float64", None), ("efficientnet-b0", 65, "float32", None)],
+    "jax": [("efficientnetv2-nano", 33, "float64", None), ("efficientnetv2-nano", 40, "float32", MODEL_CHECKS),
+            ("efficientnetv2-b0-keras", 64, "float64", None), ("efficientnet-b0", 65, "float32", MODEL_CHECKS)],
 }
 DEFAULT_CASES = [("efficientnetv2-nano", 33, "float64", None)]
 #: random specs per backend under the `ci` profile (the `thorough` profile scales them)

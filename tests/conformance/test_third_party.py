@@ -35,7 +35,7 @@ def test_check_passes_and_reports_the_missing_capability():
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     status = {c["check"]: c["status"] for c in report["checks"]}
-    optimizer_checks = ["sgd", "rmsprop", *FIELD_CHECKS]
+    optimizer_checks = ["sgd", "rmsprop", "adamw", *FIELD_CHECKS]
     assert status == {"eval_logits": "passed", "train_logits": "passed", "gradients": "passed",
                       "running_stats": "passed", **{c: "not run" for c in optimizer_checks}}
     assert report["not_run"] == optimizer_checks and report["baseline"] == "reference"

@@ -126,8 +126,10 @@ def test_bad_images_are_refused():
 
 
 # ---- through the pipeline ---------------------------------------------------------------------------
-def nano_run(augmentation=None, magnitude_end=None, channels=3):
+def nano_run(augmentation=None, magnitude_end=None, channels=3, stages=None):
     schedule = json.loads(load_preset("progressive-efficientnetv2-nano-paper").model_dump_json())
+    if stages is not None:
+        schedule["num_stages"] = stages
     if magnitude_end is not None:
         schedule["regularizers"]["randaugment_magnitude"]["end"] = magnitude_end
     recipe = json.loads(load_preset("training-cpu").model_dump_json())
@@ -181,7 +183,7 @@ def test_loader_workers_take_the_kernel_path_as_their_parent_does(parent_has_num
 
 def test_a_small_training_set_is_resized_once_per_size_with_the_same_bytes(monkeypatch):
     """prepare_rows from the whole set resized once per stage size equals resizing each step's rows."""
-    plan, data = nano_run(None, None, 3)
+    plan, data = nano_run(None, None, 3, stages=3)  # 16, 24, 32 px: two sizes to resize to
     steps = [s for stage in plan.stages for s in (stage.start_step, stage.end_step - 1)]
     assert len({plan.stage_at(s).image_size for s in steps} - {data.images.shape[1]}) == 2  # 16 and 24 px
     cached = {s: data.prepare_rows(s, slice(8, 40)) for s in steps}

@@ -216,11 +216,14 @@ def test_cli_without_tensorboard_writes_no_event_files_and_removes_stale_ones(tm
 
 def test_cli_two_oracle_processes_write_one_record(tmp_path):
     out = tmp_path / "run"
-    r = train_cli(tmp_path, out, "--nproc", 2, "--steps", 6, "--stop-at", 4, mix_group=16)
+    r = train_cli(tmp_path, out, "--nproc", 2, "--steps", 6, "--stop-at", 4, "--eval-every", 3, mix_group=16)
     assert r.exit_code == 0, r.output
     lines = read_record(out / "metrics.jsonl")
     assert lines[0]["processes"] == 2 and lines[0]["total_steps"] == 6
     assert [ln["step"] for ln in of_type(lines, "step")] == [2, 3, 4]  # stage ends 2 and 4, log every 3
+    # both processes evaluate their half of the held-out set at step 3; rank 0 writes the sum once
+    evals = of_type(lines, "eval")
+    assert [ln["step"] for ln in evals] == [3] and 0.0 <= evals[0]["heldout_top1"] <= 1.0
     assert all(set(ln) >= {"type", "step"} for ln in lines) and len(of_type(lines, "run")) == 1
 
 
