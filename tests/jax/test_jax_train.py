@@ -44,9 +44,17 @@ def data():
 
 @pytest.fixture(autouse=True, scope="module")
 def no_cache(tmp_path_factory):
-    """The persistent compilation cache of these runs goes to a temporary folder."""
+    """The persistent compilation cache of these runs goes to a temporary folder, and they compile their
+    steps themselves: an earlier test of the session with the same documents (test_jax_record.py) left
+    them compiled in memory, which would leave that folder empty."""
+    import jax
+
+    from effv2_adapters.jax import train as jax_train
+
     old = os.environ.get("EFFV2_JAX_CACHE")
     os.environ["EFFV2_JAX_CACHE"] = str(tmp_path_factory.mktemp("jax-cache"))
+    jax_train._TRAIN_FNS.clear()
+    jax.clear_caches()
     yield
     if old is None:
         os.environ.pop("EFFV2_JAX_CACHE", None)
