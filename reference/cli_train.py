@@ -17,7 +17,7 @@ import time
 
 import click
 
-from effv2_spec.console import SpecInputError, echo_json, load_or_fail
+from effv2_spec.console import SpecInputError, load_or_fail
 from effv2_spec.documents import load_architecture, load_schedule, load_training, parse_obj
 from effv2_spec.errors import SpecError
 
@@ -212,32 +212,14 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
 
     from .checkpoint import CheckpointError, prepare_out_dir
     from .data.sources import DataError, load_source, split
-    from .train import Trainer, TrainingDiverged
+    from .train import Trainer
     from .trainloop import ProgressiveLoop
 
-    torch_options = {"--device": device is not None, "--precision": precision != "float32",
-                     "--channels-last": channels_last, "--compile": compile_}
-    jax_options = {"--coordinator": coordinator is not None, "--num-processes": num_processes is not None,
-                   "--process-id": process_id is not None}
-    if framework != "jax":
-        given = [k for k, v in jax_options.items() if v]
-        if given:
-            raise click.UsageError(f"{', '.join(given)}: only with --framework jax")
-    if framework == "jax":
-        given = [k for k in ("--channels-last", "--compile") if torch_options[k]]
-        if given:
-            raise click.UsageError(f"{', '.join(given)}: only with --framework torch")
-    if framework == "reference":
-        given = [k for k, v in torch_options.items() if v]
-        if given:
-            raise click.UsageError(f"{', '.join(given)}: only with --framework torch or jax")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise SpecInputError("the oracle starts its own processes (--nproc); under torchrun use --framework torch")
-    elif nproc is not None and nproc != 1:
-        raise click.UsageError("--nproc: only with --framework reference (torch: torchrun; jax: its devices)")
-    if workers is not None and workers > _cores():
-        raise click.UsageError(f"--workers {workers}: this machine has {_cores()} cores; more loader processes "
-                               "than cores only wait for each other")
+    from .train_request import check_framework_options, load_initial, oracle_world, report
+
+    check_framework_options(framework, nproc=nproc, workers=workers, cores=_cores(), device=device,
+                            precision=precision, channels_last=channels_last, compile_=compile_,
+                            coordinator=coordinator, num_processes=num_processes, process_id=process_id)
     if framework == "jax":  # several processes: a dead peer aborts the survivors in C++; a child takes that
         supervise = importlib.import_module("effv2_adapters.jax.supervise")
         if supervise.wanted(coordinator):
@@ -251,48 +233,14 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
         train_data, heldout = split(data)
     except (DataError, ResourceError) as exc:
         raise SpecInputError(str(exc)) from None
-    initial = None
-    if init_from is not None:
-        from effv2_spec.compatibility import check_compatible
-        from effv2_spec.weights import WeightsError, load_weights
-
-        try:
-            file_spec, tensors = load_weights(init_from)
-        except (WeightsError, OSError, ValueError) as exc:
-            text = str(exc)  # load_weights names the file already
-            raise SpecInputError(text if text.startswith(str(init_from)) else
-                                 f"{init_from}: cannot read weights ({exc})") from None
-        try:  # another class count only with --num-classes, which draws a new classifier
-            check_compatible(file_spec, spec, init_from, new_classifier=num_classes is not None)
-        except WeightsError as exc:
-            raise SpecInputError(str(exc)) from None
-        initial = (init_from, tensors)
+    initial = load_initial(init_from, spec, new_classifier=num_classes is not None)
     try:
         out = prepare_out_dir(out_dir, spec.name, resume=resume, overwrite=overwrite,
                               lock=_writer_rank(framework, process_id) == 0)
     except CheckpointError as exc:
         raise SpecInputError(str(exc)) from None
-    if framework == "reference":
-        from .plan import PlanError, TrainingPlan
-
-        from .train import batch_norm_layout
-
-        try:
-            plan = TrainingPlan(spec, sched, config, len(train_data), seed=seed)
-        except (PlanError, ValueError):
-            plan = None  # the plan's own complaint is reported below, by the trainer, in one line
-        world = nproc or (_auto_processes(plan) if plan is not None else 1)
-        if nproc is not None and nproc > _cores():
-            raise click.UsageError(f"--nproc {nproc}: this machine has {_cores()} cores; more processes than cores "
-                                   "only wait for each other")
-        if plan is not None and world > 1:
-            try:
-                plan.shards(world)
-                batch_norm_layout(plan, world)
-            except PlanError as exc:
-                raise SpecInputError(f"--nproc {world}: {exc}") from None
-    else:
-        world = 1
+    world = (oracle_world(spec, sched, config, len(train_data), seed, nproc, cores=_cores(),
+                          auto_processes=_auto_processes) if framework == "reference" else 1)
 
     def build(replica):
         """This process's loop: the oracle's (its shard with a replica) or a framework's."""
@@ -351,9 +299,6 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
         return trainer, result
 
     from .kernels.heap import retain_freed_memory
-    from .data.loader import LoaderError
-    from .replicas import ReplicaError, run_replicas
-    from .train import replica_capacity
 
     retain_freed_memory()  # every step frees and reallocates its activations: keep them paged in (kernels/heap.py)
     # What exists now (modules, Numba's loaded kernels and type tables, SciPy, the documents) lives until exit:
@@ -362,12 +307,27 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
     # copying those the collector would touch
     gc.freeze()
     _stop_on_sigterm()
+    trainer, result = _launch(world, run_rank, held, spec=spec, dtype=dtype, framework=framework, out=out,
+                              timeout_s=timeout_s)
+    if framework != "reference":
+        trainer.backend.procs.close()
+    report(trainer, result, seconds=time.perf_counter() - t_start, out=out, as_json=as_json,
+           facts=dict(spec=spec.name, schedule=sched.name, training=config.name, data=data.name, seed=seed,
+                      dtype=dtype, train_images=len(train_data), heldout_images=len(heldout)))
+
+
+def _launch(world: int, run_rank, held: dict, *, spec, dtype: str, framework: str, out, timeout_s: float):
+    """(trainer, result) of this process's rank, all `world` oracle processes started when there are several;
+    what stops a run (a diverged loss, a dead peer or loader, an unwritable --out, Ctrl-C / SIGTERM) is one
+    line. `held["trainer"]`: rank 0's trainer once built, for the step the run reached."""
+    from .data.loader import LoaderError
+    from .replicas import ReplicaError, run_replicas
+    from .train import TrainingDiverged, replica_capacity
+
     try:
         if world > 1:
-            trainer, result = run_replicas(world, run_rank, capacity_bytes=replica_capacity(spec, dtype),
-                                           timeout_s=timeout_s)
-        else:
-            trainer, result = run_rank(None)
+            return run_replicas(world, run_rank, capacity_bytes=replica_capacity(spec, dtype), timeout_s=timeout_s)
+        return run_rank(None)
     except TrainingDiverged as exc:
         raise SpecInputError(f"{spec.name}: {exc}") from None
     except ReplicaError as exc:  # another oracle process stopped, died or went silent
@@ -390,27 +350,6 @@ def train(spec_source, schedule_source, training_source, data_source, out_dir, r
                 if trainer is not None and trainer.last_checkpoint_step is not None else "no checkpoint written yet")
         click.echo(f"interrupted at step {step}: {kept}", err=True)
         sys.exit(128 + _STOP_SIGNAL["number"])
-    if framework != "reference":
-        trainer.backend.procs.close()
-    lead = trainer.backend.rank == 0
-    echo = (lambda s: click.echo(s, err=as_json) if lead else None)
-    seconds = time.perf_counter() - t_start
-    if result.extra.get("stopped_at") is not None:
-        echo(f"stopped at step {result.steps} of {trainer.total_steps} in {seconds:.1f} s; checkpoint in {out} "
-             "(continue with --resume)")
-    else:
-        echo(f"held-out accuracy {100 * result.final_accuracy:.2f}% after {result.steps} steps in {seconds:.1f} s; "
-             f"weights: {result.weights_path}")
-    if as_json and lead:
-        payload = result.to_json()
-        payload.update(seconds=seconds, training_seconds=result.seconds, spec=spec.name, schedule=sched.name,
-                       training=config.name, data=data.name, seed=seed, dtype=dtype,
-                       train_images=len(train_data), heldout_images=len(heldout))
-        if getattr(trainer.backend, "compile_seconds", None) is not None:  # jax: seconds compiling each stage's step
-            payload["compile_seconds"] = dict(trainer.backend.compile_seconds)
-            payload["compile_cache"] = dict(trainer.backend.compile_cache)
-            payload["devices"] = len(trainer.backend.procs.devices)
-        echo_json(payload)
 
 
 def _writer_rank(framework: str, process_id: int | None) -> int:
