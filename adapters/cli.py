@@ -14,7 +14,8 @@ import click
 
 from effv2_spec.accounting import ResourceError, check_training_fits
 from effv2_spec.architecture import MAX_IMAGE_SIZE
-from effv2_spec.console import SpecInputError, cannot_write, display_name, echo_json, load_or_fail, print_table
+from effv2_spec.console import (SpecInputError, cannot_write, display_name, echo_json, load_or_fail, print_table,
+                                resolve_or_fail)
 from effv2_spec.documents import load_architecture
 from effv2_spec.errors import SpecError
 from effv2_spec.resolve import compound_image_size, resolve
@@ -76,9 +77,7 @@ def generate(spec: str, framework: str, output: str, image_size: int | None) -> 
     arch = _load_spec(spec)
     adapter = _adapter(framework)
     size = image_size if image_size is not None else compound_image_size(arch, arch.input.eval_image_size)
-    if size < arch.total_stride:
-        raise SpecInputError(f"--image-size: must be >= the network's total stride {arch.total_stride} (got {size})")
-    resolved = resolve(arch, size)
+    resolved = resolve_or_fail(arch, size)
     if not callable(getattr(adapter, "emit_source", None)):
         raise SpecInputError(f"--framework {framework}: this backend cannot emit source (no emit_source)")
     source = adapter.emit_source(resolved, module_name=Path(output).stem if output != "-" else "model")
@@ -89,7 +88,8 @@ def generate(spec: str, framework: str, output: str, image_size: int | None) -> 
         atomic_write_bytes(output, source.encode("utf-8"))
     except OSError as exc:
         raise cannot_write(output, exc) from None
-    click.echo(f"wrote {display_name(output)}: {arch.name} for {framework} ({len(source.splitlines())} lines)", err=True)
+    click.echo(f"wrote {display_name(output)}: {arch.name} for {framework} ({len(source.splitlines())} lines)",
+               err=True)
 
 
 # ---- check ---------------------------------------------------------------------------------------------
@@ -105,7 +105,8 @@ def generate(spec: str, framework: str, output: str, image_size: int | None) -> 
 @click.option("--image-size", type=click.IntRange(min=1, max=MAX_IMAGE_SIZE), default=None,
               help="Input height = width (default: 64, or the total stride if larger; small so the oracle is quick).")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Batch size.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for weights, input, masks.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed for weights, input, masks.")
 @click.option("--checks", "checks", default=None,
               help="Comma-separated subset of eval_logits,train_logits,gradients,running_stats,sgd,rmsprop and the "
                    "recipe-field checks (gradient_clip_norm, batch_norm.freeze_affine, ...; default all).")
@@ -127,9 +128,9 @@ def generate(spec: str, framework: str, output: str, image_size: int | None) -> 
               help="With --train-steps: BN statistics in groups, or every step clipped with BN frozen (gamma and "
                    "beta fixed).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report (every tensor's relative error).")
-def check(spec: str, framework: str, against: str, dtype: str, image_size: int | None, batch: int, seed: int, checks: str | None,
-          oracle_dtype: str, per_tensor: bool, train_steps: int | None, nproc: int, devices: int, optimizer: str,
-          recipe: str, as_json: bool) -> None:
+def check(spec: str, framework: str, against: str, dtype: str, image_size: int | None, batch: int, seed: int,
+          checks: str | None, oracle_dtype: str, per_tensor: bool, train_steps: int | None, nproc: int, devices: int,
+          optimizer: str, recipe: str, as_json: bool) -> None:
     """Compare FRAMEWORK's model of SPEC against the NumPy oracle (or --against), tensor by tensor.
 
     Same canonical weights and input on both sides; compares eval logits, train-mode logits
@@ -176,8 +177,8 @@ def check(spec: str, framework: str, against: str, dtype: str, image_size: int |
     else:
         columns, rows = format_report(report, per_tensor)
         h, w = report.image_size
-        print_table(f"{arch.name}: {framework} {dtype} vs {against} {oracle_dtype}, batch {batch}, {h}x{w}, seed {seed}",
-                    columns, rows, right_align={"tensors", "rel err", "tolerance", "s"})
+        print_table(f"{arch.name}: {framework} {dtype} vs {against} {oracle_dtype}, batch {batch}, {h}x{w}, "
+                    f"seed {seed}", columns, rows, right_align={"tensors", "rel err", "tolerance", "s"})
         click.echo(verdict(report))
     if not report.passed:
         raise SystemExit(1)
@@ -188,8 +189,9 @@ def _train_check(spec: str, framework: str, dtype: str, image_size: int | None, 
     """`effv2 check --train-steps K`: the framework's trainer against the oracle's, end state compared."""
     from .train_check import run_train_check
 
-    if framework not in ("torch", "jax"):
-        raise click.UsageError(f"--train-steps: training checks exist for torch and jax (got {framework!r})")
+    if framework == "reference":
+        raise click.UsageError("--train-steps: the oracle is what the trainers are checked against; name a "
+                               "framework (torch, jax, or an adapter that can train)")
     if devices != 1 and framework != "jax":
         raise click.UsageError("--devices: simulated devices are for --framework jax")
     arch = _load_spec(spec)
@@ -197,7 +199,9 @@ def _train_check(spec: str, framework: str, dtype: str, image_size: int | None, 
     if size < 16 or size % 8:
         raise click.BadParameter("must be a multiple of 8, at least 16 (the check trains at size - 8, then size)",
                                  param_hint="--image-size")
-    _adapter(framework)  # a clear line when torch is missing
+    if not callable(getattr(_adapter(framework), "trainer", None)):  # _adapter: a clear line when torch is missing
+        raise SpecInputError(f"--train-steps: the {framework!r} adapter has no `trainer` capability (it can be "
+                             "checked, not trained)")
     if not as_json:
         click.echo(f"  .. training {arch.name} {steps} steps with the oracle and with {framework} "
                    f"({nproc} process{'es' if nproc > 1 else ''}"

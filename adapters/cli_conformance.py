@@ -23,7 +23,8 @@ from .conformance.properties import SPEC_FILE
 @click.option("--out", "out_dir", default=".", show_default=True,
               help="Folder for conformance-failure.spec.json and conformance-failure.json on a failure.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
-def conformance(framework: str, against: str, examples: int, seed: int, dtype: str, out_dir: str, as_json: bool) -> None:
+def conformance(framework: str, against: str, examples: int, seed: int, dtype: str, out_dir: str,
+                as_json: bool) -> None:
     """Property-based conformance: random small specs over every convention and odd input sizes,
     each checked like `effv2 check` (logits, gradients, BN statistics, optimiser updates).
 
@@ -47,8 +48,8 @@ def conformance(framework: str, against: str, examples: int, seed: int, dtype: s
         click.echo(f"PASS: {framework} agrees with {against} on {examples} random specs ({dtype}, seed {seed})")
     else:
         f = result.failure
-        click.echo(f"FAIL: {framework} vs {against} on a {len(f.spec.stages)}-stage spec at {f.image_size}x{f.image_size}, "
-                   f"seed {f.seed}: {f.error}")
+        click.echo(f"FAIL: {framework} vs {against} on a {len(f.spec.stages)}-stage spec at "
+                   f"{f.image_size}x{f.image_size}, seed {f.seed}: {f.error}")
         if result.write_error:
             click.echo(f"{printable(result.write_error)}; the failing spec follows (save it as {SPEC_FILE})", err=True)
             click.echo(f.spec.model_dump_json(indent=2))

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from effv2_spec.compatibility import check_compatible
-from effv2_spec.console import SpecInputError, cannot_write, display_name, load_or_fail
+from effv2_spec.console import SpecInputError, cannot_write, display_name, load_or_fail, resolve_or_fail
 from effv2_spec.documents import load_architecture
 from effv2_spec.errors import SpecError
-from effv2_spec.resolve import compound_image_size, resolve
+from effv2_spec.resolve import compound_image_size
 from effv2_spec.weights import WeightsError, check_tensors, load_weights
 
 from .cli_size import ImageSize, ImageSizeOption
@@ -44,10 +44,7 @@ def export(spec: str, weights: str, fmt: str, output: str, image_size: tuple[int
     arch = load_or_fail(load_architecture, spec)
     default = compound_image_size(arch, arch.input.eval_image_size)
     height, width = image_size if image_size is not None else (default, default)
-    if min(height, width) < arch.total_stride:
-        raise SpecInputError(f"--image-size: must be >= the network's total stride {arch.total_stride} "
-                             f"(got {height} x {width})")
-    resolved = resolve(arch, (height, width))
+    resolved = resolve_or_fail(arch, (height, width))
     if not Path(weights).is_file():
         raise SpecInputError(f"{display_name(weights)}: no such file")
     try:

@@ -17,15 +17,22 @@ import click
 import numpy as np
 
 from effv2_spec.architecture import MAX_IMAGE_SIZE
-from effv2_spec.console import SpecInputError, echo_json, load_or_fail, printable
+from effv2_spec.console import SpecInputError, echo_json, load_or_fail, printable, resolve_or_fail
 from effv2_spec.documents import load_architecture
 from effv2_spec.errors import SpecError
 from effv2_spec.weights import WeightsError, load_weights
 
 from .predict import Classifier, check_compatible, frameworks, softmax, top_k
 
-_FRAMEWORK = click.option("--framework", "-f", type=click.Choice(frameworks()), default="reference",
-                          show_default=True, help="Where the network runs: the NumPy oracle or a backend.")
+def _framework(ctx, param, value: str) -> str:
+    from .cli import _framework_name  # the check and generate commands' rule: registry names or "module:Class"
+
+    return _framework_name(ctx, param, value)
+
+
+_FRAMEWORK = click.option("--framework", "-f", default="reference", show_default=True, callback=_framework,
+                          help=f"Where the network runs: {', '.join(frameworks())}, an installed adapter "
+                               "(entry point effv2.adapters) or package.module:Class.")
 _DTYPE = click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
                       help="Computation dtype.")
 _SIZE = click.option("--image-size", type=click.IntRange(min=1, max=MAX_IMAGE_SIZE), default=None,
@@ -36,8 +43,7 @@ _WEIGHTS = click.option("--weights", "-w", required=True, help="Canonical safete
 def _classifier(arch, weights: str, framework: str, dtype: str, image_size: int | None):
     """(Classifier, size) or a one-line SpecInputError."""
     size = int(image_size if image_size is not None else arch.input.eval_image_size)
-    if size < arch.total_stride:
-        raise SpecInputError(f"--image-size: must be >= the network's total stride {arch.total_stride} (got {size})")
+    resolve_or_fail(arch, size)  # refused before the weights are read
     adapter = None
     if framework != "reference":
         from .cli import _adapter
@@ -133,7 +139,9 @@ def predict(spec, weights, images, framework, k, labels_file, batch, dtype, imag
 @click.command(name="eval")
 @click.argument("spec")
 @_WEIGHTS
-@click.option("--data", required=True, help="Image folder (one sub-folder per class) or .npz (images, labels).")
+@click.option("--data", required=True,
+              help="Image folder (one sub-folder per class; ROOT/val when ROOT has train/ and val/), Parquet "
+                   "shards (a folder, its validation-* shards, or a glob) or .npz (images, labels).")
 @click.option("--class-index", "mapping_file", default=None,
               help="Folder name -> class index: JSON {name: index} or one name per line in index order "
                    "(default: ImageNet synset folders by the built-in list, else sorted folder names).")

@@ -1,80 +1,90 @@
 """The framework-neutral half of every adapter: the CONFIG table and the emitted-source scaffolding.
 
-Each backend's `modules.py` runs a plain-data CONFIG table (one row per unit, every number copied
-from the resolved model, never recomputed), so the runtime model and the standalone file are the
-same code fed the same table. What differs between backends (their modules, their file template)
-stays in the backend; the table and the way it is rendered live here, once.
+Each backend's `modules.py` runs a plain-data CONFIG table, so the runtime model and the standalone
+file are the same code fed the same table. A row is its resolved unit as it is (every field of
+`ConvBN` / `SqueezeExcite` / `Classifier` under the same name, tuples as lists) plus `init`: the
+init rule [kind, scale] of every tensor the unit owns, constants included, keyed by the tensor's
+name inside the unit ('conv.weight', 'bn.running_var', 'reduce.bias', 'weight'). Nothing is
+renamed, picked or recomputed, so a new unit field or init convention reaches the modules with no
+edit here. What differs between backends (their modules, their file template) stays in the
+backend; the table and the way it is rendered live here, once.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import pprint
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
-from effv2_spec.resolve import ConvBN, ResolvedModel, SqueezeExcite, as_resolved
-
-#: the modules build these tensors as constants; only kernel init rules travel in the table
-CONSTANT_INITS = {"bn_gamma": "ones", "bn_beta": "zeros", "bn_running_mean": "zeros", "bn_running_var": "ones",
-                  "se_bias": "zeros", "dense_bias": "zeros"}
+from effv2_spec.resolve import ResolvedModel, as_resolved
 
 
-def _check_constant_inits(resolved: ResolvedModel, backend: str) -> None:
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: the table is JSON-shaped."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _row(unit: Any, inits: dict[str, dict[str, list]]) -> dict:
+    """A unit's fields as they are, plus the init rule of each tensor it owns (in the table's order)."""
+    row = {f.name: _plain(getattr(unit, f.name)) for f in dataclasses.fields(unit)}
+    row["init"] = inits[unit.name]
+    return row
+
+
+def _inits(resolved: ResolvedModel) -> dict[str, dict[str, list]]:
+    """unit name -> {tensor name inside the unit: [kind, scale]} for every tensor of the table."""
+    out: dict[str, dict[str, list]] = {}
     for p in resolved.params:
-        want = CONSTANT_INITS.get(p.role)
-        if want is not None and p.init.kind != want:  # fail loudly if resolve ever grows another rule
-            raise NotImplementedError(f"{p.name}: init {p.init.kind!r} not supported by the {backend} adapter "
-                                      f"(expected {want!r})")
+        out.setdefault(p.unit, {})[p.name[len(p.unit) + 1:]] = [p.init.kind, float(p.init.scale)]
+    return out
 
 
-def _rule(resolved: ResolvedModel, name: str) -> list:
-    rule = resolved.param(name).init
-    return [rule.kind, float(rule.scale)]
-
-
-def _row(resolved: ResolvedModel, unit) -> dict:
-    if isinstance(unit, ConvBN):
-        return {"name": unit.name, "slot": unit.slot, "kind": "conv_bn", "in": unit.in_channels, "out": unit.out_channels,
-                "kernel": unit.kernel, "stride": unit.stride, "groups": unit.groups, "act": unit.activation,
-                "init": _rule(resolved, f"{unit.name}.conv.weight")}
-    if isinstance(unit, SqueezeExcite):
-        return {"name": unit.name, "slot": unit.slot, "kind": "se", "channels": unit.channels, "squeeze": unit.squeeze_channels,
-                "act": unit.activation, "gate": unit.gate, "init": [_rule(resolved, f"{unit.name}.reduce.weight"), _rule(resolved, f"{unit.name}.expand.weight")]}
-    raise TypeError(f"unknown unit {unit!r}")
-
-
-def config_from_resolved(resolved: ResolvedModel, backend: str = "this") -> dict:
+def config_from_resolved(resolved: ResolvedModel) -> dict:
     """The plain-data CONFIG table of `resolved` (JSON-compatible)."""
-    _check_constant_inits(resolved, backend)
-    cls = resolved.classifier
+    inits = _inits(resolved)
     return {
         "name": resolved.spec.name,
         "image_size": list(resolved.image_size),
         "padding": resolved.padding,
         "activation": resolved.activation,
-        "batch_norm": {"eps": resolved.bn_eps, "momentum": resolved.bn_momentum, "running_var": resolved.bn_running_var},
+        "batch_norm": {"eps": resolved.bn_eps, "momentum": resolved.bn_momentum,
+                       "running_var": resolved.bn_running_var},
         "normalization": {"in_model": resolved.normalize_in_model, "mean": list(resolved.input_mean),
                           "std": list(resolved.input_std)},
-        "stem": _row(resolved, resolved.stem),
+        "stem": _row(resolved.stem, inits),
         "blocks": [{"index": b.index, "stage": b.stage, "type": b.type, "residual": b.residual,
-                    "drop_path_rate": b.drop_path_rate, "layers": [_row(resolved, u) for u in b.layers]}
+                    "drop_path_rate": b.drop_path_rate, "layers": [_row(u, inits) for u in b.layers]}
                    for b in resolved.blocks],
-        "head": _row(resolved, resolved.head),
-        "classifier": {"name": cls.name, "in": cls.in_features, "out": cls.out_features, "dropout": cls.dropout,
-                       "init": _rule(resolved, f"{cls.name}.weight")},
+        "head": _row(resolved.head, inits),
+        "classifier": _row(resolved.classifier, inits),
     }
 
 
 # ---- source emission ------------------------------------------------------------------------
-def module_body(module: ModuleType) -> str:
-    """A module's source without its docstring (the generated file gets its own)."""
-    src = inspect.getsource(module)
-    first = ast.parse(src).body[0]
-    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-        return "".join(src.splitlines(keepends=True)[first.end_lineno:]).lstrip("\n")
-    return src
+def module_body(modules: ModuleType | Sequence[ModuleType]) -> str:
+    """The source of one module, or of several joined into one file, without their docstrings (the generated
+    file gets its own). A later module's `from __future__` line and its relative imports (of the modules
+    before it, whose names the joined file already defines) are dropped."""
+    parts = []
+    for k, module in enumerate([modules] if isinstance(modules, ModuleType) else list(modules)):
+        src = inspect.getsource(module)
+        lines = src.splitlines(keepends=True)
+        drop = set()
+        body = ast.parse(src).body
+        for node in body:
+            docstring = node is body[0] and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
+                and isinstance(node.value.value, str)
+            joined_import = k > 0 and isinstance(node, ast.ImportFrom) and (
+                node.level > 0 or node.module == "__future__")
+            if docstring or joined_import:
+                drop.update(range(node.lineno - 1, node.end_lineno))
+        parts.append("".join(line for i, line in enumerate(lines) if i not in drop).strip("\n") + "\n")
+    return "\n\n".join(parts)
 
 
 def _fmt(value: Any) -> str:
@@ -104,7 +114,7 @@ def wrapped_string(text: str, width: int = 96) -> str:
     return "\n".join(f"    {text[i:i + width]!r}" for i in range(0, len(text), width))
 
 
-def render_source(template: str, spec_or_resolved: Any, modules: ModuleType, backend: str,
+def render_source(template: str, spec_or_resolved: Any, modules: ModuleType | Sequence[ModuleType],
                   module_name: str = "model") -> str:
     """Fill a backend's file `template` with its `modules` source, the CONFIG table and the spec JSON.
 
@@ -113,7 +123,7 @@ def render_source(template: str, spec_or_resolved: Any, modules: ModuleType, bac
     parse is never handed out.
     """
     resolved = as_resolved(spec_or_resolved)
-    cfg = config_from_resolved(resolved, backend)
+    cfg = config_from_resolved(resolved)
     bn = cfg["batch_norm"]
     safe_name = " ".join(cfg["name"].split()).replace("\\", "/").replace('"', "'")  # docstring-safe
     src = template.format(

@@ -11,16 +11,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .adapter_base import PackagedAdapter
 
-class ReferenceAdapter:
+
+class ReferenceAdapter(PackagedAdapter):
+    """The oracle's model and optimisers. It trains with its own `effv2 train` trainer (processes sharing
+    memory), not through a `trainer` capability, and its parts live in effv2_reference."""
+
     name = "reference"
-
-    def available(self) -> str | None:
-        try:
-            import effv2_reference.model  # noqa: F401  (numba)
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            return f"the reference oracle cannot be imported ({exc}); pip install 'effv2[reference]'"
-        return None
+    requires, requirement, extra = ("effv2_reference.model",), "the reference oracle (numba)", "reference"
 
     def build(self, resolved, dtype, tensors: Mapping[str, np.ndarray] | None = None):
         from effv2_reference.model import ReferenceModel
@@ -40,6 +39,8 @@ class ReferenceAdapter:
 
     def export_tensors(self, model) -> dict[str, np.ndarray]:
         return model.state_dict()
+
+    emit_source = None  # a library, not a code generator: `effv2 generate` says so
 
     def optimizer_steps(self, tensors, grads_per_step: Sequence[Mapping[str, np.ndarray]], config, lrs,
                         resolved) -> dict[str, np.ndarray]:

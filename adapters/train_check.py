@@ -11,7 +11,7 @@ Error measure: max|a - b| / scale, scale = max|reference|, except for tensors th
 exact arithmetic and hold rounding noise on both sides (a BN beta whose output reaches the next
 training-mode BN only through linear layers has a zero gradient, so its value, slots and the
 next BN's running mean are noise): those are measured on their unit's largest magnitude, as the
-gradient check does (check.gradient_scales).
+gradient check does (conformance.numerics.gradient_scales).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from effv2_spec.architecture import ArchitectureSpec
 from effv2_spec.documents import parse_obj
 from effv2_reference.lifeline import tied_to_parent
 
-from .check import gradient_scales
+from .conformance.numerics import gradient_scales
 
 TOLERANCE = {"float64": 1e-9, "float32": 1e-3}
 
@@ -42,13 +42,24 @@ TOLERANCE = {"float64": 1e-9, "float32": 1e-3}
 RECIPES = {"default": {}, "clipped-frozen-bn": {"gradient_clip_norm": 0.05,
                                                 "batch_norm": {"mode": "frozen", "freeze_affine": True}}}
 
+#: the training document's fields each recipe makes a trainer follow (a trainer that ignores one ends elsewhere
+#: than the oracle): the optimiser of `--optimizer`, the cosine lr, L2 by role, label smoothing 0.1 (the loss),
+#: the EMA rule (decay 0.9 with the num_updates warm-up, which sets every step's decay in a short run), the BN
+#: statistics groups (one per process: their layout over `--nproc` processes and `--devices` devices) and the
+#: augmentation; 'clipped-frozen-bn' then the clip and frozen BN instead of the groups
+_COMMON_FIELDS = ("optimizer", "learning_rate", "weight_decay.rate", "weight_decay.applies_to", "label_smoothing",
+                  "ema.decay", "ema.num_updates_warmup", "randaugment_layers", "augmentation")
+RECIPE_FIELDS = {"default": _COMMON_FIELDS + ("batch_norm.group_size", "batch_norm.running_stats"),
+                 "clipped-frozen-bn": _COMMON_FIELDS + ("gradient_clip_norm", "batch_norm.mode",
+                                                        "batch_norm.freeze_affine")}
 
 def check_schedule(steps: int, size: int) -> dict:
     """Two stages, size - 8 -> size, every regulariser raised in the second stage."""
     return {"kind": "progressive_schedule", "name": "train-check", "convention": "paper", "total_steps": steps,
             "num_stages": 2, "image_size": {"start": max(size - 8, 8), "end": size, "multiple": 8},
-            "regularizers": {"randaugment_magnitude": {"start": 5, "end": 12}, "mixup_alpha": {"start": 0.2, "end": 0.4},
-                             "cutmix_alpha": {"start": 0.0, "end": 1.0}, "dropout": {"start": 0.1, "end": 0.3},
+            "regularizers": {"randaugment_magnitude": {"start": 5, "end": 12},
+                             "mixup_alpha": {"start": 0.2, "end": 0.4}, "cutmix_alpha": {"start": 0.0, "end": 1.0},
+                             "dropout": {"start": 0.1, "end": 0.3},
                              "drop_path_rate": {"start": 0.1, "end": 0.2}}}
 
 
@@ -96,6 +107,7 @@ class TrainCheckReport:
     parts: list[PartReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     devices: int = 1
+    recipe: str = "default"
 
     @property
     def passed(self) -> bool:
@@ -103,8 +115,17 @@ class TrainCheckReport:
 
     def to_json(self) -> dict:
         return {"framework": self.framework, "processes": self.processes, "devices": self.devices, "dtype": self.dtype,
+                "recipe": self.recipe, "recipe_fields": list(RECIPE_FIELDS[self.recipe]),
                 "tolerance": self.tolerance, "passed": self.passed, "problems": self.problems,
                 "parts": [p.__dict__ for p in self.parts]}
+
+    def recipe_problem(self) -> str | None:
+        """When a state differs: one line naming the recipe's fields, one of which the trainer does not follow."""
+        differ = [p.part for p in self.parts if not p.worst <= self.tolerance]
+        if not differ:
+            return None
+        return (f"{', '.join(differ)}: the {self.framework} trainer ends elsewhere than the oracle; it does not "
+                f"follow a field of recipe '{self.recipe}': {', '.join(RECIPE_FIELDS[self.recipe])}")
 
 
 def compare_states(reference: dict[str, dict], other: dict[str, dict], dtype: str) -> tuple[list, list[str]]:
@@ -129,7 +150,8 @@ def compare_states(reference: dict[str, dict], other: dict[str, dict], dtype: st
             if err > worst:
                 worst_name, worst = k, err
         if "steps" in a and int(np.asarray(a["steps"])) != int(np.asarray(b["steps"])):
-            problems.append(f"{part}: step counts differ ({int(np.asarray(a['steps']))} vs {int(np.asarray(b['steps']))})")
+            steps = int(np.asarray(a["steps"])), int(np.asarray(b["steps"]))
+            problems.append(f"{part}: step counts differ ({steps[0]} vs {steps[1]})")
         parts.append(PartReport(part, worst_name, worst, len(floats)))
     return parts, problems
 
@@ -190,8 +212,7 @@ def run_train_check(spec: ArchitectureSpec, *, framework: str = "torch", steps: 
                     recipe: str = "default") -> TrainCheckReport:
     """Train `spec` `steps` steps with the oracle and with `framework` (`nproc` processes; jax: `devices`
     simulated CPU devices per process) by the check's `recipe` (RECIPES) and compare."""
-    if framework not in ("torch", "jax"):
-        raise ValueError(f"--train-steps: training checks exist for 'torch' and 'jax' (got {framework!r})")
+    _check_can_train(framework, nproc)
     if recipe not in RECIPES:
         raise ValueError(f"--recipe: one of {', '.join(RECIPES)} (got {recipe!r})")
     if devices != 1 and framework != "jax":
@@ -199,7 +220,7 @@ def run_train_check(spec: ArchitectureSpec, *, framework: str = "torch", steps: 
     if batch % (nproc * devices):
         raise ValueError(f"--nproc {nproc} x --devices {devices}: must divide the check's batch of {batch}")
     group = group_size or batch // nproc  # each process's rows (DDP's groups); with devices, a group spans them
-    report = TrainCheckReport(framework, nproc, dtype, TOLERANCE[dtype], devices=devices)
+    report = TrainCheckReport(framework, nproc, dtype, TOLERANCE[dtype], devices=devices, recipe=recipe)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         root = Path(tmp)
         docs = {"spec.json": json.loads(spec.model_dump_json()), "schedule.json": check_schedule(steps, size),
@@ -212,7 +233,9 @@ def run_train_check(spec: ArchitectureSpec, *, framework: str = "torch", steps: 
                   str(root / "training.json"), "--data", str(data), "--dtype", dtype, "--seed", str(seed),
                   "--checkpoint-every", "0"]
         _run_cli(["train", *common, "--out", str(root / "oracle")], timeout_s, root)
-        other = ["train", *common, "--framework", framework, "--device", "cpu", "--out", str(root / framework)]
+        other = ["train", *common, "--framework", framework, "--out", str(root / "candidate")]
+        if framework in ("torch", "jax"):
+            other += ["--device", "cpu"]
         if framework == "jax":
             env = jax_device_env(devices)
             env["EFFV2_JAX_CACHE"] = env.get("EFFV2_JAX_CACHE", str(root / "jax-cache"))
@@ -224,11 +247,28 @@ def run_train_check(spec: ArchitectureSpec, *, framework: str = "torch", steps: 
             _run_cli(other, timeout_s, root)
         else:
             _run(torchrun_command(nproc, other + ["--timeout", str(min(timeout_s, 120.0))]), timeout_s, root)
-        ref, got = _state_of(root / "oracle" / "checkpoint.npz"), _state_of(root / framework / "checkpoint.npz")
+        ref, got = _state_of(root / "oracle" / "checkpoint.npz"), _state_of(root / "candidate" / "checkpoint.npz")
         report.parts, report.problems = compare_states(ref, got, dtype)
+        report.problems += [line for line in [report.recipe_problem()] if line]
         if got["meta"].get("processes") != nproc:
             report.problems.append(f"the {framework} run used {got['meta'].get('processes')} processes, not {nproc}")
     return report
+
+
+def _check_can_train(framework: str, nproc: int) -> None:
+    """A framework whose adapter (built-in, installed or "module:Class") has the `trainer` capability."""
+    from .registry import get_adapter
+
+    if framework == "reference":
+        raise ValueError("--train-steps: the oracle is the reference the trainers are checked against")
+    try:
+        adapter = get_adapter(framework)
+    except (KeyError, ImportError, ValueError) as exc:
+        raise ValueError(f"--train-steps: {exc.args[0] if exc.args else exc}") from None
+    if not callable(getattr(adapter, "trainer", None)):
+        raise ValueError(f"--train-steps: the {framework!r} adapter has no `trainer` capability")
+    if nproc != 1 and framework not in ("torch", "jax"):
+        raise ValueError(f"--nproc {nproc}: several processes are checked for torch (torchrun) and jax only")
 
 
 def _check_data(path: Path, batch: int, size: int) -> Path:

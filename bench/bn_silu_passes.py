@@ -58,8 +58,8 @@ def _numpy_bn_silu_backward(dy, cache, gamma, inv_std):
 def rows(channels: int, values: int, repeats: int) -> list[dict]:
     from threadpoolctl import threadpool_limits
 
-    from effv2_reference.kernels.elementwise import bn_moments_kernel, bn_moments_naive
-    from effv2_reference.kernels.silu import silu_exp_forward, silu_exp_forward_naive
+    from effv2_reference.kernels.network.elementwise import bn_moments_kernel, bn_moments_naive
+    from effv2_reference.kernels.network.silu import silu_exp_forward, silu_exp_forward_naive
     from effv2_reference.ops.bn_silu import batch_norm_silu_backward, batch_norm_silu_train_forward
 
     threadpool_limits(1)

@@ -21,7 +21,7 @@ import tempfile
 CHILD = r"""
 import json, resource, time
 t0 = time.perf_counter()
-import effv2_reference.kernels.depthwise, effv2_reference.kernels.im2col, effv2_reference.kernels.elementwise
+from effv2_reference.kernels.network import depthwise, elementwise, im2col
 import effv2_reference.ops
 t1 = time.perf_counter()
 import numpy as np

@@ -40,7 +40,7 @@ def conformance(spec_name: str, size: int, device: str) -> list[dict]:
     from effv2_spec.presets import load
     from effv2_spec.resolve import resolve
     from effv2_reference.model import ReferenceModel
-    from effv2_adapters.check import gradient_scales
+    from effv2_adapters.conformance.numerics import gradient_scales
     from effv2_adapters.torch.build import build_model
 
     resolved = resolve(load(spec_name))
@@ -75,15 +75,14 @@ def conformance(spec_name: str, size: int, device: str) -> list[dict]:
         errs = {"eval_logits": rel(eval_got, eval_ref), "train_logits": rel(logits.detach().float().cpu(), train_ref),
                 "gradients": grad_err}
         rows.append({"precision": precision, **errs,
-                     "passed": errs["eval_logits"] <= t_logit and errs["train_logits"] <= t_logit and grad_err <= t_grad,
+                     "passed": (errs["eval_logits"] <= t_logit and errs["train_logits"] <= t_logit
+                                and grad_err <= t_grad),
                      "tolerance_logits": t_logit, "tolerance_gradients": t_grad})
     return rows
 
 
 def throughput(spec_name: str, size: int, batch: int, steps: int, device: str, compile_too: bool = True) -> dict:
-    import timm
     import torch
-    import torch.nn.functional as F
 
     from effv2_spec.documents import parse_obj
     from effv2_spec.presets import load
@@ -124,6 +123,19 @@ def throughput(spec_name: str, size: int, batch: int, steps: int, device: str, c
         backend.set_stage(resolved)
         out[f"effv2{'_compiled' if compiled else ''}"] = timed(
             lambda: backend.train_step(x, targets, masks, lr=0.01, step=0))
+    out.update(timm_throughput(x, labels, device, timed, compile_too))
+    out["ratio"] = out["effv2"] / out["timm"]
+    if compile_too:
+        out["ratio_compiled"] = out["effv2_compiled"] / out["timm_compiled"]
+    return out
+
+
+def timm_throughput(x: np.ndarray, labels: np.ndarray, device: str, timed, compile_too: bool) -> dict:
+    """timm's tf_efficientnetv2_s in a plain loop on the same batch: bfloat16 autocast, channels-last, SGD."""
+    import timm
+    import torch
+    import torch.nn.functional as F
+
     peer = timm.create_model("tf_efficientnetv2_s", pretrained=False).to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(peer.parameters(), lr=0.01, momentum=0.9)
     xt = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
@@ -137,12 +149,10 @@ def throughput(spec_name: str, size: int, batch: int, steps: int, device: str, c
         loss.backward()
         opt.step()
 
-    out["timm"] = timed(lambda: peer_step(peer))
-    out["ratio"] = out["effv2"] / out["timm"]
+    out = {"timm": timed(lambda: peer_step(peer))}
     if compile_too:
         compiled_peer = torch.compile(peer)
         out["timm_compiled"] = timed(lambda: peer_step(compiled_peer))
-        out["ratio_compiled"] = out["effv2_compiled"] / out["timm_compiled"]
     return out
 
 
@@ -162,7 +172,8 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
     result = {"device": device_name, "torch": torch.__version__, "spec": a.spec,
               "conformance": conformance(a.spec, a.check_size, a.device),
-              "throughput": throughput(a.spec, a.size, a.batch, a.steps, a.device, not a.no_compile), "size": a.size, "batch": a.batch}
+              "throughput": throughput(a.spec, a.size, a.batch, a.steps, a.device, not a.no_compile),
+              "size": a.size, "batch": a.batch}
     if a.json:
         print(json.dumps(result, indent=2))
         return

@@ -103,6 +103,38 @@ def plain_step(loop, resolved, args):
     return step, model, (params, rest, opt_state)
 
 
+def _timed(steps: dict, n: int) -> dict:
+    """Milliseconds of each callable, `n` times interleaved after three warm-up rounds."""
+    for _ in range(3):
+        for f in steps.values():
+            f()
+    wall = {name: [] for name in steps}
+    for _ in range(n):
+        for name, f in steps.items():
+            t = time.perf_counter()
+            f()
+            wall[name].append((time.perf_counter() - t) * 1000)
+    return wall
+
+
+def _row(args, st, plan, backend, wall: dict, first_trainer: float, first_plain: float) -> dict:
+    import jax
+
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    return {"spec": args.spec, "size": st.image_size, "batch": plan.batch_size, "dtype": args.dtype,
+            "precision": args.precision, "optimizer": args.optimizer,
+            "devices": len(backend.procs.devices), "platform": jax.devices()[0].platform,
+            "compile_s": round(backend.compile_seconds.get(f"{st.image_size}px", float("nan")), 2),
+            "first_step_s": round(first_trainer, 2), "plain_first_step_s": round(first_plain, 2),
+            "trainer_ms": round(med["trainer"], 2), "program_ms": round(med["program"], 2),
+            "plain_ms": round(med["plain"], 2),
+            "trainer_min_ms": round(min(wall["trainer"]), 2), "program_min_ms": round(min(wall["program"]), 2),
+            "plain_min_ms": round(min(wall["plain"]), 2),
+            "overhead_pct": round(100 * (med["trainer"] / med["plain"] - 1), 1),
+            "overhead_min_pct": round(100 * (min(wall["trainer"]) / min(wall["plain"]) - 1), 1),
+            "images_per_s": round(plan.batch_size / med["trainer"] * 1000, 1)}
+
+
 def run(args) -> list[dict]:
     import jax
 
@@ -149,29 +181,8 @@ def run(args) -> list[dict]:
                                                                          b.opt_state, b.ema, *resident)
             loss.block_until_ready()
 
-        for _ in range(3):
-            trainer()
-            program()
-            plain()
-        wall = {"trainer": [], "program": [], "plain": []}
-        for _ in range(args.steps):
-            for name, f in (("trainer", trainer), ("program", program), ("plain", plain)):
-                t = time.perf_counter()
-                f()
-                wall[name].append((time.perf_counter() - t) * 1000)
-        med = {k: statistics.median(v) for k, v in wall.items()}
-        rows.append({"spec": args.spec, "size": st.image_size, "batch": plan.batch_size, "dtype": args.dtype,
-                     "precision": args.precision, "optimizer": args.optimizer,
-                     "devices": len(backend.procs.devices), "platform": jax.devices()[0].platform,
-                     "compile_s": round(backend.compile_seconds.get(f"{st.image_size}px", float("nan")), 2),
-                     "first_step_s": round(first_trainer, 2), "plain_first_step_s": round(first_plain, 2),
-                     "trainer_ms": round(med["trainer"], 2), "program_ms": round(med["program"], 2),
-                     "plain_ms": round(med["plain"], 2),
-                     "trainer_min_ms": round(min(wall["trainer"]), 2), "program_min_ms": round(min(wall["program"]), 2),
-                     "plain_min_ms": round(min(wall["plain"]), 2),
-                     "overhead_pct": round(100 * (med["trainer"] / med["plain"] - 1), 1),
-                     "overhead_min_pct": round(100 * (min(wall["trainer"]) / min(wall["plain"]) - 1), 1),
-                     "images_per_s": round(plan.batch_size / med["trainer"] * 1000, 1)})
+        wall = _timed({"trainer": trainer, "program": program, "plain": plain}, args.steps)
+        rows.append(_row(args, st, plan, backend, wall, first_trainer, first_plain))
     return rows
 
 

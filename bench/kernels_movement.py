@@ -52,7 +52,7 @@ def shapes(batch: int, size: int):
 def load_modules(rev: str | None):
     """The kernel modules of revision `rev` (compiled from a temporary copy), or the working tree's."""
     if rev is None:
-        from effv2_reference.kernels import im2col, layout
+        from effv2_reference.kernels.network import im2col, layout
         return {"im2col": im2col, "layout": layout}
     tmp = tempfile.mkdtemp(prefix="kmove_")
     mods = {}
@@ -101,7 +101,7 @@ def _time(fn) -> float:
 
 
 def run(args):
-    from effv2_reference.kernels import set_num_threads
+    from effv2_reference.kernels.runtime.pool import set_num_threads
     set_num_threads(1)
     cur = load_modules(None)
     base = load_modules(args.baseline) if args.baseline else None

@@ -86,6 +86,7 @@ def data_throughput(size: int, magnitude: float, batch: int = 64, steps: int = 4
     from effv2_spec.presets import load
     from effv2_reference.data.loader import BatchLoader
     from effv2_reference.data.pipeline import StepData
+    from effv2_reference.data.sources import Dataset
     from effv2_reference.plan import TrainingPlan
 
     spec = load("efficientnetv2-s")
@@ -99,7 +100,7 @@ def data_throughput(size: int, magnitude: float, batch: int = 64, steps: int = 4
     images = np.random.default_rng(0).integers(0, 256, (n, 256, 256, 3), dtype=np.uint8)
     labels = np.arange(n) % spec.num_classes
     plan = TrainingPlan(spec, sched, config, n, seed=0)
-    data = StepData(plan, images, labels)
+    data = StepData(plan, Dataset(images, labels, spec.num_classes, "random"))
     resolved = plan.stage_resolved(plan.stage_at(0))
     out = {}
     t = time.perf_counter()
@@ -138,9 +139,11 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     s, d = result["step"], result["data"]
-    print(f"{args.spec} batch {args.batch} {args.size}x{args.size}, {args.threads} thread(s), load {result['load_1min']:.1f}")
+    print(f"{args.spec} batch {args.batch} {args.size}x{args.size}, {args.threads} thread(s), "
+          f"load {result['load_1min']:.1f}")
     print(f"  trainer step {s['trainer']['median_ms']:.1f} ms (min {s['trainer']['min_ms']:.1f}, max "
-          f"{s['trainer']['max_ms']:.1f}); plain loop {s['plain']['median_ms']:.1f} ms (min {s['plain']['min_ms']:.1f}, "
+          f"{s['trainer']['max_ms']:.1f}); plain loop {s['plain']['median_ms']:.1f} ms "
+          f"(min {s['plain']['min_ms']:.1f}, "
           f"max {s['plain']['max_ms']:.1f}); overhead {100 * s['overhead']:+.1f} %")
     print(f"  data at {args.data_size} px, RandAugment {args.magnitude:g}, mixup+cutmix: "
           f"{d['in_process_images_per_s']:.0f} images/s in process, {d['workers_1_images_per_s']:.0f} with 1 worker, "

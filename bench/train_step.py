@@ -47,7 +47,7 @@ def set_threads(n: int, retain_heap: bool = True):
     import torch
     torch.set_num_threads(n)
     limits = threadpool_limits(limits=n)
-    from effv2_reference.kernels import set_num_threads
+    from effv2_reference.kernels.runtime.pool import set_num_threads
     set_num_threads(n)
     return limits
 

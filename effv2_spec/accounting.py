@@ -60,7 +60,8 @@ def count(resolved: ResolvedModel) -> Accounting:
     for unit in resolved.units():
         units.append(UnitCount(unit.name, unit.kind, by_prefix.get(unit.name, 0), unit_macs(unit), unit_shape(unit)))
     c = resolved.classifier
-    units.append(UnitCount(c.name, "dense", by_prefix.get(c.name, 0), c.in_features * c.out_features, (c.out_features, 1, 1)))
+    units.append(UnitCount(c.name, "dense", by_prefix.get(c.name, 0), c.in_features * c.out_features,
+                           (c.out_features, 1, 1)))
     params = sum(p.numel for p in resolved.params if p.trainable)
     buffers = sum(p.numel for p in resolved.params if not p.trainable)
     total_units = sum(u.params for u in units)
@@ -72,7 +73,9 @@ def count(resolved: ResolvedModel) -> Accounting:
 def block_rows(resolved: ResolvedModel, acc: Accounting) -> list[dict]:
     """One row per stem / block / head / classifier with shapes, params and MACs."""
     per_unit = {u.name: u for u in acc.units}
-    rows = [_row("stem", "conv", resolved.stem.in_size, per_unit["stem"], resolved.input_channels, resolved.stem.out_channels, resolved.stem.stride)]
+    stem = resolved.stem
+    rows = [_row("stem", "conv", stem.in_size, per_unit["stem"], resolved.input_channels, stem.out_channels,
+                 stem.stride)]
     for b in resolved.blocks:
         params = sum(per_unit[layer.name].params for layer in b.layers)
         macs = sum(per_unit[layer.name].macs for layer in b.layers)
@@ -83,7 +86,8 @@ def block_rows(resolved: ResolvedModel, acc: Accounting) -> list[dict]:
             "in_shape": [b.in_channels, *b.in_size], "out_shape": [b.out_channels, *b.out_size],
             "params": params, "macs": macs,
         })
-    rows.append(_row("head", "conv", resolved.head.in_size, per_unit["head"], resolved.head.in_channels, resolved.head.out_channels, 1))
+    head = resolved.head
+    rows.append(_row("head", "conv", head.in_size, per_unit["head"], head.in_channels, head.out_channels, 1))
     c = per_unit["classifier"]
     rows.append({"name": "classifier", "type": "dense", "in_channels": resolved.classifier.in_features,
                  "out_channels": resolved.classifier.out_features, "params": c.params, "macs": c.macs,

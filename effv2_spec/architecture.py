@@ -171,7 +171,8 @@ class CompoundScaling(SpecModel):
         # the derived multipliers obey the bounds the explicit width and depth have
         for base, what in ((self.alpha, "depth"), (self.beta, "width")):
             if base**self.phi > 16.0:
-                raise ValueError(f"phi: gives {what} multiplier {base**self.phi:.4g} > 16 (the bound on scaling.{what})")
+                raise ValueError(f"phi: gives {what} multiplier {base**self.phi:.4g} > 16 "
+                                 f"(the bound on scaling.{what})")
         return self
 
 

@@ -53,6 +53,17 @@ def load_or_fail(loader, source: str):
         raise SpecInputError("\n".join(exc.lines(display_name(source)))) from None
 
 
+def resolve_or_fail(arch, image_size, option: str = "--image-size", prefix: str = ""):
+    """`resolve(arch, image_size)`, or a one-line SpecInputError naming `option` (the size rule lives in
+    resolve alone)."""
+    from .resolve import ImageSizeError, resolve
+
+    try:
+        return resolve(arch, image_size)
+    except ImageSizeError as exc:
+        raise SpecInputError(f"{prefix}{option}: {exc.rule}") from None
+
+
 def cannot_write(path, exc: OSError) -> SpecInputError:
     """One line for a failed output write: the path the user gave and the system's reason."""
     return SpecInputError(f"{display_name(path)}: cannot write ({exc.strerror or exc})")
@@ -84,7 +95,8 @@ def print_table(title: str, columns: list[str], rows: list[list], right_align: s
             table.add_row(*("" if v is None else str(v) for v in r))
         con.print(table)
         return
-    widths = [max(len(c), *(len("" if r[i] is None else str(r[i])) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
+    widths = [max(len(c), *(len("" if r[i] is None else str(r[i])) for r in rows)) if rows else len(c)
+              for i, c in enumerate(columns)]
     click.echo(title)
     click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for r in rows:

@@ -26,7 +26,8 @@ KINDS: dict[str, type[BaseModel]] = {
 }
 
 
-def field_names(model: type[BaseModel], prefix: str = "", out: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+def field_names(model: type[BaseModel], prefix: str = "",
+                out: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
     """Map each nested model path (as error paths print it) to its field names, for suggestions."""
     out = {} if out is None else out
     out.setdefault(prefix, []).extend(model.model_fields)
@@ -82,7 +83,8 @@ def _raw_document(text: str) -> dict:
 def _model_for(raw: dict) -> type[BaseModel]:
     kind = raw.get("kind", "architecture")
     if not isinstance(kind, str) or kind not in KINDS:
-        shown = repr(kind) if isinstance(kind, (str, int, float, bool)) or kind is None else f"a JSON {_json_type(kind)}"
+        scalar = isinstance(kind, (str, int, float, bool)) or kind is None
+        shown = repr(kind) if scalar else f"a JSON {_json_type(kind)}"
         if len(shown) > 60:
             shown = shown[:57] + "..."
         raise SpecError([("kind", f"must be one of {', '.join(KINDS)} (got {shown})")])

@@ -9,12 +9,57 @@ which is folded into the location here.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
+import typing
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 _REL_PATH = re.compile(r"^([A-Za-z_][\w]*(?:\[\d+\]|\.[A-Za-z_][\w]*)*): (.*)$", re.S)
-_UNION_TAGS = {"fused_mbconv", "mbconv", "sgd", "rmsprop", "exponential", "cosine", "constant"}
+
+
+def _unions(annotation, discriminator=None):
+    """(members, discriminator) of every discriminated union of models inside `annotation`
+    (through Annotated, Optional, list, ...), and the models met on the way."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        inner = next((m.discriminator for m in args[1:] if getattr(m, "discriminator", None)), discriminator)
+        return _unions(args[0], inner)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [], [annotation]
+    models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    found, seen = ([(tuple(models), discriminator)] if discriminator and len(models) > 1 else []), list(models)
+    for arg in args:
+        if arg not in models:
+            more, met = _unions(arg)
+            found += more
+            seen += met
+    return found, seen
+
+
+@functools.lru_cache(maxsize=None)
+def union_tags() -> dict[str, frozenset[str]]:
+    """Field name -> the tags of the discriminated union it holds ('optimizer' -> sgd, rmsprop, adamw),
+    read from the documents' annotations. Pydantic puts the tag in an error's location right after
+    that field (and its list index): ('optimizer', 'adamw', 'beta1'), ('stages', 2, 'mbconv', 'kernel')."""
+    from .architecture import ArchitectureSpec  # the documents import this module's callers, not it
+    from .schedule import ProgressiveSchedule
+    from .training import TrainingConfig
+
+    out: dict[str, set[str]] = {}
+    todo, done = [ArchitectureSpec, ProgressiveSchedule, TrainingConfig], set()
+    while todo:
+        model = todo.pop()
+        if model in done:
+            continue
+        done.add(model)
+        for name, info in model.model_fields.items():
+            unions, models = _unions(info.annotation, info.discriminator)
+            for members, key in unions:
+                for m in members:
+                    out.setdefault(name, set()).update(typing.get_args(m.model_fields[key].annotation))
+            todo += models
+    return {name: frozenset(tags) for name, tags in out.items()}
 
 
 class SpecError(Exception):
@@ -31,15 +76,17 @@ class SpecError(Exception):
 
 def format_loc(loc: tuple) -> str:
     out = ""
-    for i, part in enumerate(loc):
+    field = None  # the last field name: a tag right after it (or its index) is pydantic's, not the user's
+    for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
             continue
-        # drop the discriminated-union tag pydantic inserts after a list index
-        if part in _UNION_TAGS and i > 0 and isinstance(loc[i - 1], int):
+        if field is not None and part in union_tags().get(field, ()):
+            field = None
             continue
         if part.startswith("function-") or part.startswith("literal["):
             continue
+        field = part
         # a field name comes from the user's file: escape control characters (newlines, ANSI codes)
         out += ("." if out else "") + (part if part.isprintable() else repr(part))
     return out
@@ -51,7 +98,8 @@ def _join(path: str, rel: str) -> str:
     return path + rel if rel.startswith("[") else f"{path}.{rel}"
 
 
-def problems_from_validation(err: ValidationError, model_fields: dict[str, list[str]] | None = None) -> list[tuple[str, str]]:
+def problems_from_validation(err: ValidationError,
+                             model_fields: dict[str, list[str]] | None = None) -> list[tuple[str, str]]:
     """(path, rule) for every error in `err`, with near-name suggestions for unknown fields."""
     problems = []
     for e in err.errors(include_url=False):

@@ -215,13 +215,28 @@ def compound_image_size(spec: ArchitectureSpec, size: int) -> int:
     return int(round(size * compound.gamma**compound.phi))
 
 
+class ImageSizeError(ValueError):
+    """An image size the network cannot take. `rule` is the message without the field's name, so a
+    command names its own option: f"--image-size: {exc.rule}"."""
+
+    def __init__(self, rule: str):
+        super().__init__(f"image_size: {rule}")
+        self.rule = rule
+
+
 def resolve(spec: ArchitectureSpec, image_size: int | Size | None = None) -> ResolvedModel:
-    """Resolve `spec` at `image_size` (default: the spec's eval size, compound-scaled for V1)."""
+    """Resolve `spec` at `image_size` (default: the spec's eval size, compound-scaled for V1).
+
+    Raises ImageSizeError below the network's total stride (the rule the spec applies to its own
+    input sizes): every command that resolves at a user's size gets the check from here."""
     if image_size is None:
         image_size = compound_image_size(spec, spec.input.eval_image_size)
     size: Size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    shown = str(size[0]) if size[0] == size[1] else f"{size[0]} x {size[1]}"
     if min(size) < 1:
-        raise ValueError(f"image_size: must be >= 1 (got {size})")
+        raise ImageSizeError(f"must be >= 1 (got {shown})")
+    if min(size) < spec.total_stride:
+        raise ImageSizeError(f"must be >= the network's total stride {spec.total_stride} (got {shown})")
     return _Resolver(spec).run(size)
 
 
@@ -322,7 +337,8 @@ class _Resolver:
     def conv(self, name, cin, cout, k, stride, groups, act, size) -> ConvBN:
         out_size = (conv_output_size(size[0], k, stride), conv_output_size(size[1], k, stride))
         activation = self.spec.conventions.activation if act else None
-        unit = ConvBN(name, cin, cout, k, stride, groups, activation, tuple(size), out_size, slot=name.rsplit(".", 1)[-1])
+        unit = ConvBN(name, cin, cout, k, stride, groups, activation, tuple(size), out_size,
+                      slot=name.rsplit(".", 1)[-1])
         init = self.spec.conventions.init
         depthwise = groups > 1
         # TF sees a depthwise kernel as (k, k, C, 1): fan_out = k*k; PyTorch's kaiming sees C*k*k

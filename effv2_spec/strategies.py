@@ -18,16 +18,56 @@ element-wise strategies, which keeps shrinking fast.
 from __future__ import annotations
 
 import copy
-from typing import Any
+import types
+import typing
+from typing import Any, Literal
 
 import numpy as np
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
-from .architecture import ArchitectureSpec
+from .architecture import ArchitectureSpec, Conventions
 from .documents import parse_obj
 from .schedule import REGULARIZER_BOUNDS, ProgressiveSchedule
 
-ACTIVATIONS = ("silu", "relu", "relu6", "hard_swish")
+
+def literal_values(annotation) -> tuple | None:
+    """The values a Literal field takes (None too when it is optional), or None for any other type."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return args
+    if origin in (typing.Union, types.UnionType) and all(a is type(None) or typing.get_origin(a) is Literal
+                                                          for a in args):
+        return tuple(v for a in args for v in ((None,) if a is type(None) else typing.get_args(a)))
+    return None
+
+
+ACTIVATIONS = literal_values(Conventions.model_fields["activation"].annotation)
+
+#: the values drawn for the conventions' numeric fields; every Literal field is drawn from its annotation
+NUMERIC_CONVENTIONS = {"batch_norm.eps": (1e-3, 1e-5, 0.01), "batch_norm.momentum": (0.1, 0.01, 0.5, 1.0),
+                       "stochastic_depth.rate": (0.0, 0.2, 0.5)}
+
+
+def _field_draws(model: type[BaseModel], prefix: str = "") -> dict[str, st.SearchStrategy]:
+    """One strategy per field of `model`: a Literal's every value (its default first, where shrinking goes),
+    a nested model's fields, or NUMERIC_CONVENTIONS. A field with none of these stops the import, so a new
+    convention cannot go undrawn."""
+    out = {}
+    for name, info in model.model_fields.items():
+        path, values = prefix + name, literal_values(info.annotation)
+        if values is not None:
+            out[name] = st.sampled_from(sorted(values, key=lambda v: v != info.default))
+        elif isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            out[name] = st.fixed_dictionaries(_field_draws(info.annotation, path + "."))
+        elif path in NUMERIC_CONVENTIONS:
+            out[name] = st.sampled_from(NUMERIC_CONVENTIONS[path])
+        else:
+            raise TypeError(f"conventions.{path}: no values to draw; add them to NUMERIC_CONVENTIONS")
+    return out
+
+
+_CONVENTIONS = st.fixed_dictionaries(_field_draws(Conventions))
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -40,29 +80,7 @@ def conventions(draw, *, official: bool = False) -> dict[str, Any]:
     """A `conventions` object: official google/automl values, or any legal combination."""
     if official:
         return {}
-    return {
-        "padding": draw(st.sampled_from(["tf_same", "symmetric"])),
-        "batch_norm": {
-            "eps": draw(st.sampled_from([1e-3, 1e-5, 0.01])),
-            "momentum": draw(st.sampled_from([0.1, 0.01, 0.5, 1.0])),
-            "running_var": draw(st.sampled_from(["biased", "unbiased"])),
-        },
-        "activation": draw(st.sampled_from(ACTIVATIONS)),
-        "se": {
-            "width_rule": draw(st.sampled_from(["int", "round", "divisible"])),
-            "base": draw(st.sampled_from(["block_input", "expanded"])),
-            "activation": draw(st.sampled_from([None, "silu", "relu"])),
-            "gate": draw(st.sampled_from(["sigmoid", "hard_sigmoid"])),
-        },
-        "fused_expand1": draw(st.sampled_from(["single_conv", "expand_project"])),
-        "stochastic_depth": {"rate": draw(st.sampled_from([0.0, 0.2, 0.5]))},
-        "init": {
-            "conv": draw(st.sampled_from(["normal_fan_out", "truncated_normal_fan_out"])),
-            "depthwise_fan_out": draw(st.sampled_from(["kernel_area", "channels_times_kernel_area"])),
-            "dense": draw(st.sampled_from(["uniform_fan_out", "normal_0.001"])),
-            "se": draw(st.sampled_from(["conv_fan_out", "normal_0.001"])),
-        },
-    }
+    return draw(_CONVENTIONS)
 
 
 @st.composite
@@ -154,10 +172,11 @@ def schedule_dicts(draw, *, max_stages: int = 12, max_steps: int = 200_000) -> d
         "effv2_spec_version": "1.0",
         "kind": "progressive_schedule",
         "name": "hypothesis",
-        "convention": draw(st.sampled_from(["paper", "automl"])),
+        "convention": draw(st.sampled_from(literal_values(ProgressiveSchedule.model_fields["convention"].annotation))),
         "total_steps": n,
         "num_stages": m,
-        "image_size": {"start": start, "end": end, "multiple": draw(st.sampled_from([m for m in (1, 8, 16) if m <= end]))},
+        "image_size": {"start": start, "end": end,
+                       "multiple": draw(st.sampled_from([m for m in (1, 8, 16) if m <= end]))},
         "regularizers": regs,
     }
 

@@ -1,4 +1,5 @@
-"""Evaluation data, streamed batch by batch: a one-folder-per-class tree or an `.npz` file.
+"""Evaluation data, streamed batch by batch: a one-folder-per-class tree, Parquet shards or an `.npz` file
+(a data set laid out with its splits, ROOT/train + ROOT/val or train-* + validation-* shards: its validation split).
 
 Memory is bounded by the batch: a folder is read file by file; an `.npz` member is read row
 by row from the zip stream (compressed or not), never loaded whole. Every image goes through
@@ -152,20 +153,81 @@ class NpzSource:
                 yield Batch(np.stack(out), self.labels[start:start + m])
 
 
+class ShardSource:
+    """Parquet shards (a folder of them, its validation-* shards when it has train-* ones too, or a glob)."""
+
+    def __init__(self, pattern: str, spec: ArchitectureSpec):
+        from .data.errors import DataError
+        from .data.parquet_source import ParquetSource
+
+        try:
+            self.source = ParquetSource.from_pattern(pattern, num_classes=spec.num_classes,
+                                                     channels=spec.input.channels)
+        except DataError as exc:
+            raise EvalDataError(str(exc)) from None
+        self.name, self.spec = pattern, spec
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def batches(self, batch: int, size: int) -> Iterator[Batch]:
+        from .data.errors import DataError
+
+        how, channels = self.spec.input.eval_preprocessing, self.spec.input.channels
+        for start in range(0, len(self.source), batch):
+            images, labels, skipped = [], [], []
+            for i in range(start, min(start + batch, len(self.source))):
+                try:
+                    images.append(self.source.eval_pixels(i, size, how))
+                    labels.append(int(self.source.labels[i]))
+                except DataError as exc:  # named by shard and row, skipped and counted like a bad file
+                    skipped.append(str(exc))
+            empty = np.zeros((0, size, size, channels), np.uint8)
+            yield Batch(np.stack(images) if images else empty, np.asarray(labels, np.int64), skipped)
+
+
+#: a data set's own validation split: ROOT/<name>/ next to ROOT/train/, or <name>-*.parquet next to train-*
+_VALIDATION = ("val", "validation")
+
+
+def _validation_split(p: Path) -> str | None:
+    """The evaluation part of a data set laid out with its splits (ImageNet's val/, the hub's shards)."""
+    names = {f.name for f in p.iterdir()}
+    if "train" in names:
+        for v in _VALIDATION:
+            if v in names and (p / v).is_dir():
+                return str(p / v)
+    shards = [n for n in names if n.endswith(".parquet")]
+    if shards:
+        for v in _VALIDATION:
+            if any(n.startswith(f"{v}-") for n in shards):
+                return str(p / f"{v}-*.parquet")
+        return str(p / "*.parquet")
+    return None
+
+
 def open_source(data: str | os.PathLike, spec: ArchitectureSpec, mapping_file=None):
-    """A FolderSource or NpzSource by what `data` is."""
+    """A FolderSource, ShardSource or NpzSource by what `data` is (a data set with splits: its validation split)."""
+    import glob
+
     if not str(data):
         raise EvalDataError("--data '': an empty path names no file or folder")
+    if glob.has_magic(str(data)) or str(data).endswith(".parquet"):
+        return ShardSource(str(data), spec)
     p = Path(data)
     if p.is_dir():
-        return FolderSource(p, spec, mapping_file)
+        split = _validation_split(p)
+        if split is not None and split.endswith(".parquet"):
+            return ShardSource(split, spec)
+        return FolderSource(Path(split) if split else p, spec, mapping_file)
     if not p.exists():
-        raise EvalDataError(f"{data}: no such file or folder (use an image folder or an .npz file)")
+        raise EvalDataError(f"{data}: no such file or folder (use an image folder, Parquet shards or an .npz file)")
     if not p.is_file():  # a FIFO or a device would block or never end
-        raise EvalDataError(f"{data}: not a regular file or folder (use an image folder or an .npz file)")
+        raise EvalDataError(f"{data}: not a regular file or folder (use an image folder, Parquet shards "
+                            "or an .npz file)")
     if mapping_file is not None:
         raise EvalDataError(f"{data}: --class-index applies to image folders, not to .npz files")
     return NpzSource(p, spec)
 
 
-__all__ = ["EvalDataError", "Batch", "FolderSource", "NpzSource", "open_source"]
+__all__ = ["EvalDataError", "Batch", "FolderSource", "NpzSource", "ShardSource", "open_source"]

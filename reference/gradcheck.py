@@ -19,6 +19,28 @@ class GradcheckError(AssertionError):
     """Analytic and numeric gradients disagree."""
 
 
+def _central_differences(name: str, x: np.ndarray, grad, loss: Callable[[], float], eps: float,
+                         max_entries: int | None, rng: np.random.Generator, label: str):
+    """(name, shape, entries, analytic, numeric) of one tensor: its chosen entries perturbed in place by +-eps."""
+    grad = np.asarray(grad, dtype=np.float64)
+    if grad.shape != x.shape:
+        raise GradcheckError(f"{label}{name}: analytic gradient shape {grad.shape} != input shape {x.shape}")
+    flat = x.reshape(-1)  # a view: perturbing it perturbs the caller's array
+    idx = np.arange(flat.size)
+    if max_entries is not None and flat.size > max_entries:
+        idx = np.sort(rng.choice(flat.size, max_entries, replace=False))
+    numeric = np.empty(idx.size)
+    for k, i in enumerate(idx):
+        old = flat[i]
+        flat[i] = old + eps
+        up = loss()
+        flat[i] = old - eps
+        down = loss()
+        flat[i] = old
+        numeric[k] = (up - down) / (2 * eps)
+    return name, x.shape, idx, grad.reshape(-1)[idx], numeric
+
+
 def gradcheck(f: Callable[[dict], np.ndarray], inputs: Mapping[str, np.ndarray],
               analytic: Callable[[dict, np.ndarray], Mapping[str, np.ndarray]], *, eps: float = 1e-5,
               rtol: float = 1e-6, max_entries: int | None = None, floor: float = 1e-3, seed: int = 0,
@@ -44,26 +66,8 @@ def gradcheck(f: Callable[[dict], np.ndarray], inputs: Mapping[str, np.ndarray],
     def loss() -> float:
         return float(np.sum(np.asarray(f(inputs), dtype=np.float64) * proj))
 
-    results = []
-    for name, grad in grads.items():
-        x = inputs[name]
-        grad = np.asarray(grad, dtype=np.float64)
-        if grad.shape != x.shape:
-            raise GradcheckError(f"{label}{name}: analytic gradient shape {grad.shape} != input shape {x.shape}")
-        flat = x.reshape(-1)  # a view: perturbing it perturbs the caller's array
-        idx = np.arange(flat.size)
-        if max_entries is not None and flat.size > max_entries:
-            idx = np.sort(rng.choice(flat.size, max_entries, replace=False))
-        numeric = np.empty(idx.size)
-        for k, i in enumerate(idx):
-            old = flat[i]
-            flat[i] = old + eps
-            up = loss()
-            flat[i] = old - eps
-            down = loss()
-            flat[i] = old
-            numeric[k] = (up - down) / (2 * eps)
-        results.append((name, x.shape, idx, grad.reshape(-1)[idx], numeric))
+    results = [_central_differences(name, inputs[name], grad, loss, eps, max_entries, rng, label)
+               for name, grad in grads.items()]
     # a tensor whose true gradient is ~0 (e.g. a BN shift that the next train-mode BN cancels)
     # is judged against `floor` times the largest gradient anywhere, not against its own noise
     top = max((np.abs(r[4]).max(initial=0.0) for r in results), default=0.0)
@@ -76,7 +80,8 @@ def gradcheck(f: Callable[[dict], np.ndarray], inputs: Mapping[str, np.ndarray],
         if errors[name] > rtol:
             worst = int(np.argmax(diff))
             entry = np.unravel_index(idx[worst], shape)
-            failures.append(f"{label}{name} grad: max rel err {errors[name]:.2e} > {rtol:.0e} at {tuple(map(int, entry))}"
+            failures.append(f"{label}{name} grad: max rel err {errors[name]:.2e} > {rtol:.0e} at "
+                            f"{tuple(map(int, entry))}"
                             f" (analytic {ana[worst]:.10g} vs numeric {numeric[worst]:.10g})")
     if failures:
         raise GradcheckError("; ".join(failures))

@@ -40,13 +40,8 @@ from numpy.random.bit_generator import ISeedSequence
 
 from .kernel_gate import kernel_if_numba_loaded
 
-# NumPy's SeedSequence constants (kernels/seedseq.py takes them from here)
-_MASK = 0xFFFFFFFF
-_POOL = 4
-_SHIFT = 16
-_INIT_A, _MULT_A = 0x43B0D7E5, 0x931E8875
-_INIT_B, _MULT_B = 0x8B51F9DD, 0x58F38DED
-_MIX_L, _MIX_R = 0xCA01F9DD, 0x4973F715
+from .seedseq_constants import INIT_A as _INIT_A, INIT_B as _INIT_B, MASK as _MASK, MIX_L as _MIX_L, MIX_R as _MIX_R
+from .seedseq_constants import MULT_A as _MULT_A, MULT_B as _MULT_B, POOL as _POOL, SHIFT as _SHIFT
 
 
 class _Key(ISeedSequence):

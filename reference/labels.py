@@ -96,7 +96,8 @@ def class_index(folders: list[str], num_classes: int, mapping_file: str | os.Pat
                 raise LabelError(f"{mapping_file}: not a readable JSON class-index file ({exc})") from None
             except RecursionError:
                 raise LabelError(f"{mapping_file}: JSON nested too deeply to be a class-index file") from None
-            if not isinstance(raw, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw.values()):
+            if not isinstance(raw, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                    for v in raw.values()):
                 raise LabelError(f"{mapping_file}: must be a JSON object mapping folder names to integer class indices")
             mapping = {str(k): int(v) for k, v in raw.items()}
         else:

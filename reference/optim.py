@@ -29,7 +29,7 @@ import numpy as np
 from effv2_spec.resolve import ResolvedModel
 from effv2_spec.training import SGD, AdamW, RMSProp, TrainingConfig
 
-from .kernels.sgd import sgd_momentum_kernel, sgd_momentum_segments_kernel
+from .kernels.network.sgd import sgd_momentum_kernel, sgd_momentum_segments_kernel
 from .recipe import clip_factor, decayed_names
 
 

@@ -37,7 +37,7 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
-from .kernels.fence import fence, poll_all_reached, publish_and_poll
+from .kernels.runtime.fence import fence, publish_and_poll
 
 T = TypeVar("T")
 

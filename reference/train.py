@@ -23,8 +23,8 @@ from effv2_spec.resolve import ResolvedModel
 from effv2_spec.schedule import ProgressiveSchedule
 from effv2_spec.training import TrainingConfig
 
-from .data.pipeline import to_input
-from .data.sources import Dataset
+from .data.pipeline import eval_input
+from .data.sources import Source
 from .ema import WeightEMA
 from .model import ReferenceModel
 from .ops.loss import softmax_cross_entropy
@@ -37,11 +37,11 @@ from .trainloop import EVAL_BATCH, ProgressiveLoop, TrainingDiverged, TrainResul
 
 
 # ---- evaluation of a bare model ----------------------------------------------------------------
-def evaluate(model: ReferenceModel, data: Dataset, size: int) -> float:
+def evaluate(model: ReferenceModel, data: Source, size: int) -> float:
     """Top-1 accuracy of eval-mode forwards (running BN statistics) at size x size."""
     correct = 0
     for i in range(0, len(data), EVAL_BATCH):
-        x = to_input(data.images[i:i + EVAL_BATCH], size, model.resolved, model.dtype)
+        x = eval_input(data, i, min(i + EVAL_BATCH, len(data)), size, model.resolved, model.dtype)
         logits = model.forward(x, training=False)
         correct += int((logits.argmax(axis=1) == data.labels[i:i + EVAL_BATCH]).sum())
     return correct / max(len(data), 1)
@@ -61,7 +61,7 @@ def swapped_in(model: ReferenceModel, tensors: Mapping[str, np.ndarray] | None):
         model.load_state_dict(saved)
 
 
-def evaluate_with(model: ReferenceModel, tensors: dict[str, np.ndarray] | None, data: Dataset, size: int) -> float:
+def evaluate_with(model: ReferenceModel, tensors: dict[str, np.ndarray] | None, data: Source, size: int) -> float:
     """Accuracy with `tensors` (e.g. the EMA shadow) swapped in, the model's own state restored after."""
     with swapped_in(model, tensors):
         return evaluate(model, data, size)
@@ -156,7 +156,7 @@ class Trainer(ProgressiveLoop):
     `effv2 train --nproc N`; replicas.py); each then computes its shard of every batch."""
 
     def __init__(self, spec: ArchitectureSpec, schedule: ProgressiveSchedule, config: TrainingConfig,
-                 train_data: Dataset, heldout: Dataset, *, seed: int = 0, dtype: str = "float32",
+                 train_data: Source, heldout: Source, *, seed: int = 0, dtype: str = "float32",
                  out_dir: str | Path | None = None, checkpoint_every: int | None = 100,
                  eval_size: int | None = None, workers: int = 0, init_from=None, replica=None, log_every: int = 10,
                  tensorboard: bool = False, eval_every: int = 0):
@@ -179,8 +179,8 @@ class Trainer(ProgressiveLoop):
         return self.backend.ema
 
 
-def train(spec: ArchitectureSpec, schedule: ProgressiveSchedule, config: TrainingConfig, train_data: Dataset,
-          heldout: Dataset, *, seed: int = 0, dtype: str = "float32", out_dir: str | Path | None = None,
+def train(spec: ArchitectureSpec, schedule: ProgressiveSchedule, config: TrainingConfig, train_data: Source,
+          heldout: Source, *, seed: int = 0, dtype: str = "float32", out_dir: str | Path | None = None,
           resume: bool = False, checkpoint_every: int | None = 100, on_step=None, on_stage=None,
           workers: int = 0, processes: int = 1, timeout_s: float = 600.0) -> TrainResult:
     """Train `spec` on `train_data` by `schedule` and `config`; evaluate on `heldout` after each stage.

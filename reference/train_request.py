@@ -1,16 +1,135 @@
-"""The checks and loads of `effv2 train` that come before any training: which options go with which
-framework, the `--init-from` weights, the oracle's process count; and the run's closing report.
+"""`effv2 train`'s request: its options as one object, checked (which options go with which framework,
+--steps or --epochs, ...), and the documents it names with the options' changes; then the other loads
+and checks that come before any training (the `--init-from` weights, the oracle's process count) and
+the run's closing report.
 
-Kept apart from cli_train.py so that the command reads as parse -> check -> load -> launch -> report.
+Kept apart from cli_train.py so that the command reads as request -> setup -> launch -> report.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 
 import click
 
-from effv2_spec.console import SpecInputError, echo_json
+from effv2_spec.console import SpecInputError, echo_json, load_or_fail
+from effv2_spec.documents import load_architecture, load_schedule, load_training, parse_obj
+from effv2_spec.errors import SpecError
+
+
+@dataclass
+class TrainRequest:
+    """Every option of `effv2 train`, as click parses them (names as in cli_train's decorators)."""
+
+    spec_source: str
+    schedule_source: str
+    training_source: str
+    data_source: str
+    out_dir: str | None
+    resume: bool
+    overwrite: bool
+    seed: int
+    steps: int | None
+    epochs: float | None
+    dtype: str
+    checkpoint_every: int
+    threads: int
+    workers: int | None
+    nproc: int | None
+    init_from: str | None
+    num_classes: int | None
+    frozen_bn: bool
+    eval_size: int | None
+    stop_at: int | None
+    framework: str
+    device: str | None
+    precision: str
+    channels_last: bool
+    compile_: bool
+    timeout_s: float
+    coordinator: str | None
+    num_processes: int | None
+    process_id: int | None
+    as_json: bool
+    log_every: int = 10
+    tensorboard: bool = False
+    eval_every: int = 0
+    val_data: str | None = None
+
+    def check(self) -> None:
+        """Options that exclude each other: usage errors (exit 2)."""
+        if self.steps is not None and self.epochs is not None:
+            raise click.UsageError("give at most one of --steps and --epochs")
+        if self.resume and self.overwrite:
+            raise click.UsageError("give at most one of --resume and --overwrite")
+
+    def check_framework(self, cores: int) -> None:
+        """Options that belong to another framework, or more processes than cores: usage errors."""
+        check_framework_options(self.framework, nproc=self.nproc, workers=self.workers, cores=cores,
+                                device=self.device, precision=self.precision, channels_last=self.channels_last,
+                                compile_=self.compile_, coordinator=self.coordinator,
+                                num_processes=self.num_processes, process_id=self.process_id)
+
+    def documents(self):
+        """(spec, schedule, training config) with --num-classes, --steps / --epochs and --frozen-bn applied."""
+        spec = load_or_fail(load_architecture, self.spec_source)
+        sched = _override_length(load_or_fail(load_schedule, self.schedule_source), self.schedule_source,
+                                 self.steps, self.epochs)
+        config = load_or_fail(load_training, self.training_source)
+        if self.num_classes is not None:
+            spec = _with_changes(spec, self.spec_source, "--num-classes", num_classes=self.num_classes)
+        if self.frozen_bn:
+            config = _with_changes(config, self.training_source, "--frozen-bn",
+                                   batch_norm=dict(config.batch_norm.model_dump(mode="json"), mode="frozen"))
+        if self.eval_size is not None:  # resolve() holds the size rule (at least the total stride)
+            from effv2_spec.resolve import ImageSizeError, resolve
+
+            try:
+                resolve(spec, self.eval_size)
+            except ImageSizeError as exc:
+                raise click.BadParameter(str(exc).removeprefix("image_size: "), param_hint="'--eval-size'") from None
+        return spec, sched, config
+
+    def framework_options(self) -> dict:
+        """What an adapter's `trainer` is given: the common options and each built-in framework's own."""
+        return dict(dtype=self.dtype, device=self.device, precision=self.precision, timeout_s=self.timeout_s,
+                    channels_last=self.channels_last, compile=self.compile_, coordinator=self.coordinator,
+                    num_processes=self.num_processes, process_id=self.process_id)
+
+    def writer_rank(self) -> int:
+        """This process's rank among the run's processes on a shared --out (only rank 0 locks and writes it)."""
+        if self.framework == "reference":
+            return 0
+        if self.framework == "jax" and self.process_id is not None:
+            return self.process_id
+        text = os.environ.get("JAX_PROCESS_ID" if self.framework == "jax" else "RANK", "0").strip()
+        return int(text) if text.isdigit() else 0
+
+
+def _override_length(sched, source: str, steps: int | None, epochs: float | None):
+    """The schedule with total_steps / total_epochs replaced (stages capped at the new step count)."""
+    if steps is None and epochs is None:
+        return sched
+    doc = json.loads(sched.model_dump_json())
+    doc["total_steps"], doc["total_epochs"] = steps, epochs
+    if steps is not None:
+        doc["num_stages"] = min(doc["num_stages"], steps)
+    try:
+        return parse_obj(doc)
+    except SpecError as exc:
+        raise SpecInputError("\n".join(exc.lines(f"{source} (with --steps/--epochs)"))) from None
+
+
+def _with_changes(doc, source: str, option: str, **changes):
+    """`doc` with top-level fields replaced, validated again as a document."""
+    data = json.loads(doc.model_dump_json())
+    data.update(changes)
+    try:
+        return parse_obj(data)
+    except SpecError as exc:
+        raise SpecInputError("\n".join(exc.lines(f"{source} (with {option})"))) from None
 
 
 def check_framework_options(framework: str, *, nproc, workers, cores: int, device, precision, channels_last,
@@ -66,7 +185,7 @@ def oracle_world(spec, sched, config, num_train: int, seed: int, nproc, *, cores
     """How many oracle processes share the batch: --nproc, else `auto_processes(plan)`; a count that cannot
     split the batch or its BN groups is one line."""
     from .plan import PlanError, TrainingPlan
-    from .train import batch_norm_layout
+    from .recipe import batch_norm_layout
 
     try:
         plan = TrainingPlan(spec, sched, config, num_train, seed=seed)

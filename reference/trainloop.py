@@ -33,8 +33,8 @@ from effv2_spec.weights import save_weights
 
 from .checkpoint import FILENAME, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .data.loader import BatchLoader
-from .data.pipeline import StepData, to_input
-from .data.sources import Dataset
+from .data.pipeline import StepData, eval_input
+from .data.sources import Source
 from .init import initial_tensors
 from .plan import PlanError, TrainingPlan
 from .record import RunRecord, run_header
@@ -136,7 +136,7 @@ class ProgressiveLoop:
     """
 
     def __init__(self, spec: ArchitectureSpec, schedule: ProgressiveSchedule, config: TrainingConfig,
-                 train_data: Dataset, heldout: Dataset, make_backend: Callable[[TrainingPlan, dict], TrainingBackend],
+                 train_data: Source, heldout: Source, make_backend: Callable[[TrainingPlan, dict], TrainingBackend],
                  *, seed: int = 0, dtype: str = "float32", out_dir: str | Path | None = None,
                  checkpoint_every: int | None = 100, eval_size: int | None = None, workers: int = 0,
                  init_from: tuple[str, Mapping[str, np.ndarray]] | None = None, log_every: int = 10,
@@ -165,7 +165,7 @@ class ProgressiveLoop:
         # metrics.jsonl (record.py): output only, nothing the run computes reads it
         self.record = RunRecord(self.out_dir if self.writes else None, log_every=log_every,
                                 tensorboard_files=tensorboard)
-        self.data = StepData(self.plan, train_data.images, train_data.labels)
+        self.data = StepData(self.plan, train_data)
         self.workers = int(workers)
         self.eval_every = int(eval_every)  # held-out `eval` lines inside stages (0: stage ends only)
         self.step = 0
@@ -194,11 +194,11 @@ class ProgressiveLoop:
                 "init_from": self.init_from, "data": self._data_id()}
 
     def _data_id(self) -> dict:
-        """Sizes and a digest of the images and labels, so a resume on other data is refused."""
+        """Sizes and a digest of the data sets (pixels in memory, file lists and labels on disk), so a resume
+        on other data is refused."""
         h = hashlib.sha256()
         for d in (self.train_data, self.heldout):
-            h.update(np.ascontiguousarray(d.images).tobytes())
-            h.update(d.labels.astype("<i8").tobytes())
+            h.update(d.fingerprint().encode())
         return {"train": len(self.train_data), "heldout": len(self.heldout), "sha256": h.hexdigest()[:16]}
 
     def save(self) -> None:
@@ -265,7 +265,7 @@ class ProgressiveLoop:
         sums = np.zeros(3)  # top-1 rows, top-5 rows, loss
         for i in range(lo, hi, EVAL_BATCH):
             j = min(i + EVAL_BATCH, hi)
-            x = to_input(self.heldout.images[i:j], size, self.base, np.dtype(self.dtype))
+            x = eval_input(self.heldout, i, j, size, self.base, np.dtype(self.dtype))
             sums += _scores(self.backend.logits(x, use_ema=use_ema), self.heldout.labels[i:j])
         total = self.backend.all_sum(sums)
         return {"top1": int(total[0]) / max(n, 1), "top5": int(total[1]) / max(n, 1), "loss": total[2] / max(n, 1)}

@@ -6,6 +6,7 @@ EFFV2_HYPOTHESIS_PROFILE=thorough or pytest --hypothesis-profile=thorough.
 """
 
 import os
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -26,6 +27,10 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("EFFV2_HYPOTHESIS_PROFILE", "ci"))
+
+# folder indexes (effv2_reference.data.folder_index) of the tests' temporary trees go to a temporary cache,
+# set before any test or subprocess starts, so the suite never writes into the user's ~/.cache
+os.environ["EFFV2_CACHE_DIR"] = tempfile.mkdtemp(prefix="effv2-test-cache-")
 
 
 def pytest_runtest_makereport(item, call):

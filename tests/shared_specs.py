@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from effv2_spec.architecture import ArchitectureSpec
 from effv2_spec.documents import parse_obj
+from effv2_spec.resolve import InitRule, ResolvedModel
 
 
 def tiny_spec(**conventions) -> ArchitectureSpec:
@@ -24,3 +27,13 @@ def tiny_spec(**conventions) -> ArchitectureSpec:
         "conventions": {"stochastic_depth": {"rate": 0.4}, **conventions},
     }
     return parse_obj(doc, ArchitectureSpec)
+
+
+def constant_inits_flipped(resolved: ResolvedModel) -> ResolvedModel:
+    """`resolved` with every constant init rule flipped (ones <-> zeros: zero-gamma BN as timm's
+    `zero_init_last`, unit biases, zero running means swapped for ones ...): what an init convention
+    changes. No spec field sets these yet, so the table is edited where resolve would write it."""
+    flip = {"ones": "zeros", "zeros": "ones"}
+    params = tuple(dataclasses.replace(p, init=InitRule(flip[p.init.kind])) if p.init.kind in flip else p
+                   for p in resolved.params)
+    return dataclasses.replace(resolved, params=params, _by_name={p.name: p for p in params})

@@ -59,7 +59,8 @@ def test_tolerances_are_the_design_numbers():
 # ---- bad input through the CLI: clear message, exit 1, no traceback ---------------------------------
 @pytest.mark.parametrize("args,message", [
     (["check", "no-such-preset", "--framework", "torch"], "no such file or preset"),
-    (["check", "efficientnetv2-nano", "--framework", "torch", "--image-size", "3"], "total stride"),
+    (["check", "efficientnetv2-nano", "--framework", "torch", "--image-size", "3"],
+     "--image-size: must be >= the network's total stride 8 (got 3)"),
     (["check", "{bad}", "--framework", "torch"], "stages[0].kernel: must be odd"),
 ])
 def test_check_cli_bad_input(tmp_path, args, message):
@@ -84,7 +85,8 @@ def test_check_cli_framework_not_installed(monkeypatch):
 
 def test_generate_cli_bad_input(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(main, ["generate", "efficientnetv2-nano", "--framework", "mxnet", "-o", str(tmp_path / "m.py")])
+    result = runner.invoke(main, ["generate", "efficientnetv2-nano", "--framework", "mxnet",
+                                  "-o", str(tmp_path / "m.py")])
     assert result.exit_code == 2 and "unknown framework" in result.output  # a usage error
     result = runner.invoke(main, ["generate", "nope", "--framework", "torch"])
     assert result.exit_code == 1 and "no such file or preset" in result.output
@@ -192,7 +194,7 @@ def test_the_adapter_protocol_is_checked_at_runtime():
     for name in ("reference", "torch"):
         adapter = get_adapter(name)
         assert isinstance(adapter, Adapter), name
-    assert capabilities(get_adapter("torch")) == {"optimizer", "source"}
+    assert capabilities(get_adapter("torch")) == {"optimizer", "source", "training"}
     assert capabilities(get_adapter("reference")) == {"optimizer"}
     assert not isinstance(object(), Adapter)
     with pytest.raises(CheckError, match="not an effv2 adapter: it lacks name, build, forward"):
@@ -224,7 +226,7 @@ def test_cli_check_exit_codes():
     ok = runner.invoke(main, [*base, "--framework", "torch", "--json"])
     assert ok.exit_code == 0, ok.output
     data = json.loads(ok.output)
-    assert data["passed"] and data["framework"] == "torch" and data["baseline"] == "torch" and data["dtype"] == "float64"
+    assert data["passed"] and (data["framework"], data["baseline"], data["dtype"]) == ("torch", "torch", "float64")
     table = runner.invoke(main, [*base, "--framework", "torch", "--checks", "eval_logits,gradients"])
     assert table.exit_code == 0 and "PASS" in table.output and "gradients" in table.output
     bad = runner.invoke(main, [*base, "--framework", "test_check_harness:WrongEval", "--checks", "eval_logits"])
@@ -248,7 +250,8 @@ def test_check_error_for_impossible_requests():
         run_check(_spec(), "effv2_adapters.oracle:Nope", image_size=32)
 
 
-@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 34913012224 bytes.")])
+@pytest.mark.parametrize("error", [MemoryError(),
+                                   RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 34913012224 bytes.")])
 def test_cli_check_reports_a_framework_failure_in_one_line(monkeypatch, error):
     def failing(*args, **kwargs):
         raise error

@@ -243,7 +243,8 @@ def test_eval_reports_the_accuracy_known_in_advance(setup, folder):
     assert (out["images"], out["top1"], out["top5"], out["skipped"]) == (11, top1, top5, [])
     assert out["images_per_s"] > 0
     text = run("eval", spec_path, "-w", weights, "--data", data)
-    assert text.exit_code == 0 and f"top-1 {100 * top1:.2f}%" in text.output and f"top-5 {100 * top5:.2f}%" in text.output
+    assert text.exit_code == 0
+    assert f"top-1 {100 * top1:.2f}%" in text.output and f"top-5 {100 * top5:.2f}%" in text.output
 
 
 def test_eval_on_npz_streams_the_same_images(setup, folder, tmp_path):
@@ -328,7 +329,8 @@ def test_bad_input_is_one_line_and_exit_1(setup, folder, tmp_path):
     one_line_exit_1(run("eval", tmp_path / "sym.json", "-w", weights, "--data", data),
                     "conventions.padding", "tf_same", "symmetric")
     # preprocessing-only differences are fine: same network
-    same = parse_obj(small_spec(name="same-net", input={**small_spec()["input"], "eval_image_size": 32}), ArchitectureSpec)
+    same = parse_obj(small_spec(name="same-net", input={**small_spec()["input"], "eval_image_size": 32}),
+                     ArchitectureSpec)
     (tmp_path / "same.json").write_text(same.model_dump_json())
     assert run("predict", tmp_path / "same.json", "-w", weights, tmp_path / "ok.png").exit_code == 0
     (tmp_path / "bad.safetensors").write_bytes(b"nonsense")

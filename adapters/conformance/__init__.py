@@ -14,8 +14,8 @@ from .report import NOT_RUN, CheckReport, CheckResult, TensorResult, format_repo
 from .runner import (CHECKS, DEFAULT_IMAGE_SIZE, FIELD_CHECKS, TOLERANCES, CheckError, default_checks, get_framework,
                      ready, run_check)
 
-__all__ = ["Adapter", "OptimizerCapable", "SourceCapable", "capabilities", "missing_methods", "CHECKS", "FIELD_CHECKS", "default_checks",
-           "TOLERANCES",
-           "DEFAULT_IMAGE_SIZE", "CheckError", "get_framework", "ready", "run_check", "NOT_RUN", "CheckReport",
-           "CheckResult", "TensorResult", "format_report", "verdict", "rel_err", "unit_of", "gradient_scales",
+__all__ = ["Adapter", "OptimizerCapable", "SourceCapable", "capabilities", "missing_methods", "CHECKS", "FIELD_CHECKS",
+           "default_checks", "TOLERANCES", "DEFAULT_IMAGE_SIZE", "CheckError", "get_framework", "ready", "run_check",
+           "NOT_RUN", "CheckReport", "CheckResult", "TensorResult", "format_report", "verdict", "rel_err", "unit_of",
+           "gradient_scales",
            "RESIDUAL_GAMMA", "conformance_tensors", "keep_masks", "make_input", "training_configs", "with_changes"]

@@ -1,4 +1,5 @@
-"""What both backends are fed: seeded weights made well conditioned, input, dlogits, keep masks, optimisers."""
+"""What both backends are fed: seeded weights made well conditioned, input, dlogits, keep masks (the optimiser
+recipes: recipes.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import numpy as np
 
 from effv2_spec.architecture import ArchitectureSpec
 from effv2_spec.resolve import ConvBN, ResolvedModel, resolve
+
+from .recipes import training_configs  # re-exported: the update checks' recipes were defined here before
 
 #: BN gamma/beta of each residual branch's last BN are scaled by this before calibration (see conformance_tensors)
 RESIDUAL_GAMMA = 0.2
@@ -31,7 +34,8 @@ def make_input(resolved: ResolvedModel, batch: int, rng: np.random.Generator) ->
     """Standard-normal NCHW input on the network's input scale (raw pixels when the model normalises)."""
     x = rng.standard_normal((batch, resolved.input_channels, *resolved.image_size))
     if resolved.normalize_in_model:
-        x = x * np.asarray(resolved.input_std)[None, :, None, None] + np.asarray(resolved.input_mean)[None, :, None, None]
+        std, mean = np.asarray(resolved.input_std), np.asarray(resolved.input_mean)
+        x = x * std[None, :, None, None] + mean[None, :, None, None]
     return x
 
 
@@ -73,7 +77,8 @@ def conformance_tensors(spec: ArchitectureSpec, resolved: ResolvedModel, seed: i
 
         baseline = ReferenceAdapter()
     rng = np.random.default_rng([seed, 1])
-    calib_spec = with_changes(spec, {"conventions.batch_norm.momentum": 1.0, "conventions.batch_norm.running_var": "biased",
+    calib_spec = with_changes(spec, {"conventions.batch_norm.momentum": 1.0,
+                                     "conventions.batch_norm.running_var": "biased",
                                      "conventions.stochastic_depth.rate": 0.0, "head.dropout": 0.0})
     tensors = initial_tensors(resolved, seed, dtype)
     for p in resolved.params:
@@ -104,48 +109,6 @@ def conformance_tensors(spec: ArchitectureSpec, resolved: ResolvedModel, seed: i
         tensors[bn + "weight"] = gamma * np.sqrt((var + eps) / (s2 + eps))
         tensors[bn + "bias"] = beta + gamma * (mean - mu) / np.sqrt(s2 + eps)
     return tensors
-
-
-def training_configs(clip_norm: float = 1.0):
-    """The recipes the update checks run: SGD (Nesterov), RMSProp (TF convention) and AdamW (betas 0.9 / 0.999,
-    eps 1e-6, no decoupled decay beside the coupled L2), then one check per recipe field, named by the field: one
-    of the three with that field changed, so a backend that ignores the field fails the check that names it.
-    AdamW's eps is 1e-6, not its default 1e-8: where a gradient and the L2 term nearly cancel, float32 rounds
-    their sum by ~1e-10, which Adam's g / (|g| + eps) magnifies by 1 / eps (to ~6e-3 of the update at 1e-8, over
-    the float32 tolerance, for any correct backend; ~6e-5 at 1e-6). `clip_norm`: the gradient_clip_norm check's (small enough to
-    clip the check's gradients)."""
-    from effv2_spec.training import SGD, AdamW, BatchNormTraining, RMSProp, TrainingConfig, WeightDecay
-
-    wd = WeightDecay(rate=1e-3)
-    nesterov = SGD(type="sgd", momentum=0.9, nesterov=True)
-
-    def sgd(**changes):
-        return TrainingConfig(**{"optimizer": nesterov, "weight_decay": wd, **changes})
-
-    def rmsprop(**fields):
-        return TrainingConfig(optimizer=RMSProp(type="rmsprop", **fields), weight_decay=wd)
-
-    def adamw(**fields):
-        return TrainingConfig(optimizer=AdamW(type="adamw", **{"eps": 1e-6, "weight_decay": 0.0, **fields}),
-                              weight_decay=wd)
-
-    return {
-        "sgd": sgd(),
-        "rmsprop": rmsprop(),  # TF convention (defaults)
-        "adamw": adamw(),
-        "gradient_clip_norm": sgd(gradient_clip_norm=clip_norm),
-        "batch_norm.freeze_affine": sgd(batch_norm=BatchNormTraining(mode="frozen", freeze_affine=True)),
-        "weight_decay.applies_to": sgd(weight_decay=WeightDecay(rate=1e-3, applies_to=(
-            "conv_kernel", "bn_gamma", "bn_beta", "dense_bias"))),
-        "sgd.nesterov": sgd(optimizer=SGD(type="sgd", momentum=0.9, nesterov=False)),
-        "rmsprop.eps_placement": rmsprop(eps_placement="outside_sqrt"),
-        "rmsprop.initial_accumulator": rmsprop(initial_accumulator=0.0),
-        "rmsprop.lr_in_momentum": rmsprop(lr_in_momentum=False),
-        "adamw.beta1": adamw(beta1=0.5),
-        "adamw.beta2": adamw(beta2=0.5),  # two steps: far from 0.999 for the bias-corrected v to move
-        "adamw.eps": adamw(eps=1e-3),  # above many of the check's gradients: float32 sees it too
-        "adamw.weight_decay": adamw(weight_decay=0.1),
-    }
 
 
 __all__ = ["RESIDUAL_GAMMA", "with_changes", "make_input", "keep_masks", "conformance_tensors", "training_configs"]

@@ -2,8 +2,9 @@
 
 An adapter is a stateless factory: it builds a runtime model from the resolved tables and the
 canonical tensors, runs it, differentiates it and exports its tensors back under canonical
-names. Four methods are required; two are optional capabilities the harness detects, and a
-check that needs a missing capability is reported as "not run", never as passed.
+names. Four methods are required; three are optional capabilities the harness and the CLI detect
+(an optimiser, emitted source, training), and a check that needs a missing capability is reported
+as "not run", never as passed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 #: optional method -> the capability it provides (and the checks that need it)
-CAPABILITIES: dict[str, str] = {"optimizer_steps": "optimizer", "emit_source": "source"}
+CAPABILITIES: dict[str, str] = {"optimizer_steps": "optimizer", "emit_source": "source", "trainer": "training"}
 
 
 @runtime_checkable
@@ -53,6 +54,17 @@ class SourceCapable(Protocol):
         """One standalone source file that builds the model (importable as `module_name`)."""
 
 
+@runtime_checkable
+class TrainingCapable(Protocol):
+    def trainer(self, *, dtype: str, **options: Any) -> tuple[Any, int]:
+        """(make_backend, processes) for `effv2 train --framework NAME` and `check --train-steps`:
+        `make_backend(plan, tensors)` returns the `effv2_reference.trainloop.TrainingBackend` of this
+        process (the shared loop does the rest); `processes` is the run's process count. `options`
+        are the command's (device, precision, timeout_s, and the framework's own: channels_last,
+        compile, coordinator, ...); an adapter takes what it knows. A run that cannot start as asked
+        raises ValueError with one line for the user."""
+
+
 def missing_methods(adapter: Any) -> list[str]:
     """The required methods (and `name`) `adapter` lacks; empty when it satisfies `Adapter`."""
     needed = ["name", "build", "forward", "forward_backward", "export_tensors"]
@@ -60,7 +72,7 @@ def missing_methods(adapter: Any) -> list[str]:
 
 
 def capabilities(adapter: Any) -> frozenset[str]:
-    """The optional capabilities `adapter` provides ('optimizer', 'source')."""
+    """The optional capabilities `adapter` provides ('optimizer', 'source', 'training')."""
     return frozenset(cap for method, cap in CAPABILITIES.items() if callable(getattr(adapter, method, None)))
 
 
@@ -70,5 +82,5 @@ def availability(adapter: Any) -> str | None:
     return check() if callable(check) else None
 
 
-__all__ = ["Adapter", "OptimizerCapable", "SourceCapable", "CAPABILITIES", "missing_methods", "capabilities",
-           "availability"]
+__all__ = ["Adapter", "OptimizerCapable", "SourceCapable", "TrainingCapable", "CAPABILITIES", "missing_methods",
+           "capabilities", "availability"]

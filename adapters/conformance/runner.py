@@ -6,16 +6,19 @@ What is compared (docs/internals.md, Tolerances), with the same canonical weight
 * `train_logits`    train-mode logits, dropout and drop path ON with the same keep masks;
 * `gradients`       the gradient of sum(logits * dlogits) for every trainable tensor;
 * `running_stats`   every BN running mean / variance after that train-mode step;
-* `sgd`, `rmsprop`, `adamw`  trainable tensors after two optimiser steps (SGD with Nesterov momentum;
-                    RMSProp in the TF convention; AdamW's defaults), from the same gradients, coupled L2
-                    weight decay on kernels; compared as the update w_after - w_before. These need the optional
-                    `optimizer_steps` capability on both sides; without it they are reported
-                    "not run: capability missing", never passed.
-* one check per recipe field (FIELD_CHECKS, named by the field: `gradient_clip_norm` with a clip norm
-                    a quarter of the first step's gradient norm, so that both steps clip;
-                    `batch_norm.freeze_affine`; `weight_decay.applies_to`; `sgd.nesterov`; `rmsprop.*`;
-                    `adamw.*`):
-                    the same two steps with that one field changed (inputs.training_configs).
+* `sgd`, `rmsprop`, `adamw`  (one per optimiser of the schema, recipes.OPTIMIZER_TYPES) trainable tensors
+                    after two optimiser steps of that optimiser's base recipe (SGD with Nesterov momentum;
+                    RMSProp in the TF conventions with eps 0.1;
+                    AdamW with eps 1e-6, no decoupled decay; recipes.BASES), from the same
+                    gradients, coupled L2 weight decay 1e-3 on kernels; compared as the update
+                    w_after - w_before. These need the optional `optimizer_steps` capability on both sides;
+                    without it they are reported "not run: capability missing", never passed.
+* one check per recipe field (FIELD_CHECKS, named by the field): the same two steps of a base recipe with
+                    that one field changed (recipes.training_configs). `gradient_clip_norm` (a clip norm a
+                    quarter of the first step's gradient norm, so that both steps clip),
+                    `batch_norm.freeze_affine`, `weight_decay.applies_to`, `weight_decay.rate` on SGD's base;
+                    then `<optimiser type>.<field>` for every field of every optimiser model, derived from
+                    the schema (a bool flipped, a Literal's other member, a float halved, ...).
 
 The baseline runs in `oracle_dtype` (float64 by default) whatever `dtype` is, so a float32 check
 measures the backend's float32 error against the exact answer; weights and inputs are rounded to
@@ -31,19 +34,17 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from effv2_spec.architecture import ArchitectureSpec
-from effv2_spec.resolve import ResolvedModel, resolve
+from effv2_spec.resolve import ImageSizeError, ResolvedModel, resolve
 
-from .inputs import conformance_tensors, keep_masks, make_input, training_configs
+from .inputs import conformance_tensors, keep_masks, make_input
 from .numerics import gradient_scales, rel_err
 from .protocol import availability, capabilities, missing_methods
+from .recipes import FIELD_CHECKS, OPTIMIZER_TYPES, training_configs
 from .report import NOT_RUN, CheckReport, CheckResult, TensorResult
 
-FIELD_CHECKS = ("gradient_clip_norm", "batch_norm.freeze_affine", "weight_decay.applies_to", "sgd.nesterov",
-                "rmsprop.eps_placement", "rmsprop.initial_accumulator", "rmsprop.lr_in_momentum", "adamw.beta1",
-                "adamw.beta2", "adamw.eps", "adamw.weight_decay")
-CHECKS = ("eval_logits", "train_logits", "gradients", "running_stats", "sgd", "rmsprop", "adamw") + FIELD_CHECKS
+CHECKS = ("eval_logits", "train_logits", "gradients", "running_stats") + OPTIMIZER_TYPES + FIELD_CHECKS
 TRAIN_CHECKS = ("train_logits", "gradients", "running_stats")
-OPTIMIZER_CHECKS = ("sgd", "rmsprop", "adamw") + FIELD_CHECKS
+OPTIMIZER_CHECKS = OPTIMIZER_TYPES + FIELD_CHECKS
 TOLERANCES = {
     "float64": {c: 1e-9 for c in CHECKS},
     "float32": {"eval_logits": 1e-4, "train_logits": 1e-4, "gradients": 1e-3, "running_stats": 1e-3,
@@ -184,7 +185,7 @@ class _Run:
 
 
 def _validate_request(spec: ArchitectureSpec, dtype: str, checks: Iterable[str], batch: int,
-                      image_size: int | tuple[int, int] | None) -> tuple[tuple[str, ...], tuple[int, int]]:
+                      image_size: int | tuple[int, int] | None) -> tuple[tuple[str, ...], ResolvedModel]:
     if dtype not in TOLERANCES:
         raise CheckError(f"--dtype: must be one of {', '.join(TOLERANCES)} (got {dtype!r})")
     checks = tuple(checks)
@@ -195,14 +196,15 @@ def _validate_request(spec: ArchitectureSpec, dtype: str, checks: Iterable[str],
         raise CheckError(f"--batch: must be >= 1 (got {batch})")
     if image_size is None:
         image_size = max(DEFAULT_IMAGE_SIZE, spec.total_stride)
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if min(size) < spec.total_stride:
-        raise CheckError(f"--image-size: must be >= the network's total stride {spec.total_stride} (got {size[0]})")
+    try:
+        resolved = resolve(spec, image_size)
+    except ImageSizeError as exc:
+        raise CheckError(f"--image-size: {exc.rule}") from None
     if batch < 2 and any(c in checks for c in TRAIN_CHECKS + OPTIMIZER_CHECKS):
-        h, w = resolve(spec, size).head.out_size
+        h, w = resolved.head.out_size
         if batch * h * w < 2:
             raise CheckError("--batch: train-mode checks need at least 2 values per BN channel; use --batch 2")
-    return checks, size
+    return checks, resolved
 
 
 def _prepare(run: _Run, batch: int, baseline: Any) -> None:
@@ -304,13 +306,14 @@ def run_check(spec: ArchitectureSpec, framework: str, *, dtype: str = "float64",
               baseline: Any = "reference", progress: Callable[[str], None] | None = None) -> CheckReport:
     """Compare `framework` (a name or "module:Class"; `adapter` overrides the lookup) against `baseline`
     (a name or an adapter; the oracle by default) on `spec`; see the module docstring."""
-    checks, size = _validate_request(spec, dtype, checks, batch, image_size)
+    checks, resolved = _validate_request(spec, dtype, checks, batch, image_size)
+    size = resolved.image_size
     fw = ready(adapter, framework) if adapter is not None else get_framework(framework)
     if isinstance(baseline, str):
         baseline_name, base = baseline, get_framework(baseline, "--against")
     else:
-        baseline_name, base = getattr(baseline, "name", type(baseline).__name__), ready(baseline, "baseline", "--against")
-    resolved = resolve(spec, size)
+        baseline_name = getattr(baseline, "name", type(baseline).__name__)
+        base = ready(baseline, "baseline", "--against")
     report = CheckReport(spec.name, framework, dtype, oracle_dtype, size, batch, seed, baseline=baseline_name)
     run = _Run(spec, resolved, checks, dtype, oracle_dtype, seed, report, progress or (lambda msg: None))
     optimizer_checks = _runnable_optimizer_checks(run, fw, base)
@@ -332,5 +335,5 @@ def run_check(spec: ArchitectureSpec, framework: str, *, dtype: str = "float64",
     return report
 
 
-__all__ = ["CHECKS", "FIELD_CHECKS", "default_checks", "TOLERANCES", "DEFAULT_IMAGE_SIZE", "CheckError", "AdapterRaised", "get_framework", "ready",
-           "run_check", "one_line"]
+__all__ = ["CHECKS", "FIELD_CHECKS", "default_checks", "TOLERANCES", "DEFAULT_IMAGE_SIZE", "CheckError",
+           "AdapterRaised", "get_framework", "ready", "run_check", "one_line"]

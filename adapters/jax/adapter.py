@@ -2,63 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
+from ..adapter_base import PackagedAdapter
 
-class JaxAdapter:
-    """Stateless factory: build / run / differentiate / export / optimise Flax NNX models (jit-compiled)."""
+
+class JaxAdapter(PackagedAdapter):
+    """Stateless factory: build / run / differentiate / export / optimise / train Flax NNX models (jit-compiled)."""
 
     name = "jax"
-
-    def available(self) -> str | None:
-        try:
-            import flax.nnx  # noqa: F401
-            import jax  # noqa: F401
-            import optax  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            return f"JAX, Flax or optax is not installed ({exc}); pip install 'effv2[jax]'"
-        return None
-
-    # ---- model --------------------------------------------------------------------------------
-    def build(self, resolved, dtype, tensors: Mapping[str, np.ndarray] | None = None):
-        from .build import build_model
-        from .weights import load_canonical_tensors
-
-        model = build_model(resolved, dtype, init=tensors is None)
-        if tensors is not None:
-            load_canonical_tensors(model, tensors, resolved)
-        return model
+    package = "effv2_adapters.jax"
+    requires, requirement, extra = ("flax.nnx", "jax", "optax"), "JAX, Flax or optax", "jax"
 
     def forward(self, model, x, *, training: bool, masks: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
-        from .modules import forward
-
-        return np.asarray(forward(model, x, training, masks))
+        return np.asarray(self.part("modules").forward(model, x, training, masks))
 
     def forward_backward(self, model, x, dlogits, *, masks=None):
-        from .modules import forward_backward, state_to_numpy
-
-        logits, grads = forward_backward(model, x, dlogits, masks)
-        return np.asarray(logits), state_to_numpy(grads)
+        logits, grads = self.part("modules").forward_backward(model, x, dlogits, masks)
+        return np.asarray(logits), self.part("canonical").state_to_numpy(grads)
 
     def export_tensors(self, model) -> dict[str, np.ndarray]:
-        from .weights import state_to_canonical
+        return self.part("weights").state_to_canonical(model)
 
-        return state_to_canonical(model)
-
-    # ---- training -----------------------------------------------------------------------------
-    def optimizer_steps(self, tensors, grads_per_step: Sequence[Mapping[str, np.ndarray]], config, lrs,
-                        resolved) -> dict[str, np.ndarray]:
-        from .optim import optimizer_steps
-
-        return optimizer_steps(tensors, grads_per_step, config, lrs, resolved)
-
-    # ---- code generation ----------------------------------------------------------------------
-    def emit_source(self, resolved, module_name: str = "model") -> str:
-        from .build import emit_source
-
-        return emit_source(resolved, module_name)
+    def trainer(self, *, dtype: str, device: str | None = None, precision: str = "float32", timeout_s: float = 600.0,
+                coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+                **_other):
+        """(make_backend, processes): this host's devices, or this process of a jax.distributed group."""
+        return self.part("train").make_jax_backend(dtype=dtype, device=device, precision=precision,
+                                                   timeout_s=timeout_s, coordinator=coordinator,
+                                                   num_processes=num_processes, process_id=process_id)
 
 
 def get_adapter() -> JaxAdapter:

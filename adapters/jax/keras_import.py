@@ -13,8 +13,8 @@ Preprocessing: with `include_preprocessing=True` Keras B0-B3 run Rescaling(1/255
 Normalization(ImageNet mean, variance): (x/255 - m) / sqrt(v) = (x - 255 m) / (255 sqrt(v)), which is
 the spec's in-model normalisation with mean 255 m and std 255 sqrt(v); S/M/L run Rescaling(1/128,
 offset -1) = (x - 128) / 128. A `.keras` archive's config records these layers, and they are checked
-against the spec's `input.normalization` (a `.weights.h5` file holds no trace of them). The classifier is imported as logits: Keras's
-default `classifier_activation="softmax"` is applied after the Dense layer, so compare a Keras model
+against the spec's `input.normalization` (a `.weights.h5` file holds no trace of them). The classifier is imported
+as logits: Keras's default `classifier_activation="softmax"` is applied after the Dense layer, so compare a Keras model
 built with `classifier_activation=None`, or apply softmax to the oracle's logits.
 """
 
@@ -111,7 +111,8 @@ def _layer_vars(f, key: str, path, budget: int) -> list[np.ndarray]:
 def _layers_by_class(f, path, budget: int) -> dict[str, list[list[np.ndarray]]]:
     """class key -> [vars of the 1st layer, of the 2nd, ...] in model.layers order."""
     if "layers" not in f:
-        raise WeightsError(f"{path}: no 'layers' group; not a Keras 3 weights file (legacy Keras 2 .h5 files are not read)")
+        raise WeightsError(f"{path}: no 'layers' group; not a Keras 3 weights file "
+                           "(legacy Keras 2 .h5 files are not read)")
     out: dict[str, list[tuple[int, list[np.ndarray]]]] = {}
     try:
         for key in f["layers"].keys():

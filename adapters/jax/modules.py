@@ -3,8 +3,9 @@
 This file is both the runtime of `effv2_adapters.jax` and the body of every file that
 `effv2 generate --framework jax` writes, so a generated model and `build_model(spec)` run
 the very same code. The network is described by a CONFIG table (see `config_from_resolved`
-in effv2_adapters.jax.build): channel counts, kernels, strides, SE widths, residual flags
-and drop-path rates come from that table and are never recomputed here.
+in effv2_adapters.network_table): each row is a resolved unit's fields under their own names,
+plus the init rule of every tensor the unit owns; channel counts, kernels, strides, SE widths,
+residual flags, drop-path rates and inits come from that table and are never recomputed here.
 
 Layout: NHWC activations and HWIO kernels inside (Flax's native layouts); `EfficientNet.__call__`
 takes NHWC images. `forward` / `forward_backward` below take the canonical NCHW images and
@@ -275,9 +276,10 @@ class ConvBN(nnx.Module):
 
     def __init__(self, row: dict, cfg: dict, dtype: Any):
         bn = cfg["batch_norm"]
-        self.conv = Conv(row["in"], row["out"], row["kernel"], row["stride"], row["groups"], False, cfg["padding"], dtype)
-        self.bn = BatchNorm(row["out"], bn["eps"], bn["momentum"], bn["running_var"], dtype)
-        self.act = row["act"]
+        self.conv = Conv(row["in_channels"], row["out_channels"], row["kernel"], row["stride"], row["groups"], False,
+                         cfg["padding"], dtype)
+        self.bn = BatchNorm(row["out_channels"], bn["eps"], bn["momentum"], bn["running_var"], dtype)
+        self.act = row["activation"]
 
     def __call__(self, x: jax.Array, training: bool) -> jax.Array:
         x = self.bn(self.conv(x), training)
@@ -288,9 +290,9 @@ class SqueezeExcite(nnx.Module):
     """x * gate(expand(act(reduce(mean_HW(x))))), 1x1 convs with bias; gate sigmoid or hard_sigmoid."""
 
     def __init__(self, row: dict, cfg: dict, dtype: Any):
-        self.reduce = Conv(row["channels"], row["squeeze"], 1, bias=True, dtype=dtype)
-        self.expand = Conv(row["squeeze"], row["channels"], 1, bias=True, dtype=dtype)
-        self.act, self.gate = row["act"], row["gate"]
+        self.reduce = Conv(row["channels"], row["squeeze_channels"], 1, bias=True, dtype=dtype)
+        self.expand = Conv(row["squeeze_channels"], row["channels"], 1, bias=True, dtype=dtype)
+        self.act, self.gate = row["activation"], row["gate"]
 
     def __call__(self, x: jax.Array, training: bool) -> jax.Array:
         s = jnp.mean(x, axis=(1, 2), keepdims=True)
@@ -345,10 +347,11 @@ class EfficientNet(nnx.Module):
         self.head = ConvBN(cfg["head"], cfg, dtype)
         cls = cfg["classifier"]
         self.dropout = float(cls["dropout"])
-        self.classifier = Dense(cls["in"], cls["out"], dtype)
+        self.classifier = Dense(cls["in_features"], cls["out_features"], dtype)
         self.rngs = nnx.Rngs(dropout=seed)
 
-    def features(self, x: jax.Array, training: bool = False, masks: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
+    def features(self, x: jax.Array, training: bool = False,
+                 masks: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
         """Pooled features (N, head channels) of NHWC images."""
         masks = masks or {}
         x = x.astype(self.dtype)
@@ -360,7 +363,8 @@ class EfficientNet(nnx.Module):
         x = self.head(x, training)
         return jnp.mean(x, axis=(1, 2))
 
-    def __call__(self, x: jax.Array, training: bool = False, masks: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
+    def __call__(self, x: jax.Array, training: bool = False,
+                 masks: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
         """Logits for NHWC images; training uses batch statistics (and updates the running ones)."""
         f = self.features(x, training, masks)
         if training and self.dropout > 0.0:
@@ -395,7 +399,8 @@ def _masks(masks: Optional[Mapping[str, Any]], dtype) -> Dict[str, jax.Array]:
     return {k: jnp.asarray(np.asarray(v), dtype) for k, v in (masks or {}).items()}
 
 
-def forward(model: EfficientNet, x: Any, training: bool = False, masks: Optional[Mapping[str, Any]] = None) -> jax.Array:
+def forward(model: EfficientNet, x: Any, training: bool = False,
+            masks: Optional[Mapping[str, Any]] = None) -> jax.Array:
     """Logits for NCHW images (jit-compiled); training=True updates `model`'s BN running statistics."""
     graphdef, state = nnx.split(model)
     y, state = _forward(graphdef, state, jnp.asarray(np.asarray(x), model.dtype), bool(training),
@@ -414,147 +419,3 @@ def forward_backward(model: EfficientNet, x: Any, dlogits: Any, masks: Optional[
                                        jnp.asarray(np.asarray(dlogits), model.dtype), _masks(masks, model.dtype))
     nnx.update(model, rest)
     return y, grads
-
-
-# ---- canonical tensors ----------------------------------------------------------------------
-_LEAF_TO_CANONICAL = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var", "bias": "bias"}
-_LEAF_FROM_CANONICAL = {"running_mean": "mean", "running_var": "var", "bias": "bias"}
-
-
-def canonical_name(path: Tuple[Any, ...]) -> str:
-    """Flax state path -> canonical name: ('blocks', 3, 'dw', 'conv', 'kernel') -> 'blocks.3.dw.conv.weight'."""
-    *parent, leaf = [str(getattr(p, "key", p)) for p in path]
-    return ".".join(parent + [_LEAF_TO_CANONICAL[leaf]])
-
-
-def flax_leaf(name: str) -> str:
-    """The Flax attribute holding canonical tensor `name` ('weight' is 'scale' in BN, else 'kernel')."""
-    parent, leaf = name.rsplit(".", 1)
-    if leaf == "weight":
-        return "scale" if parent.endswith(".bn") or parent == "bn" else "kernel"
-    return _LEAF_FROM_CANONICAL[leaf]
-
-
-def to_canonical_layout(value: np.ndarray) -> np.ndarray:
-    """HWIO -> OIHW (4-D), (in, out) -> (out, in) (2-D), vectors unchanged."""
-    if value.ndim == 4:
-        return value.transpose(3, 2, 0, 1)
-    if value.ndim == 2:
-        return value.T
-    return value
-
-
-def from_canonical_layout(value: np.ndarray) -> np.ndarray:
-    """OIHW -> HWIO (4-D), (out, in) -> (in, out) (2-D), vectors unchanged."""
-    if value.ndim == 4:
-        return value.transpose(2, 3, 1, 0)
-    if value.ndim == 2:
-        return value.T
-    return value
-
-
-def model_variables(model: EfficientNet) -> Dict[str, nnx.Variable]:
-    """Canonical name -> the Param / BatchStat holding it (rng state excluded)."""
-    out = {}
-    for path, var in nnx.iter_graph(model):
-        if isinstance(var, (nnx.Param, nnx.BatchStat)):
-            out[canonical_name(path)] = var
-    return out
-
-
-def state_to_numpy(state: nnx.State) -> Dict[str, np.ndarray]:
-    """An `nnx.State` (e.g. the gradients from `forward_backward`) as canonical numpy tensors."""
-    out = {}
-    for path, v in nnx.to_flat_state(state):
-        value = v[...] if isinstance(v, nnx.Variable) else v
-        out[canonical_name(path)] = np.ascontiguousarray(to_canonical_layout(np.asarray(value)))
-    return out
-
-
-def to_canonical(model: EfficientNet) -> Dict[str, np.ndarray]:
-    """Every parameter and BN statistic as a numpy array, canonical name and layout."""
-    return {name: np.ascontiguousarray(to_canonical_layout(np.asarray(var[...])))
-            for name, var in model_variables(model).items()}
-
-
-def load_canonical(model: EfficientNet, tensors: Mapping[str, Any], require_buffers: bool = True) -> EfficientNet:
-    """Copy canonical tensors into `model` (cast to its dtype); a ValueError names every mismatch.
-
-    With `require_buffers=False`, BN running statistics absent from `tensors` keep their values."""
-    variables = model_variables(model)
-    shapes = {n: tuple(to_canonical_layout(np.empty(v[...].shape, np.bool_)).shape) for n, v in variables.items()}
-    missing = sorted(n for n in set(variables) - set(tensors)
-                     if require_buffers or not isinstance(variables[n], nnx.BatchStat))
-    extra = sorted(set(tensors) - set(variables))
-    wrong = sorted(f"{n}: expected shape {shapes[n]}, got {tuple(np.shape(tensors[n]))}"
-                   for n in set(variables) & set(tensors) if tuple(np.shape(tensors[n])) != shapes[n])
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", extra)):
-        if items:
-            problems.append(f"{label} {len(items)} tensor(s): {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}")
-    if wrong:
-        problems.append("wrong shape: " + "; ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else ""))
-    if problems:
-        raise ValueError("weights do not match the model: " + " | ".join(problems))
-    for name, value in tensors.items():
-        var = variables[name]
-        var[...] = jnp.asarray(from_canonical_layout(np.asarray(value)).astype(var[...].dtype))
-    return model
-
-
-# ---- initialisation and construction --------------------------------------------------------
-def init_array(rng: np.random.Generator, shape: Tuple[int, ...], kind: str, scale: float) -> np.ndarray:
-    """A float64 array by an init rule: normal (std), truncated_normal (std, cut at 2 std: outliers redrawn),
-    uniform (bound), zeros, ones; drawn with numpy (no compilation)."""
-    if kind == "zeros":
-        return np.zeros(shape)
-    if kind == "ones":
-        return np.ones(shape)
-    if kind == "normal":
-        return rng.normal(0.0, scale, shape)
-    if kind == "truncated_normal":
-        z = rng.standard_normal(shape)
-        bad = np.abs(z) > 2.0
-        while bad.any():
-            z[bad] = rng.standard_normal(int(bad.sum()))
-            bad = np.abs(z) > 2.0
-        return z * scale
-    if kind == "uniform":
-        return rng.uniform(-scale, scale, shape)
-    raise ValueError(f"unknown init kind {kind!r}")
-
-
-def _init_rows(cfg: dict):
-    """(canonical name, [kind, scale]) for every tensor with a non-constant init rule."""
-    def conv_bn(row):
-        yield f"{row['name']}.conv.weight", row["init"]
-
-    yield from conv_bn(cfg["stem"])
-    for block in cfg["blocks"]:
-        for layer in block["layers"]:
-            if layer["kind"] == "conv_bn":
-                yield from conv_bn(layer)
-            else:
-                yield f"{layer['name']}.reduce.weight", layer["init"][0]
-                yield f"{layer['name']}.expand.weight", layer["init"][1]
-    yield from conv_bn(cfg["head"])
-    yield f"{cfg['classifier']['name']}.weight", cfg["classifier"]["init"]
-
-
-def initialize(model: EfficientNet, cfg: dict, seed: int = 0) -> EfficientNet:
-    """Kernels by the init rules of the config rows (numpy generator `seed`, drawn in canonical layout);
-    BN scale 1, bias 0, statistics 0 / 1 and biases 0 as built."""
-    variables = model_variables(model)
-    rng = np.random.default_rng(seed)
-    for name, (kind, scale) in _init_rows(cfg):
-        var = variables[name]
-        canonical_shape = to_canonical_layout(np.empty(var[...].shape, np.bool_)).shape
-        value = from_canonical_layout(init_array(rng, canonical_shape, kind, float(scale)))
-        var[...] = jnp.asarray(value.astype(var[...].dtype))
-    return model
-
-
-def build_from_config(cfg: dict, dtype: Any = np.float32, init: bool = True, seed: int = 0) -> EfficientNet:
-    """Build the network described by `cfg` in `dtype`, initialised by its init rules unless `init` is False."""
-    model = EfficientNet(cfg, dtype, seed)
-    return initialize(model, cfg, seed) if init else model

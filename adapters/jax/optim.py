@@ -128,7 +128,8 @@ def optimizer_steps(tensors: Mapping[str, np.ndarray], grads_per_step: Sequence[
     groups = {g: ns for g, ns in groups.items() if ns}
 
     def pack(arrays: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-        return {g: jnp.asarray(np.concatenate([np.asarray(arrays[n], dtype).ravel() for n in ns])) for g, ns in groups.items()}
+        return {g: jnp.asarray(np.concatenate([np.asarray(arrays[n], dtype).ravel() for n in ns]))
+                for g, ns in groups.items()}
 
     table = jnp.asarray(np.asarray(lrs, dtype=np.float64).astype(dtype))
     tx = make_optimizer(config, lambda count: table[count], {g: g == "decayed" for g in groups}, recipe.clip_norm)

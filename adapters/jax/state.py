@@ -10,7 +10,7 @@ import numpy as np
 
 def _leaf_name(path) -> str | None:
     """The canonical name of a Param / BatchStat leaf of an nnx.State (None for rng state)."""
-    from .modules import _LEAF_TO_CANONICAL, canonical_name
+    from .canonical import _LEAF_TO_CANONICAL, canonical_name
 
     keys = [getattr(p, "key", getattr(p, "name", p)) for p in path]
     if keys and keys[-1] == "value":

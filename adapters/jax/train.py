@@ -228,7 +228,7 @@ class JaxBackend:
 
     def _load_model(self, tensors: Mapping[str, np.ndarray], ema: Mapping[str, np.ndarray] | None) -> None:
         """Model tensors (canonical) onto the devices; the EMA from `ema`, or a copy of the model when None."""
-        from .modules import from_canonical_layout, load_canonical
+        from .canonical import from_canonical_layout, load_canonical
 
         load_canonical(self.model, tensors)
         _, params, stats, other = _split(self.model)
@@ -383,7 +383,7 @@ class JaxBackend:
     def state(self) -> tuple[dict, dict, dict]:
         import jax
 
-        from .modules import to_canonical_layout
+        from .canonical import to_canonical_layout
 
         def canonical(d):
             return {n: np.ascontiguousarray(to_canonical_layout(np.asarray(v))) for n, v in d.items()}
@@ -402,7 +402,7 @@ class JaxBackend:
     def load_state(self, model, optimizer, ema) -> None:
         import jax
 
-        from .modules import from_canonical_layout
+        from .canonical import from_canonical_layout
         from .optim import step_count_leaves
 
         if self.ema_spec:

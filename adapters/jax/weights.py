@@ -16,7 +16,8 @@ import numpy as np
 from effv2_spec.weights import WeightsError, check_tensors, load_weights, save_weights
 
 from effv2_spec.resolve import as_resolved
-from .modules import EfficientNet, load_canonical, to_canonical
+from .canonical import load_canonical, to_canonical
+from .modules import EfficientNet
 
 
 def state_to_canonical(model: EfficientNet, resolved: Any = None) -> dict[str, np.ndarray]:

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
+from ..adapter_base import PackagedAdapter
 
-class TorchAdapter:
-    """Stateless factory: build / run / differentiate / export / optimise PyTorch models."""
+
+class TorchAdapter(PackagedAdapter):
+    """Stateless factory: build / run / differentiate / export / optimise / train PyTorch models."""
 
     name = "torch"
-
-    def available(self) -> str | None:
-        try:
-            import torch  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            return f"PyTorch is not installed ({exc}); pip install 'effv2[torch]'"
-        return None
-
-    # ---- model --------------------------------------------------------------------------------
-    def build(self, resolved, dtype, tensors: Mapping[str, np.ndarray] | None = None):
-        from .build import build_model
-        from .weights import load_canonical_tensors
-
-        model = build_model(resolved, dtype, init=tensors is None)
-        if tensors is not None:
-            load_canonical_tensors(model, tensors, resolved)
-        return model
+    package = "effv2_adapters.torch"
+    requires, requirement, extra = ("torch",), "PyTorch", "torch"
 
     @staticmethod
     def _tensor(model, x):
@@ -64,22 +51,13 @@ class TorchAdapter:
         return logits.detach().cpu().numpy(), grads
 
     def export_tensors(self, model) -> dict[str, np.ndarray]:
-        from .weights import state_dict_to_canonical
+        return self.part("weights").state_dict_to_canonical(model)
 
-        return state_dict_to_canonical(model)
-
-    # ---- training -----------------------------------------------------------------------------
-    def optimizer_steps(self, tensors, grads_per_step: Sequence[Mapping[str, np.ndarray]], config, lrs,
-                        resolved) -> dict[str, np.ndarray]:
-        from .optim import optimizer_steps
-
-        return optimizer_steps(tensors, grads_per_step, config, lrs, resolved)
-
-    # ---- code generation ----------------------------------------------------------------------
-    def emit_source(self, resolved, module_name: str = "model") -> str:
-        from .build import emit_source
-
-        return emit_source(resolved, module_name)
+    def trainer(self, *, dtype: str, device: str | None = None, precision: str = "float32",
+                channels_last: bool = False, compile: bool = False, timeout_s: float = 600.0, **_other):
+        """(make_backend, processes): one process, or this rank of a torchrun group."""
+        return self.part("train").make_torch_backend(dtype=dtype, device=device, precision=precision,
+                                                     channels_last=channels_last, compile=compile, timeout_s=timeout_s)
 
 
 def get_adapter() -> TorchAdapter:

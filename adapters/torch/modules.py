@@ -3,8 +3,9 @@
 This file is both the runtime of `effv2_adapters.torch` and the body of every file that
 `effv2 generate --framework torch` writes, so a generated model and `build_model(spec)` run
 the very same code. The network is described by a CONFIG table (see `config_from_resolved`
-in effv2_adapters.torch.build): channel counts, kernels, strides, SE widths, residual flags
-and drop-path rates come from that table and are never recomputed here.
+in effv2_adapters.network_table): each row is a resolved unit's fields under their own names,
+plus the init rule of every tensor the unit owns; channel counts, kernels, strides, SE widths,
+residual flags, drop-path rates and inits come from that table and are never recomputed here.
 
 Semantics (docs/internals.md): NCHW; optional in-model input normalisation; conv + BN
 (+ activation) units with TF "same" padding computed from the actual input size (or
@@ -88,7 +89,8 @@ class Conv(nn.Module):
 
     def extra_repr(self) -> str:
         o, i, k, _ = self.weight.shape
-        return f"{i * self.groups}, {o}, kernel={k}, stride={self.stride}, groups={self.groups}, padding={self.padding!r}"
+        return (f"{i * self.groups}, {o}, kernel={k}, stride={self.stride}, groups={self.groups}, "
+                f"padding={self.padding!r}")
 
 
 class BatchNorm(nn.Module):
@@ -202,10 +204,11 @@ class ConvBN(nn.Module):
 
     def __init__(self, row: dict, cfg: dict):
         super().__init__()
-        self.conv = Conv(row["in"], row["out"], row["kernel"], row["stride"], row["groups"], False, cfg["padding"])
+        self.conv = Conv(row["in_channels"], row["out_channels"], row["kernel"], row["stride"], row["groups"], False,
+                         cfg["padding"])
         bn = cfg["batch_norm"]
-        self.bn = BatchNorm(row["out"], bn["eps"], bn["momentum"], bn["running_var"])
-        self.act = row["act"]
+        self.bn = BatchNorm(row["out_channels"], bn["eps"], bn["momentum"], bn["running_var"])
+        self.act = row["activation"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn(self.conv(x))
@@ -217,9 +220,9 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, row: dict, cfg: dict):
         super().__init__()
-        self.reduce = Conv(row["channels"], row["squeeze"], 1, bias=True)
-        self.expand = Conv(row["squeeze"], row["channels"], 1, bias=True)
-        self.act, self.gate = row["act"], row["gate"]
+        self.reduce = Conv(row["channels"], row["squeeze_channels"], 1, bias=True)
+        self.expand = Conv(row["squeeze_channels"], row["channels"], 1, bias=True)
+        self.act, self.gate = row["activation"], row["gate"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean(dim=(2, 3), keepdim=True)
@@ -280,7 +283,7 @@ class EfficientNet(nn.Module):
         self.head = ConvBN(cfg["head"], cfg)
         cls = cfg["classifier"]
         self.dropout = float(cls["dropout"])
-        self.classifier = Dense(cls["in"], cls["out"])
+        self.classifier = Dense(cls["in_features"], cls["out_features"])
 
     def features(self, x: torch.Tensor, masks: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
         if self.normalize:
@@ -320,33 +323,23 @@ def init_tensor(t: torch.Tensor, kind: str, scale: float, generator: Optional[to
             raise ValueError(f"unknown init kind {kind!r}")
 
 
-def _init_conv_bn(unit: ConvBN, row: dict, gen: Optional[torch.Generator]) -> None:
-    init_tensor(unit.conv.weight, row["init"][0], row["init"][1], gen)
-    init_tensor(unit.bn.weight, "ones", 0.0)
-    init_tensor(unit.bn.bias, "zeros", 0.0)
-    init_tensor(unit.bn.running_mean, "zeros", 0.0)
-    init_tensor(unit.bn.running_var, "ones", 0.0)
+def _init_unit(unit: nn.Module, row: dict, gen: Optional[torch.Generator]) -> None:
+    """Every tensor of one unit by its row's rules, in the table's order (the generator's draw order)."""
+    tensors = dict(unit.named_parameters())
+    tensors.update(unit.named_buffers())
+    for name, (kind, scale) in row["init"].items():
+        init_tensor(tensors[name], kind, float(scale), gen)
 
 
 def initialize(model: EfficientNet, generator: Optional[torch.Generator] = None) -> None:
-    """Initialise every tensor by the rules in the config rows (`init`: [kind, scale]); BN 1/0, biases 0."""
+    """Initialise every tensor, constants included, by its config row's rule (`init`: tensor -> [kind, scale])."""
     cfg = model.config
-    _init_conv_bn(model.stem, cfg["stem"], generator)
+    _init_unit(model.stem, cfg["stem"], generator)
     for block, row in zip(model.blocks, cfg["blocks"]):
         for layer in row["layers"]:
-            unit = block._modules[layer["slot"]]
-            if layer["kind"] == "conv_bn":
-                _init_conv_bn(unit, layer, generator)
-            else:
-                (rk, rs), (ek, es) = layer["init"]
-                init_tensor(unit.reduce.weight, rk, rs, generator)
-                init_tensor(unit.reduce.bias, "zeros", 0.0)
-                init_tensor(unit.expand.weight, ek, es, generator)
-                init_tensor(unit.expand.bias, "zeros", 0.0)
-    _init_conv_bn(model.head, cfg["head"], generator)
-    kind, scale = cfg["classifier"]["init"]
-    init_tensor(model.classifier.weight, kind, scale, generator)
-    init_tensor(model.classifier.bias, "zeros", 0.0)
+            _init_unit(block._modules[layer["slot"]], layer, generator)
+    _init_unit(model.head, cfg["head"], generator)
+    _init_unit(model.classifier, cfg["classifier"], generator)
 
 
 def build_from_config(cfg: dict, dtype: torch.dtype = torch.float32, init: bool = True,

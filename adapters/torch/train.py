@@ -199,8 +199,17 @@ class TorchBackend:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def _to_device(self, a: np.ndarray) -> torch.Tensor:
+        """A host batch array on the device, in the training dtype. On CUDA the copy goes through pinned
+        memory and does not wait: the host goes on to the next batch while the copy runs (the pinned buffer
+        is held by torch's host allocator until the copy's stream is done with it). On CPU unchanged."""
+        t = torch.from_numpy(a)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True).to(self.dtype)
+        return t.to(self.device, self.dtype)
+
     def _input(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(x).to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
+        return self._to_device(x).contiguous(memory_format=self.memory_format)
 
     def train_step(self, x, targets, masks, *, lr: float, step: int) -> tuple[float, int]:
         net = self.net
@@ -210,8 +219,8 @@ class TorchBackend:
                 if isinstance(m, BatchNorm):
                     m.eval()
         xt = self._input(x)
-        tt = torch.from_numpy(targets).to(self.device, self.dtype)
-        mt = {k: torch.from_numpy(v).to(self.device, self.dtype) for k, v in masks.items()}
+        tt = self._to_device(targets)
+        mt = {k: self._to_device(v) for k, v in masks.items()}
         with self._autocast():
             logits = self.train_net(xt, mt)
         loss = soft_cross_entropy(logits, tt, self.recipe.label_smoothing)

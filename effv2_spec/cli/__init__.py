@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "export": "effv2_adapters.cli_export:export",
     "predict": "effv2_adapters.cli_predict:predict",
     "eval": "effv2_adapters.cli_predict:evaluate",
+    "data": "effv2_reference.cli_data:data",
 }
 
 _HELP = {
@@ -47,6 +48,7 @@ _HELP = {
     "export": "Export a spec with canonical weights to ONNX or a torch.export .pt2 (dynamic batch).",
     "predict": "Top-K classes of images with canonical weights (oracle, torch or jax).",
     "eval": "Top-1/top-5 accuracy and images/s on an image folder or .npz.",
+    "data": "Index, pack (Parquet shards) and look at training data: effv2 data index | pack | show.",
 }
 
 

@@ -7,8 +7,8 @@ import click
 from ..accounting import block_rows, count
 from ..architecture import MAX_IMAGE_SIZE
 from ..documents import load_architecture
-from ..resolve import compound_image_size, resolve
-from ..console import SpecInputError, echo_json, load_or_fail, print_table
+from ..console import echo_json, load_or_fail, print_table, resolve_or_fail
+from ..resolve import compound_image_size
 
 
 @click.command()
@@ -24,9 +24,7 @@ def summary(spec: str, image_size: int | None, as_json: bool) -> None:
     """
     arch = load_or_fail(load_architecture, spec)
     size = image_size if image_size is not None else compound_image_size(arch, arch.input.eval_image_size)
-    if size < arch.total_stride:
-        raise SpecInputError(f"{spec}: --image-size: must be >= the network's total stride {arch.total_stride} (got {size})")
-    resolved = resolve(arch, size)
+    resolved = resolve_or_fail(arch, size, prefix=f"{spec}: ")
     acc = count(resolved)
     rows = block_rows(resolved, acc)
     if as_json:
@@ -41,7 +39,8 @@ def summary(spec: str, image_size: int | None, as_json: bool) -> None:
         kind = r["type"]
         detail = ""
         if kind in ("fused_mbconv", "mbconv"):
-            detail = f"k{r['kernel']} s{r['stride']} e{r['expanded_channels']}" + (f" se{r['se_channels']}" if r["se_channels"] else "")
+            detail = f"k{r['kernel']} s{r['stride']} e{r['expanded_channels']}"
+            detail += f" se{r['se_channels']}" if r["se_channels"] else ""
             detail += " +res" if r["residual"] else ""
         table_rows.append([r["name"], r.get("stage", ""), kind, detail, "x".join(map(str, r["in_shape"])),
                            "x".join(map(str, r["out_shape"])), f"{r['params']:,}", f"{r['macs']:,}"])

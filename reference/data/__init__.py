@@ -1,4 +1,5 @@
-"""Training data, framework-neutral (NumPy + Pillow, no Numba): sources (digits, .npz, image folders),
+"""Training data, framework-neutral (NumPy + Pillow, no Numba): sources (digits, .npz, image folders,
+Parquet shards),
 the official train transform (random-resized crop, flip), RandAugment (automl and torchvision
 variants), mixup / cutmix per mix group, batches."""
 
@@ -9,11 +10,12 @@ from .pipeline import to_input
 from .randaugment import OPS, apply_op, randaugment, randaugment_batch
 from .randaugment_automl import randaugment_image
 from .resize import resize_bilinear
-from .sources import DataError, Dataset, check_arrays, load_digits, load_folder, load_npz, load_source, split
+from .errors import DataError
+from .sources import Dataset, Source, check_arrays, load_digits, load_npz, open_source, open_split, split
 
 __all__ = [
     "DataError", "Dataset", "OPS", "apply_op", "check_arrays", "cutmix", "cutmix_box", "horizontal_flip",
-    "load_digits", "load_folder", "load_npz", "load_source", "mix_group", "mixup", "one_hot", "randaugment",
+    "load_digits", "load_npz", "open_source", "open_split", "Source", "mix_group", "mixup", "one_hot", "randaugment",
     "randaugment_batch", "randaugment_image", "random_resized_crop", "resize_bilinear", "sample_crop_box", "split",
     "to_input",
 ]

@@ -23,11 +23,17 @@ matters here: a weighted sum v * (1 - f) + v * f can land an ulp below v on a fl
 truncate one level down; the lerp gives v exactly. (Same sampling points as resize_bilinear.) Random draws come
 from the generator passed in: per attempt the aspect (float32 uniform), the height, the row
 offset, the column offset, in TF's order.
+
+`resize_to_uint8` (the resize, clip and truncation) takes kernels/crop.py's Numba pass, bit for bit the
+NumPy functions here, in a process where Numba is loaded (kernel_gate.data_kernel); this module never
+loads Numba itself.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from ..kernel_gate import data_kernel
 
 _F32 = np.float32
 
@@ -110,11 +116,20 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(x, 0.0, 255.0).astype(np.uint8)
 
 
+def resize_to_uint8(region: np.ndarray, size) -> np.ndarray:
+    """uint8 (H, W, C) region -> uint8 (size, size, C): `to_uint8(resize_bilinear_tf(region, size))`, by the
+    Numba kernel where Numba is loaded (the same bits)."""
+    kernel = data_kernel("kernels.crop", "resize_uint8")
+    if kernel is not None and region.dtype == np.uint8 and region.ndim == 3:
+        return kernel(region, size)
+    return to_uint8(resize_bilinear_tf(region, size))
+
+
 def random_resized_crop(img: np.ndarray, size: int, rng: np.random.Generator, area=(0.05, 1.0),
                         aspect=(3.0 / 4.0, 4.0 / 3.0), max_attempts: int = 100) -> np.ndarray:
     """uint8 (H, W, C) -> uint8 (size, size, C): the sampled box, resized bilinearly, clipped, truncated."""
     y, x, h, w = sample_crop_box(img.shape[0], img.shape[1], rng, area, aspect, max_attempts)
-    return to_uint8(resize_bilinear_tf(img[y:y + h, x:x + w], size))
+    return resize_to_uint8(img[y:y + h, x:x + w], size)
 
 
 def horizontal_flip(img: np.ndarray) -> np.ndarray:

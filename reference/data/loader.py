@@ -1,4 +1,4 @@
-"""`BatchLoader`: the samples of a step prepared in worker processes, one step ahead of the model.
+"""`BatchLoader`: the samples of a step prepared in worker processes, `prefetch` steps ahead of the model.
 
 Per-sample work (crop, flip, RandAugment) is most of the data cost and independent per row,
 so the global batch is cut into contiguous row ranges, one per worker; mixing, which needs
@@ -9,6 +9,14 @@ Workers are fresh interpreters (`loader_worker.py`): forking a process whose BLA
 thread pools are running can deadlock the child. They are plain subprocesses talking over two
 pipes, not a multiprocessing pool: no semaphores in /dev/shm and no resource tracker to outlive
 a killed trainer, and each worker dies with its parent (see loader_worker.py).
+
+Every worker loads Numba when it can (whatever its parent: the PyTorch and JAX trainers never load it
+themselves), so the pipeline takes its Numba kernels there, bit for bit its NumPy ops; a first start on
+a machine compiles them once (cache=True). EFFV2_DATA_KERNELS=numpy keeps the workers NumPy only.
+
+Memory: a worker holds at most prefetch + 1 results of its row range (it keeps computing while its
+earlier results wait to be read: loader_worker.py writes them from a thread), so the loader's
+images in flight are bounded by (prefetch + 1) x rows, whatever the data set.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from collections import deque
 
 import numpy as np
 
+from ..kernel_gate import data_kernels_wanted
 from .loader_worker import read_frame, write_frame
 
 _WORKER_DATA = None  # the StepData of this worker process
@@ -30,14 +39,23 @@ class LoaderError(Exception):
 
 
 def _init_worker(data, numba_kernels: bool) -> None:
-    """numba_kernels: the parent had Numba loaded (the oracle), so the pipeline's kernels are wanted here too
-    (the framework trainers' workers stay NumPy only, as their parents are)."""
+    """numba_kernels: load Numba here, so that the pipeline takes its kernels (the same bits); without
+    Numba installed the worker runs the NumPy ops.
+
+    The worker keeps freed memory in its heap (kernels/heap.py; EFFV2_RETAIN_HEAP=0 turns it off): each
+    decoded image, crop and batch is a fresh block over glibc's mmap threshold, and a fresh mmap is one page
+    fault per 4 KiB touched. Decoding a 500 x 375 JPEG to an array took 2.7 ms that way, 1.0 ms with the
+    heap kept (Pillow's own decode: 0.76 ms). The worker's resident size stays at its peak, which its
+    bounded row ranges set (see the module's note)."""
+    from ..kernels.heap import retain_freed_memory  # glibc mallopt only: loads no Numba
+
     global _WORKER_DATA
     _WORKER_DATA = data
+    retain_freed_memory()
     if numba_kernels:
         try:
             import numba  # noqa: F401 - the pipeline takes its kernel path once Numba is loaded
-        except ImportError:  # pragma: no cover - the parent had it
+        except ImportError:
             pass
 
 
@@ -94,14 +112,17 @@ class BatchLoader:
     """`rows(step)` -> uint8 (rows, size, size, C): the prepared images of `rows` of step `step`.
 
     `rows` defaults to the whole global batch (a replica passes its shard). workers = 0 prepares in
-    this process; workers = N uses N processes and prefetches the next step. Use as a context
-    manager so the processes stop with the run (on any exception, KeyboardInterrupt included).
+    this process; workers = N uses N processes, which prepare the `prefetch` steps after the one asked
+    while the model runs (the results are the same whatever the depth). Use as a context manager so the
+    processes stop with the run (on any exception, KeyboardInterrupt included).
     """
 
-    def __init__(self, data, workers: int = 0, rows: slice | None = None):
+    def __init__(self, data, workers: int = 0, rows: slice | None = None, *, prefetch: int = 2):
         if workers < 0:
             raise ValueError(f"workers: must be >= 0 (got {workers})")
-        self.data, self.workers = data, workers
+        if prefetch < 0:
+            raise ValueError(f"prefetch: must be >= 0 (got {prefetch})")
+        self.data, self.workers, self.prefetch = data, workers, prefetch
         self.start, self.stop, _ = (rows or slice(0, data.plan.batch_size)).indices(data.plan.batch_size)
         self._procs: list[_Worker] = []
         self._asked: set[int] = set()
@@ -109,7 +130,7 @@ class BatchLoader:
     def __enter__(self) -> "BatchLoader":
         try:
             for _ in range(min(self.workers, self.stop - self.start)):
-                self._procs.append(_Worker(self.data, "numba" in sys.modules))
+                self._procs.append(_Worker(self.data, data_kernels_wanted()))
         except BaseException:
             self.__exit__()
             raise
@@ -136,7 +157,8 @@ class BatchLoader:
     def rows(self, step: int) -> np.ndarray:
         if not self._procs:
             return self.data.prepare_rows(step, slice(self.start, self.stop))
-        self._submit(step)
-        self._submit(step + 1)  # overlap the next step's images with this step's model work
-        self._asked.discard(step)
-        return np.concatenate([w.answer(step) for w in self._procs])
+        for ahead in range(self.prefetch + 1):  # the next steps' images overlap this step's model work
+            self._submit(step + ahead)
+        out = np.concatenate([w.answer(step) for w in self._procs])
+        self._asked = set(self._procs[0].pending)  # every worker is asked the same steps; answered ones are gone
+        return out

@@ -11,12 +11,17 @@ thread ends (Linux PR_SET_PDEATHSIG), a watch thread checks the parent id (elsew
 request pipe that reaches end-of-file ends it too. It ignores SIGINT: the trainer alone answers
 Ctrl-C and stops its workers. It uses no multiprocessing machinery, so nothing (semaphores, a
 resource tracker) is left in /dev/shm or in the process table after any kill.
+
+Results leave from a writer thread, in the order asked: a result larger than the pipe's buffer would
+otherwise block the worker until the trainer reads it, and the steps asked ahead (the loader's prefetch)
+would wait unprepared. The trainer asks at most prefetch + 1 steps ahead, which bounds the queue.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import queue
 import signal
 import struct
 import sys
@@ -65,6 +70,21 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="effv2-parent-watch").start()
 
 
+def _start_writer(results: int) -> queue.SimpleQueue:
+    """A thread writing each reply put on the returned queue to `results`, in order."""
+    replies: queue.SimpleQueue = queue.SimpleQueue()
+
+    def write():
+        try:
+            while True:
+                write_frame(results, replies.get())
+        except (BrokenPipeError, OSError):
+            os._exit(0)  # the trainer stopped reading: it finished or stopped
+
+    threading.Thread(target=write, daemon=True, name="effv2-loader-writer").start()
+    return replies
+
+
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests, results = sys.stdin.fileno(), os.dup(sys.stdout.fileno())
@@ -75,13 +95,14 @@ def main() -> None:
         parent, data, numba_kernels = read_frame(requests)
         _die_with_parent(parent)
         loader._init_worker(data, numba_kernels)
+        replies = _start_writer(results)
         while True:
             step, start, stop = read_frame(requests)
             try:
                 reply = ("ok", loader._prepare(step, start, stop))
             except Exception as exc:  # noqa: BLE001 - handed to the trainer, which reports it
                 reply = ("error", f"{type(exc).__name__}: {exc}")
-            write_frame(results, reply)
+            replies.put(reply)
     except (EOFError, BrokenPipeError):
         pass  # the trainer finished or stopped: leave quietly
     os._exit(0)

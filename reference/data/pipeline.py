@@ -1,7 +1,7 @@
 """From stored uint8 images to the network's input, for evaluation and for one training step.
 
 Training, per sample (google/automl's order, efficientnetv2/preprocessing.py): random-resized
-crop of the stored image (or the whole image) resized bilinearly to the stage size, rounded to
+crop drawn on the original image (or the whole image) resized bilinearly to the stage size, to
 uint8; horizontal flip with probability 1/2; RandAugment at the stage's magnitude on the uint8
 image. Then per batch: normalisation by the spec (only when the model does not normalise
 itself), NCHW, and mixup / cutmix inside each mix group.
@@ -22,8 +22,8 @@ import numpy as np
 from effv2_spec.resolve import ResolvedModel
 from effv2_spec.training import Augmentation
 
-from ..kernel_gate import kernel_if_numba_loaded
-from .crop import horizontal_flip, random_resized_crop
+from ..kernel_gate import data_kernel
+from .crop import horizontal_flip, random_resized_crop, resize_to_uint8, sample_crop_box
 from .mixup import one_hot
 from .randaugment_automl import draw_layers, randaugment_image
 from .resize import resize_bilinear
@@ -34,10 +34,11 @@ def normalise(images: np.ndarray, resolved: ResolvedModel, dtype=np.float32) -> 
     """uint8 (or float) NHWC at the final size -> float NCHW, normalised unless the model does it."""
     # NCHW first, while the pixels are still small: the arithmetic is element-wise, so the layout
     # changes no value, and the per-channel constants then broadcast over contiguous planes
-    x = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(dtype)
-    if not resolved.normalize_in_model:
+    x = images.transpose(0, 3, 1, 2).astype(dtype, order="C")
+    if not resolved.normalize_in_model:  # in place: the same float ops as (x - mean) / std, no temporaries
         norm = resolved.spec.input.normalization
-        x = (x - np.asarray(norm.mean, dtype=dtype)[:, None, None]) / np.asarray(norm.std, dtype=dtype)[:, None, None]
+        x -= np.asarray(norm.mean, dtype=dtype)[:, None, None]
+        x /= np.asarray(norm.std, dtype=dtype)[:, None, None]
     return x
 
 
@@ -114,21 +115,41 @@ def _flip_and_augment_rows(images: np.ndarray, rngs: list[np.random.Generator], 
 def _randaugment_rows_kernel():
     """kernels.randaugment.randaugment_rows once Numba is loaded in this process, else None (the pipeline
     never loads it)."""
-    return kernel_if_numba_loaded("kernels.randaugment", "randaugment_rows")
+    return data_kernel("kernels.randaugment", "randaugment_rows")
+
+
+def eval_input(source, lo: int, hi: int, size: int, resolved: ResolvedModel, dtype=np.float32) -> np.ndarray:
+    """Evaluation input of rows lo:hi of a source: in-memory pixels resized bilinearly as `to_input` does;
+    image files through the spec's `eval_preprocessing`, as `effv2 eval` reads them."""
+    images = getattr(source, "images", None)
+    if images is not None:
+        return to_input(images[lo:hi], size, resolved, dtype)
+    how = resolved.spec.input.eval_preprocessing
+    return normalise(np.stack([source.eval_pixels(i, size, how) for i in range(lo, hi)]), resolved, dtype)
+
+
+def crop_row(source, i: int, size: int, augmentation: Augmentation, rng: np.random.Generator) -> np.ndarray:
+    """The random-resized crop of row i: the box drawn on the original's size, the box's pixels (decoded at
+    a reduced scale when the source can), resized to size x size; uint8 HWC."""
+    crop = augmentation.random_resized_crop
+    h, w = source.image_size(i)
+    box = sample_crop_box(h, w, rng, area=crop.area, aspect=crop.aspect)
+    return resize_to_uint8(source.crop(i, box, size), size)
 
 
 class StepData:
     """The data side of a plan: `prepare_rows` (per-sample, parallelisable) and `assemble` (per group).
 
-    `images` (uint8 NHWC) and `labels` are the whole training set; the plan says which rows of a step
-    come from where and keys every draw.
+    `source` (sources.Source) is the whole training set; the plan says which rows of a step come
+    from where and keys every draw. Pickled into a loader worker, it carries a description of the
+    source, not its images.
     """
 
     #: the whole training set resized to a stage's size is kept when it takes at most this many bytes
     RESIZED_CACHE_BYTES = 64 << 20
 
-    def __init__(self, plan, images: np.ndarray, labels: np.ndarray):
-        self.plan, self.images, self.labels = plan, images, labels
+    def __init__(self, plan, source):
+        self.plan, self.source, self.labels = plan, source, source.labels
         self.config = plan.config
         self._resized: tuple[int, np.ndarray] | None = None  # (size, every image resized to it)
 
@@ -136,14 +157,17 @@ class StepData:
         return {**self.__dict__, "_resized": None}
 
     def _resized_rows(self, indices: np.ndarray, size: int) -> np.ndarray:
-        """The whole-image resize of images[indices] to `size`. A small training set is resized once per
-        size (a step would otherwise resize the same few thousand images again and again): each image's
+        """The whole-image resize of rows `indices` to `size`. A small in-memory training set is resized once
+        per size (a step would otherwise resize the same few thousand images again and again): each image's
         resize is its own computation, whatever else is in the call (`_resize_uint8`), so the bits are the same."""
-        n, h, w, c = self.images.shape
+        images = getattr(self.source, "images", None)
+        if images is None:  # files: each image has its own size
+            return np.stack([_resize_uint8(self.source.image(i), size) for i in indices])
+        n, h, w, c = images.shape
         if (h, w) == (size, size) or n * size * size * c > self.RESIZED_CACHE_BYTES:
-            return _resize_uint8(self.images[indices], size)
+            return _resize_uint8(images[indices], size)
         if self._resized is None or self._resized[0] != size:
-            self._resized = (size, _resize_uint8(self.images, size))
+            self._resized = (size, _resize_uint8(images, size))
         return self._resized[1][indices]
 
     def prepare_rows(self, step: int, rows: slice) -> np.ndarray:
@@ -158,7 +182,7 @@ class StepData:
         if augmentation.random_resized_crop is not None:
             # each row's crop draws come first from its generator, then its flip and RandAugment draws
             rngs = plan.sample_rngs(PURPOSE_AUGMENT, step, range(start, stop))
-            crops = np.stack([_random_crop(self.images[indices[r]], stage.image_size, augmentation, rng)
+            crops = np.stack([crop_row(self.source, int(indices[r]), stage.image_size, augmentation, rng)
                               for r, rng in zip(range(start, stop), rngs)])
             return _flip_and_augment_rows(crops, rngs, **options)
         # the whole-image resize draws nothing: all the rows at once, then each row's own draws, if any

@@ -1,8 +1,10 @@
-"""Data sources: the embedded digits, `.npz` files and one-folder-per-class image trees.
+"""Data sources: what `--data` and `--val-data` name, opened as one `Source` interface.
 
-Every source gives a `Dataset`: uint8 images NHWC and int64 labels, checked once here so
-the training loop never meets a wrong shape, dtype or label. Problems raise `DataError`
-with one line that names the file and the rule, which the CLI prints as is.
+A source has its labels in memory and gives images by row, at random: the embedded digits and
+`.npz` files are held in memory (`Dataset`, checked once here so the loop never meets a wrong
+shape, dtype or label); image folders (folder_source.py) and Parquet shards (parquet_source.py)
+stay on disk and are decoded per sample, so memory does not grow with the data set. Problems
+raise `DataError` with one line that names the file and the rule, which the CLI prints as is.
 
 Held-out data: a source is split deterministically (a fixed generator, independent of the
 training seed, stratified by class) so every run and every seed evaluates on the same images.
@@ -10,39 +12,100 @@ training seed, stratified by class) so every run and every seed evaluates on the
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..npzfile import NpzError, read_npz
+from .errors import DataError
 from .resize import resize_bilinear
 
 #: fraction of each class kept out of training for evaluation
 HELDOUT_FRACTION = 0.2
 #: seed of the split: fixed, so the held-out set does not move with --seed
 SPLIT_SEED = 20210401
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
-class DataError(ValueError):
-    """Bad input data: the message is one line, `SOURCE: rule`."""
+class Source:
+    """A data set with random access by row: labels in memory, images read when asked.
 
+    Subclasses give `image(i)`; the rest has defaults that are right for in-memory arrays and are
+    overridden where a file format can do better (a size from the header, a crop decoded at a
+    reduced scale). Rows are 0..len-1 of this source; `subset` makes a view of some of them.
+    """
 
-@dataclass
-class Dataset:
-    images: np.ndarray  # (N, H, W, C) uint8
+    name: str
+    classes: list[str]
+    named_classes = False  # True when `classes` are names read from the data (folders, shard metadata)
     labels: np.ndarray  # (N,) int64
     num_classes: int
-    name: str
+    channels: int
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def image(self, i: int) -> np.ndarray:
+        """The original image of row i, uint8 (H, W, channels)."""
+        raise NotImplementedError
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        return tuple(self.image(i).shape[:2])
+
+    def crop(self, i: int, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+        """The pixels of box (y, x, h, w) of row i's original, to be resized to `size`."""
+        y, x, h, w = box
+        return self.image(i)[y:y + h, x:x + w]
+
+    def location(self, i: int) -> str:
+        return f"{self.name}#{i}"
+
+    def describe(self) -> str:
+        return f"{self.name} ({len(self)} images, {len(set(self.labels.tolist()))} classes)"
+
+
+class Dataset(Source):
+    """Images held in memory as one uint8 NHWC array (the digits, an `.npz`): the stored pixels are the
+    original. `origin` says how a worker process reloads it instead of receiving the pixels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, name: str,
+                 origin: tuple | None = None):
+        self.images, self.labels, self.num_classes, self.name = images, labels, num_classes, name
+        self.channels = int(images.shape[3])
+        self.classes = [str(k) for k in range(num_classes)] if num_classes <= 1000 else []
+        self.origin = origin  # (loader name, args, rows or None)
+
+    def __reduce__(self):
+        if self.origin is None:
+            return (Dataset, (self.images, self.labels, self.num_classes, self.name))
+        return (_reload, (self.origin, self.name))
+
+    def image(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        return tuple(self.images.shape[1:3])
+
     def subset(self, index: np.ndarray, name: str) -> "Dataset":
-        return Dataset(self.images[index], self.labels[index], self.num_classes, name)
+        origin = None
+        if self.origin is not None:
+            loader, args, rows = self.origin
+            origin = (loader, args, np.asarray(index) if rows is None else rows[index])
+        return Dataset(self.images[index], self.labels[index], self.num_classes, name, origin)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(np.ascontiguousarray(self.images).tobytes())
+        h.update(self.labels.astype("<i8").tobytes())
+        return h.hexdigest()[:16]
+
+
+def _reload(origin: tuple, name: str) -> Dataset:
+    """A worker's copy of an in-memory set, read again from where the parent read it."""
+    loader, args, rows = origin
+    data = {"digits": load_digits, "npz": load_npz}[loader](*args)
+    return data if rows is None else data.subset(rows, name)
 
 
 def check_arrays(images, labels, num_classes: int, channels: int, source: str) -> Dataset:
@@ -79,7 +142,9 @@ def load_digits(size: int = 32, channels: int = 3, num_classes: int = 10) -> Dat
     gray = pixels.reshape(-1, 8, 8) * (255.0 / 16.0)  # (N, 8, 8) in 0..255
     up = resize_bilinear(gray, size)
     images = np.clip(np.rint(up), 0, 255).astype(np.uint8)[..., None]
-    return check_arrays(images, target, num_classes, channels, "digits")
+    data = check_arrays(images, target, num_classes, channels, "digits")
+    data.origin = ("digits", (size, channels, num_classes), None)
+    return data
 
 
 def _digits_table() -> tuple[np.ndarray, np.ndarray]:
@@ -111,75 +176,110 @@ def load_npz(path: str | os.PathLike, num_classes: int, channels: int) -> Datase
     if missing:
         raise DataError(f"{p}: missing array(s) {', '.join(missing)}; an .npz needs 'images' (uint8 NHWC) "
                         f"and 'labels' (found: {', '.join(sorted(arrays)) or 'none'})")
-    return check_arrays(arrays["images"], arrays["labels"], num_classes, channels, p)
+    data = check_arrays(arrays["images"], arrays["labels"], num_classes, channels, p)
+    data.origin = ("npz", (p, num_classes, channels), None)
+    return data
 
 
-def load_folder(path: str | os.PathLike, num_classes: int, channels: int, size: int) -> Dataset:
-    """root/<class>/<image>: classes are the sorted sub-folder names; images resized to size x size."""
-    try:
-        import PIL.Image  # noqa: F401  (only to say early that Pillow is missing)
-    except ImportError:
-        raise DataError(f"{path}: reading an image folder needs Pillow (pip install 'effv2[reference]')") from None
-    root = Path(path)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root}: no class sub-folders; expected root/<class name>/<image files>")
-    if len(classes) > num_classes:
-        raise DataError(f"{root}: {len(classes)} class folders but the spec's num_classes is {num_classes}")
-    mode = "L" if channels == 1 else "RGB"
-    if channels not in (1, 3):
-        raise DataError(f"{root}: image folders give 1 or 3 channels; the spec's input.channels is {channels}")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"{root / name}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        for f in files:
-            arr = _read_image(f, mode, size)
-            images.append(arr if arr.ndim == 3 else arr[..., None])
-            labels.append(label)
-    return check_arrays(np.stack(images), np.asarray(labels, dtype=np.int64), num_classes, channels, str(root))
-
-
-def _read_image(f: Path, mode: str, size: int) -> np.ndarray:
-    """One image as uint8 size x size; anything Pillow cannot or should not decode is a DataError.
-
-    The same opener as predict and eval (raster formats and regular files only; past Pillow's pixel
-    limit a decompression bomb, not a warning), and 16-bit or float images scaled, not clipped."""
-    from PIL import Image
-
-    from ..preprocess import ImageError, eight_bit, open_raster
-
-    try:
-        with open_raster(f) as im:
-            im = eight_bit(im).convert(mode).resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except ImageError as exc:
-        raise DataError(str(exc)) from None
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError) as exc:  # Pillow's decoder errors
-        raise DataError(f"{f}: not a readable image ({type(exc).__name__}: {exc})") from None
-
-
-def load_source(source: str, num_classes: int, channels: int, size: int) -> Dataset:
-    """'digits', a .npz file or an image folder, by what `source` is."""
+def open_source(source: str, *, num_classes: int, channels: int, digits_size: int = 32) -> Source:
+    """'digits', an `.npz`, an image folder ROOT/<class>/..., a folder of `.parquet` shards or a glob of them."""
     if source == "digits":
-        return load_digits(size, channels, num_classes)
+        return load_digits(digits_size, channels, num_classes)
     if source == "":
         raise DataError("--data: an empty path names no file or folder")
+    if glob.has_magic(source) or source.endswith(".parquet"):
+        from .parquet_source import ParquetSource
+
+        return ParquetSource.from_pattern(source, num_classes=num_classes, channels=channels)
     p = Path(source)
     if not p.exists():
-        raise DataError(f"{source}: no such file or folder (use 'digits', an .npz file or an image folder)")
+        raise DataError(f"{source}: no such file or folder ({_KINDS})")
     if p.is_dir():
-        try:
-            return load_folder(p, num_classes, channels, size)
-        except OSError as exc:  # an unreadable sub-folder (permissions)
-            raise DataError(f"{exc.filename or source}: cannot read ({exc.strerror or exc})") from None
+        return _open_folder(p, num_classes, channels)
     if not p.is_file():  # a FIFO or a device would block or never end
-        raise DataError(f"{source}: not a regular file or folder (use 'digits', an .npz file or an image folder)")
+        raise DataError(f"{source}: not a regular file or folder ({_KINDS})")
     return load_npz(p, num_classes, channels)
 
 
-def split(data: Dataset, fraction: float = HELDOUT_FRACTION, seed: int = SPLIT_SEED) -> tuple[Dataset, Dataset]:
+_KINDS = "use 'digits', an .npz file, an image folder or Parquet shards"
+
+
+def _open_folder(root: Path, num_classes: int, channels: int, classes: list[str] | None = None) -> Source:
+    try:
+        if any(f.suffix == ".parquet" for f in root.iterdir() if f.is_file()):
+            from .parquet_source import ParquetSource
+
+            return ParquetSource.from_pattern(str(root / "*.parquet"), num_classes=num_classes, channels=channels)
+        from .folder_source import FolderSource
+
+        return FolderSource(root, num_classes=num_classes, channels=channels, classes=classes)
+    except OSError as exc:  # an unreadable sub-folder (permissions)
+        raise DataError(f"{exc.filename or root}: cannot read ({exc.strerror or exc})") from None
+
+
+#: names of a data set's validation split, as folders (ImageNet's val/) or as shard prefixes (the hub's)
+VALIDATION_NAMES = ("val", "validation")
+
+
+def open_split(data: str, val_data: str | None, *, num_classes: int, channels: int,
+               digits_size: int = 32) -> tuple[Source, Source]:
+    """(train, validation). The validation set is `val_data` when given; else the data set's own split
+    (ROOT/train with ROOT/val, or train-*.parquet with validation-*.parquet shards); else a fixed
+    `HELDOUT_FRACTION` of the training source's images, as `split` draws them."""
+    options = dict(num_classes=num_classes, channels=channels)
+    p = Path(data) if data not in ("", "digits") else None
+    own = _own_splits(p, **options) if p is not None and p.is_dir() else None
+    train = own[0] if own else open_source(data, digits_size=digits_size, **options)
+    if val_data is not None:
+        p_val = Path(val_data)
+        if p_val.is_dir() and getattr(train, "named_classes", False) and not any(
+                f.suffix == ".parquet" for f in p_val.iterdir()):
+            val = _open_folder(p_val, classes=train.classes, **options)  # a folder tree maps names to the train set's
+        else:
+            val = open_source(val_data, digits_size=digits_size, **options)
+        _check_same_classes(train, val)
+        return train, val
+    if own and own[1] is not None:
+        return own
+    return split(train)
+
+
+def _own_splits(root: Path, **options) -> tuple[Source, Source | None] | None:
+    """ROOT/train (+ ROOT/val) folders, or train-* (+ validation-*) shards in ROOT; None when ROOT has neither."""
+    names = {f.name for f in root.iterdir()}
+    if "train" in names and (root / "train").is_dir():
+        train = _open_folder(root / "train", **options)
+        for v in VALIDATION_NAMES:
+            if v in names and (root / v).is_dir():
+                return train, _open_folder(root / v, classes=getattr(train, "classes", None), **options)
+        return train, None
+    shards = sorted(n for n in names if n.endswith(".parquet"))
+    if any(n.startswith("train-") for n in shards):
+        from .parquet_source import ParquetSource
+
+        train = ParquetSource.from_pattern(str(root / "train-*.parquet"), **options)
+        for v in VALIDATION_NAMES:
+            if any(n.startswith(f"{v}-") for n in shards):
+                return train, ParquetSource.from_pattern(str(root / f"{v}-*.parquet"), **options)
+        return train, None
+    return None
+
+
+def _check_same_classes(train: Source, val: Source) -> None:
+    """A validation set read apart from its training set must name the same classes in the same order."""
+    if getattr(train, "named_classes", False) and getattr(val, "named_classes", False) \
+            and list(val.classes) != list(train.classes)[:len(val.classes)]:
+        first = next(k for k, (a, b) in enumerate(zip(val.classes, train.classes)) if a != b) \
+            if any(a != b for a, b in zip(val.classes, train.classes)) else min(len(val.classes), len(train.classes))
+        raise DataError(f"{val.name}: its classes differ from the training set's (class {first}: "
+                        f"{_name(val.classes, first)} vs {_name(train.classes, first)}); labels would not match")
+
+
+def _name(classes, k: int) -> str:
+    return repr(classes[k]) if k < len(classes) else "none"
+
+
+def split(data: Source, fraction: float = HELDOUT_FRACTION, seed: int = SPLIT_SEED) -> tuple[Source, Source]:
     """(train, held-out): `fraction` of each class held out, chosen by a fixed generator."""
     rng = np.random.default_rng(seed)
     held = []

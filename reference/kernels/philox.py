@@ -152,3 +152,7 @@ def _mulhi_naive(a: np.uint64, b: np.ndarray) -> np.ndarray:
     hl, lh, ll = a_hi * b_lo, a_lo * b_hi, a_lo * b_lo
     carry = ((hl & _LO32) + (lh & _LO32) + (ll >> _S32)) >> _S32
     return a_hi * b_hi + (hl >> _S32) + (lh >> _S32) + carry
+
+
+# compiled entry point -> its NumPy twin (tests/reference/test_kernel_twins.py holds every module to its table)
+TWINS = {"philox_uniforms_into": "philox_uniforms_naive"}

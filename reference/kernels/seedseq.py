@@ -20,17 +20,17 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .. import keyed  # SeedSequence's constants, as the NumPy derivation uses them
+from .. import seedseq_constants as sc  # the constants keyed.py's NumPy derivation uses
 
-_MASK = np.uint64(keyed._MASK)
-_SHIFT = np.uint64(keyed._SHIFT)
+_MASK = np.uint64(sc.MASK)
+_SHIFT = np.uint64(sc.SHIFT)
 _S32 = np.uint64(32)
 _ZERO = np.uint64(0)
-_POOL = keyed._POOL
-_INIT_A, _MULT_A = np.uint64(keyed._INIT_A), np.uint64(keyed._MULT_A)
-_INIT_B, _MULT_B = np.uint64(keyed._INIT_B), np.uint64(keyed._MULT_B)
-_MIX_L, _MIX_R = np.uint64(keyed._MIX_L), np.uint64(keyed._MIX_R)
-_ROW_MAX = keyed._MASK
+_POOL = sc.POOL
+_INIT_A, _MULT_A = np.uint64(sc.INIT_A), np.uint64(sc.MULT_A)
+_INIT_B, _MULT_B = np.uint64(sc.INIT_B), np.uint64(sc.MULT_B)
+_MIX_L, _MIX_R = np.uint64(sc.MIX_L), np.uint64(sc.MIX_R)
+_ROW_MAX = sc.MASK
 
 
 @njit(cache=True, nogil=True)
@@ -106,3 +106,17 @@ def seedseq_keys(prefix_words, rows) -> np.ndarray | None:
         raise ValueError(f"rows: expected a 1-D array, got shape {rows.shape}")
     out = np.empty((rows.shape[0], 2), np.uint64)
     return out if seedseq_keys_into(prefix_words, rows, out) else None
+
+
+def seedseq_keys_naive(prefix_words, rows) -> np.ndarray | None:
+    """`seedseq_keys` by NumPy's SeedSequence itself, one row at a time."""
+    rows = [int(r) for r in rows]
+    if any(r < 0 or r > sc.MASK for r in rows):
+        return None
+    words = [int(w) for w in prefix_words]
+    return np.array([np.random.SeedSequence([*words, r]).generate_state(2, np.uint64) for r in rows],
+                    np.uint64).reshape(len(rows), 2)
+
+
+# compiled entry point -> its NumPy twin (tests/reference/test_kernel_twins.py holds every module to its table)
+TWINS = {"seedseq_keys_into": "seedseq_keys_naive"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .activations import activation_backward, activation_forward, sigmoid
 from .batchnorm import (BatchNormSync, batch_norm_backward, batch_norm_eval_backward, batch_norm_eval_forward,
                         batch_norm_train_forward, update_running_stats)
-from .bn_silu import (BatchNormSiluCache, batch_norm_silu_backward, batch_norm_silu_eval_forward,
+from .bn_silu import (BatchNormSiluCache as BatchNormSiluCache, batch_norm_silu_backward, batch_norm_silu_eval_forward,
                       batch_norm_silu_train_forward)
 from .conv import conv2d_backward, conv2d_forward, conv_pads, pad
 from .dense import dense_backward, dense_forward

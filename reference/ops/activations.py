@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.elementwise import silu_backward_kernel
-from ..kernels.pool import parallel_for
-from ..kernels.silu import silu_exp_forward
+from ..kernels.network.elementwise import silu_backward_kernel
+from ..kernels.runtime.pool import parallel_for
+from ..kernels.network.silu import silu_exp_forward
 
 _ALIGN = 1024  # flat chunks start on 4 KiB boundaries (float32)
 

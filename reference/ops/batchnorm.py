@@ -32,10 +32,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..kernels.elementwise import (affine_rows_kernel, bn_backward_dx_kernel, bn_center_normalize_kernel,
+from ..kernels.network.elementwise import (affine_rows_kernel, bn_backward_dx_kernel, bn_center_normalize_kernel,
                                    bn_grad_sums_kernel, bn_moments_kernel, bn_span_backward_dx_kernel,
                                    bn_span_moments_kernel, running_stats_kernel)
-from ..kernels.pool import parallel_for
+from ..kernels.runtime.pool import parallel_for
 
 
 @dataclass(frozen=True)

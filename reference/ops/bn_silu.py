@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels.bn_silu import (affine_silu_forward_kernel, bn_silu_backward_kernel, bn_silu_forward_kernel,
+from ..kernels.network.bn_silu import (affine_silu_forward_kernel, bn_silu_backward_kernel, bn_silu_forward_kernel,
                                silu_grad_sums_kernel)
-from ..kernels.elementwise import bn_span_backward_dx_kernel
-from ..kernels.pool import parallel_for
-from ..kernels.silu import silu_constants
+from ..kernels.network.elementwise import bn_span_backward_dx_kernel
+from ..kernels.runtime.pool import parallel_for
+from ..kernels.network.silu import silu_constants
 from .batchnorm import BatchNormSync, _group_rows, _rows, _sum_groups, _vec, eval_affine, train_normalise
 
 

@@ -15,10 +15,10 @@ import numpy as np
 
 from effv2_spec.rounding import conv_padding
 
-from ..kernels.depthwise import depthwise_backward_samples, depthwise_forward_samples
-from ..kernels.im2col import col2im_crop_kernel, im2col_pad_kernel
-from ..kernels.layout import cnhw_to_nhwc_pad_kernel, nhwc_crop_to_cnhw_kernel
-from ..kernels.pool import parallel_for
+from ..kernels.network.depthwise import depthwise_backward_samples, depthwise_forward_samples
+from ..kernels.network.im2col import col2im_crop_kernel, im2col_pad_kernel
+from ..kernels.network.layout import cnhw_to_nhwc_pad_kernel, nhwc_crop_to_cnhw_kernel
+from ..kernels.runtime.pool import parallel_for
 
 _CH_ALIGN = 16  # channels-last kernels split C in multiples of 16 (a 64-byte line of float32): no false sharing
 # the pool's MIN_CHUNK counts streamed values (~1 ns each); a GEMM multiply-add costs ~1/30 of that, so a GEMM

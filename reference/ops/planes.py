@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.elementwise import affine_rows_kernel, row_dots_kernel, row_means_kernel
-from ..kernels.pool import parallel_for
+from ..kernels.network.elementwise import affine_rows_kernel, row_dots_kernel, row_means_kernel
+from ..kernels.runtime.pool import parallel_for
 
 _FLOATS = (np.float32, np.float64)
 

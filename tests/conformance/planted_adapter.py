@@ -57,3 +57,17 @@ class IgnoresDecoupledDecay(_IgnoresField):
         plain = config.optimizer.model_copy(update={"weight_decay": 0.0})
         return self.inner.optimizer_steps(tensors, grads_per_step, config.model_copy(update={"optimizer": plain}),
                                           lrs, resolved)
+
+
+class IgnoresField(_IgnoresField):
+    """Steps the field of any recipe-field check (`check`, e.g. "rmsprop.eps") at its base recipe's value, whatever
+    the config says (recipes.ignoring): a backend with that value hard-coded."""
+
+    def __init__(self, check: str):
+        super().__init__()
+        self.check, self.name = check, f"torch-ignores-{check}"
+
+    def optimizer_steps(self, tensors, grads_per_step, config, lrs, resolved):
+        from effv2_adapters.conformance.recipes import ignoring
+
+        return self.inner.optimizer_steps(tensors, grads_per_step, ignoring(config, self.check), lrs, resolved)

@@ -32,7 +32,8 @@ EVAL_GRADS_F64 = {"efficientnetv2-m": 64, "efficientnetv2-l": 64, "efficientnetv
                   "efficientnetv2-xl-dli14": 65}
 # presets whose network is another preset's: the timm dialect states timm's evaluation transform and
 # training defaults (dropout 0, drop path 0, unbiased running variance) on the official tf_ network
-SAME_NETWORK = {f"efficientnetv2-{v}-timm": f"efficientnetv2-{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")}
+SAME_NETWORK = {f"efficientnetv2-{v}-timm": f"efficientnetv2-{v}"
+                for v in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")}
 
 #: what depends on the architecture: the forward, the backward, BN statistics and the two optimisers' updates.
 #: The recipe-field checks (clipping, frozen BN, decay roles, optimiser switches) and further optimisers vary
@@ -92,7 +93,13 @@ def test_same_network_presets_resolve_to_the_checked_table(name):
     assert [(p.name, p.shape) for p in resolve(spec).params] == [(p.name, p.shape) for p in resolve(other).params]
 
 
-PRESET_PARAMS = [pytest.param(b, *case, id=f"{b}-{case[0]}-{case[1]}-{case[2]}", marks=_marks(b))
+def _preset_marks(backend: str, name: str) -> list:
+    """The large presets are `slow`: the oracle's float64 forward and backward of M / L / XL / B4-B7 take
+    half a minute to three minutes each, about half of the whole suite's time."""
+    return _marks(backend) + ([pytest.mark.slow] if name in EVAL_GRADS_F64 else [])
+
+
+PRESET_PARAMS = [pytest.param(b, *case, id=f"{b}-{case[0]}-{case[1]}-{case[2]}", marks=_preset_marks(b, case[0]))
                  for b in BACKENDS for case in PRESET_CASES.get(b, DEFAULT_CASES)]
 
 

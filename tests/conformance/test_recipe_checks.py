@@ -71,13 +71,20 @@ def test_a_backend_that_ignores_a_recipe_field_fails_naming_it(on_path, planted,
     assert "sgd worst" not in verdict  # the same steps without the field agree
 
 
-def test_the_torch_adapter_passes_every_recipe_field(on_path):
+@pytest.mark.parametrize("framework,dtype", [("torch", "float64"), ("torch", "float32"), ("jax", "float64"),
+                                             ("jax", "float32")])
+def test_the_torch_and_jax_adapters_pass_every_field_check(framework, dtype):
+    """Clipping on (a quarter of the first step's gradient norm), frozen BN, every optimiser field: float32 too,
+    where the checks run when named (so a field check's value must not make a correct float32 backend fail)."""
+    pytest.importorskip(framework)
     from effv2_adapters.conformance import FIELD_CHECKS
 
-    result = CliRunner().invoke(main, ["check", "efficientnetv2-nano", "--framework", "torch", "--image-size", "32",
-                                       "--checks", ",".join(FIELD_CHECKS)])
+    result = CliRunner().invoke(main, ["check", "efficientnetv2-nano", "--framework", framework, "--image-size", "32",
+                                       "--dtype", dtype, "--checks", ",".join(FIELD_CHECKS), "--json"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1] == "PASS"
+    checks = {c["check"]: c for c in json.loads(result.stdout)["checks"]}
+    assert set(checks) == set(FIELD_CHECKS) and all(c["status"] == "passed" for c in checks.values()), checks
+    assert max(c["worst_rel_err"] for c in checks.values()) <= (1e-12 if dtype == "float64" else 1e-4)
 
 
 @pytest.mark.slow  # two short trainings per framework (the oracle's and the framework's), ~15 s / ~35 s

@@ -13,7 +13,9 @@ from effv2_spec.resolve import resolve
 from effv2_spec.rounding import conv_padding as spec_conv_padding
 from effv2_spec.weights import WeightsError
 
+from effv2_reference.init import initial_tensors
 from jax_testlib import random_masks, random_tensors, rel, tiny_spec
+from shared_specs import constant_inits_flipped
 
 pytestmark = pytest.mark.jax
 
@@ -48,6 +50,19 @@ def test_init_follows_the_rules_and_is_seeded():
             assert np.max(np.abs(t)) <= 2 * p.init.scale + 1e-12
         elif p.init.kind == "uniform":
             assert np.max(np.abs(t)) <= p.init.scale
+
+
+def test_init_is_the_oracles_with_constant_init_conventions():
+    """The JAX init draws what the oracle draws, tensor for tensor, for the resolved table as it is and
+    with every constant rule flipped (ones <-> zeros): constants travel in the table too."""
+    resolved = resolve(tiny_spec(), 16)
+    for table in (resolved, constant_inits_flipped(resolved)):
+        got = state_to_canonical(build_model(table, "float64", seed=5), table)
+        want = initial_tensors(table, 5, "float64")
+        assert set(got) == set(want)
+        assert [k for k in want if not np.array_equal(got[k], want[k])] == []
+    gamma = "blocks.3.project.bn.weight"
+    assert resolved.param(gamma).init.kind == "ones" and np.all(got[gamma] == 0.0)  # zero-gamma, as flipped
 
 
 def test_weights_round_trip_exact(tmp_path):

@@ -178,6 +178,7 @@ def test_bfloat16_runs_close_to_float32(data):
     assert 0 < np.abs(w_bf - w_32).max() < 0.1 * np.abs(w_32).max()
 
 
+@pytest.mark.slow  # each process compiles its own steps (two processes: ~45 s on two cores)
 @pytest.mark.parametrize("devices,nproc,group,optimizer", [(2, 1, 4, "sgd"), (1, 2, 16, "rmsprop")])
 def test_devices_and_processes_equal_the_oracle(devices, nproc, group, optimizer):
     """2 simulated devices, groups of 4 inside each; 2 jax.distributed processes on 127.0.0.1, one BN

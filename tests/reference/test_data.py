@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from effv2_reference.data import (OPS, DataError, apply_op, load_digits, load_folder, load_npz, load_source, mixup,
+from effv2_reference.data import (OPS, DataError, apply_op, load_digits, load_npz, mixup, open_source,
                                   randaugment_batch, split, to_input)
 from effv2_reference.data.randaugment import SIGNED
 from effv2_spec.presets import load as load_preset
@@ -56,33 +56,45 @@ def test_npz_missing_key_and_not_npz(tmp_path):
     with pytest.raises(DataError, match="not a readable .npz"):
         load_npz(q, 10, 3)
     with pytest.raises(DataError, match="no such file"):
-        load_source(str(tmp_path / "missing.npz"), 10, 3, 16)
+        open_source(str(tmp_path / "missing.npz"), num_classes=10, channels=3)
 
 
 # ---- image folders -----------------------------------------------------------------------------
-def test_folder_loader(tmp_path):
+def test_folder_source_reads_originals_by_row(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFV2_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "data"
     for ci, cls in enumerate(["cat", "ant"]):  # sorted: ant -> 0, cat -> 1
-        (tmp_path / cls).mkdir()
+        (root / cls).mkdir(parents=True)
         for i in range(3):
             arr = np.full((10 + i, 12, 3), 40 * ci + i, dtype=np.uint8)
-            Image.fromarray(arr).save(tmp_path / cls / f"{i}.png")
-    (tmp_path / "ant" / "notes.txt").write_text("not an image")
-    d = load_folder(tmp_path, num_classes=10, channels=3, size=16)
-    assert d.images.shape == (6, 16, 16, 3) and d.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    # constant images stay constant through the resize: the ant images are 40 + i, the cats i
-    assert d.images[0].min() == d.images[0].max() == 40 and d.images[3].max() == 0
+            Image.fromarray(arr).save(root / cls / f"{i}.png")
+    (root / "ant" / "notes.txt").write_text("not an image")
+    d = open_source(str(root), num_classes=10, channels=3)
+    assert len(d) == 6 and d.labels.tolist() == [0, 0, 0, 1, 1, 1] and d.classes == ["ant", "cat"]
+    # each image at its own size, nothing squashed: the ant images are 40 + i, the cats i
+    assert [d.image_size(i) for i in range(3)] == [(10, 12), (11, 12), (12, 12)]
+    assert d.image(0).shape == (10, 12, 3) and d.image(0).min() == d.image(0).max() == 40
+    assert d.image(5).shape == (12, 12, 3) and d.image(5).max() == 2
+    assert np.array_equal(d.crop(1, (2, 3, 5, 6), 4), d.image(1)[2:7, 3:9])
 
 
-def test_folder_errors(tmp_path):
+def test_folder_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFV2_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    root.mkdir()
     with pytest.raises(DataError, match="no class sub-folders"):
-        load_folder(tmp_path, 10, 3, 16)
-    (tmp_path / "a").mkdir()
-    with pytest.raises(DataError, match="no image files"):
-        load_folder(tmp_path, 10, 3, 16)
+        open_source(str(root), num_classes=10, channels=3)
+    (root / "a").mkdir()
+    (root / "a" / "x.txt").write_text("text")
+    with pytest.raises(DataError, match=r"a: none of its 1 file\(s\) is a readable image"):
+        open_source(str(root), num_classes=10, channels=3)
+    (root / "a" / "x.txt").unlink()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "a" / "x.png")
     for i in range(3):
-        (tmp_path / f"c{i}").mkdir()
-    with pytest.raises(DataError, match="4 class folders but the spec's num_classes is 2"):
-        load_folder(tmp_path, 2, 3, 16)
+        (root / f"c{i}").mkdir()
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / f"c{i}" / "x.png")
+    with pytest.raises(DataError, match="4 classes but the spec's num_classes is 2"):
+        open_source(str(root), num_classes=2, channels=3)
 
 
 # ---- digits and the split ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from hypothesis import given, strategies as st
 
 from effv2_reference.checkpoint import (FILENAME, Checkpoint, CheckpointError, load_checkpoint, meta_problem,
                                         prepare_out_dir, save_checkpoint)
-from effv2_reference.data.sources import DataError, load_npz, load_source, split
+from effv2_reference.data.sources import DataError, load_npz, open_source, split
 from effv2_reference.npzfile import NpzError, read_npz
 
 
@@ -131,7 +131,7 @@ def test_decompression_bombs_in_a_folder_are_refused(tmp_path, width):
         (tmp_path / cls).mkdir()
         (tmp_path / cls / "x.png").write_bytes(_png(width, 10_000))
     with pytest.raises(DataError, match="too large to decode safely"):
-        load_source(str(tmp_path), 10, 3, 16)
+        open_source(str(tmp_path), num_classes=10, channels=3)
 
 
 @given(st.binary(max_size=120))
@@ -141,12 +141,12 @@ def test_random_bytes_as_an_image_are_a_data_error(tmp_path_factory, blob):
         (root / cls).mkdir()
         (root / cls / "x.png").write_bytes(blob)
     with pytest.raises(DataError, match="x.png"):
-        load_source(str(root), 10, 3, 16)
+        open_source(str(root), num_classes=10, channels=3)
 
 
 def test_empty_data_path_is_named():
     with pytest.raises(DataError, match="empty path"):
-        load_source("", 10, 3, 16)
+        open_source("", num_classes=10, channels=3)
 
 
 def test_split_does_not_walk_every_possible_class():

@@ -237,3 +237,45 @@ def test_fused_refuses_other_dtypes_and_spanning_groups():
     with pytest.raises(ValueError, match="groups=1"):
         ops.batch_norm_silu_train_forward(np.zeros((2, 4, 1, 1)), np.ones(2), np.zeros(2), eps=1e-3, groups=2,
                                           sync=sync)
+
+
+_SILU_TOL = {np.float64: 2e-15, np.float32: 1.2e-6}  # the SiLU kernel's own exp against NumPy's (test_kernels_silu)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows,m", [(1, 1), (3, 17), (4, 2049), (2, 4100)])
+def test_fused_kernels_against_their_numpy_twins(dtype, rows, m):
+    """The four kernels of kernels/network/bn_silu.py against their NumPy twins: what BN computes bit for bit,
+    the SiLU forward (NumPy's exp in the twin) to a tolerance, and the backward (s given) bit for bit."""
+    from effv2_reference.kernels.network.bn_silu import (affine_silu_forward_kernel, affine_silu_forward_naive,
+                                                         bn_silu_backward_kernel, bn_silu_backward_naive,
+                                                         bn_silu_forward_kernel, bn_silu_forward_naive,
+                                                         silu_grad_sums_kernel, silu_grad_sums_naive)
+    from effv2_reference.kernels.network.silu import silu_constants
+
+    rng = np.random.default_rng(rows * m)
+    x = (rng.standard_normal((rows, m)) * 4 + 1).astype(dtype)
+    mean, gamma, beta = rng.standard_normal((3, rows)).astype(dtype)
+    inv_std = (rng.random(rows) + 0.5).astype(dtype)
+    xhat, s, out = (np.empty((rows, m), dtype) for _ in range(3))
+    bn_silu_forward_kernel(x, mean, inv_std, gamma, beta, xhat, s, out, silu_constants(dtype))
+    want_xhat, want_s, want_out = bn_silu_forward_naive(x, mean, inv_std, gamma, beta)
+    assert xhat.tobytes() == want_xhat.tobytes()
+    np.testing.assert_allclose(s, want_s, rtol=4 * _SILU_TOL[dtype], atol=0)
+    scale = np.maximum(np.abs(xhat * gamma[:, None] + beta[:, None]), 1)
+    assert np.all(np.abs(out - want_out) <= 4 * _SILU_TOL[dtype] * scale)
+    evaluated = np.empty((rows, m), dtype)
+    affine_silu_forward_kernel(x, inv_std, beta, evaluated, silu_constants(dtype))
+    assert np.all(np.abs(evaluated - affine_silu_forward_naive(x, inv_std, beta))
+                  <= 4 * _SILU_TOL[dtype] * np.maximum(np.abs(x * inv_std[:, None] + beta[:, None]), 1))
+
+    dy = rng.standard_normal((rows, m)).astype(dtype)
+    dx, grow = np.empty((rows, m), dtype), np.empty(m, dtype)
+    dbeta, dgamma = np.empty(rows, dtype), np.empty(rows, dtype)
+    bn_silu_backward_kernel(dy, xhat, s, gamma, beta, inv_std, dtype(m), grow, dx, dbeta, dgamma)
+    want = bn_silu_backward_naive(dy, xhat, s, gamma, beta, inv_std, m)
+    assert [a.tobytes() for a in (dx, dbeta, dgamma)] == [a.tobytes() for a in want]
+    g, sums = np.empty((rows, m), dtype), np.empty((2, rows), dtype)
+    silu_grad_sums_kernel(dy, xhat, s, gamma, beta, g, sums)
+    want_g, want_sums = silu_grad_sums_naive(dy, xhat, s, gamma, beta)
+    assert g.tobytes() == want_g.tobytes() and sums.tobytes() == want_sums.tobytes()

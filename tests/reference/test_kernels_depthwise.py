@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from effv2_reference.kernels.depthwise import (depthwise_backward_kernel, depthwise_backward_naive,
+from effv2_reference.kernels.network.depthwise import (depthwise_backward_kernel, depthwise_backward_naive,
                                                 depthwise_backward_samples, depthwise_forward_kernel,
                                                 depthwise_forward_naive, depthwise_forward_samples)
-from effv2_reference.kernels.im2col import col2im_kernel, col2im_naive, im2col_kernel, im2col_naive
+from effv2_reference.kernels.network.im2col import col2im_kernel, col2im_naive, im2col_kernel, im2col_naive
 
 CASES = [  # (C, N, H, W, k, stride)
     (3, 2, 7, 9, 3, 1), (4, 1, 8, 8, 3, 2), (2, 3, 11, 6, 5, 2), (5, 2, 9, 13, 7, 1), (3, 2, 5, 4, 1, 1),

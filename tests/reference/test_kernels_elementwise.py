@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from effv2_reference.kernels.elementwise import (affine_rows_kernel, affine_rows_naive, bn_backward_dx_kernel,
+from effv2_reference.kernels.network.elementwise import (affine_rows_kernel, affine_rows_naive, bn_backward_dx_kernel,
                                                   bn_backward_dx_naive, bn_center_normalize_kernel,
                                                   bn_center_normalize_naive, bn_grad_sums_kernel, bn_grad_sums_naive,
                                                   bn_moments_kernel, bn_moments_naive, silu_backward_kernel,
@@ -122,7 +122,7 @@ def test_moments_and_centring_round_where_the_numpy_expressions_round(dtype, sha
     (the centred values the normalisation uses, summed by the partial sums of row_dots_kernel), and
     bn_center_normalize_kernel rounds each of its operations as NumPy's float arithmetic does, whether it
     centres on this process's mean or on a group's mean moved by other processes' rows."""
-    from effv2_reference.kernels.elementwise import row_dots_kernel
+    from effv2_reference.kernels.network.elementwise import row_dots_kernel
 
     rng = np.random.default_rng(5)
     x = (rng.standard_normal(shape) * 3 + 7).astype(dtype)
@@ -150,7 +150,7 @@ def test_spanning_bn_combination_gives_the_bits_of_the_numpy_expressions(dtype, 
     """The group statistics from each process's (mean, centred sum of squares), and the backward's factors
     from the group's gradient sums: the kernels against the NumPy expressions they replace, bit for bit;
     and the combined mean / variance against the variance of all the values at once."""
-    from effv2_reference.kernels.elementwise import (bn_span_backward_dx_kernel, bn_span_backward_naive,
+    from effv2_reference.kernels.network.elementwise import (bn_span_backward_dx_kernel, bn_span_backward_naive,
                                                       bn_span_moments_kernel, bn_span_moments_naive)
 
     rng = np.random.default_rng(span * 1000 + m)
@@ -177,3 +177,62 @@ def test_spanning_bn_combination_gives_the_bits_of_the_numpy_expressions(dtype, 
     dx = np.full((c, m), np.nan, dtype)
     bn_span_backward_dx_kernel(dy, xhat, gamma, inv, sums, t(m * span), dx)
     assert np.array_equal(dx, bn_span_backward_naive(dy, xhat, gamma, inv, sums, m * span))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 8), (4, 65), (2, 1031)])
+def test_plane_kernels_and_running_stats_give_their_twins_bits(dtype, shape):
+    """row_means_kernel, row_dots_kernel and running_stats_kernel against their NumPy twins, bit for bit
+    (the twins add in the kernels' 8-lane order), and the twins against float64 NumPy at a tolerance."""
+    from effv2_reference.kernels.network.elementwise import (row_dots_kernel, row_dots_naive, row_means_kernel,
+                                                             row_means_naive, running_stats_kernel,
+                                                             running_stats_naive)
+
+    rng = np.random.default_rng(shape[1])
+    a = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-2, 2, shape)).astype(dtype)
+    b = rng.standard_normal(shape).astype(dtype)
+    means, dots = np.empty(shape[0], dtype), np.empty(shape[0], dtype)
+    row_means_kernel(a, means)
+    row_dots_kernel(a, b, dots)
+    assert means.tobytes() == row_means_naive(a).tobytes() and dots.tobytes() == row_dots_naive(a, b).tobytes()
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    np.testing.assert_allclose(means, a64.mean(axis=1), rtol=TOL[dtype], atol=TOL[dtype] * np.abs(a64).max())
+    np.testing.assert_allclose(dots, (a64 * b64).sum(axis=1), rtol=0,
+                               atol=4 * TOL[dtype] * np.abs(a64 * b64).sum(axis=1).max())
+
+    c = shape[0]
+    mean, var = rng.standard_normal(c).astype(dtype), rng.random(c).astype(dtype)
+    for momentum, factor in ((0.1, 1.0), (0.01, shape[1] / max(shape[1] - 1, 1))):
+        rm, rv = rng.standard_normal(c).astype(dtype), rng.random(c).astype(dtype)
+        want = running_stats_naive(rm, rv, mean, var, 1 - momentum, momentum, factor)
+        t = np.dtype(dtype).type
+        running_stats_kernel(rm, rv, mean, var, t(1 - momentum), t(momentum), t(factor))
+        assert rm.tobytes() == want[0].tobytes() and rv.tobytes() == want[1].tobytes()
+
+
+def test_running_stats_twin_against_hand_computed_values():
+    from effv2_reference.kernels.network.elementwise import running_stats_naive
+
+    rm, rv = running_stats_naive(np.array([1.0, 2.0]), np.array([4.0, 0.0]), np.array([3.0, 2.0]),
+                                 np.array([8.0, 1.0]), 0.75, 0.25, 2.0)
+    assert rm.tolist() == [1.5, 2.0] and rv.tolist() == [7.0, 0.5]  # 4 * .75 + .25 * 8 * 2; 0 + .25 * 1 * 2
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [1, 9, 300])
+def test_bn_dx_row_helper_gives_its_twins_bits(dtype, n):
+    """elementwise._bn_dx_row (inlined into bn_silu's kernels) against bn_backward_dx_naive on one row."""
+    from numba import njit
+
+    from effv2_reference.kernels.network.elementwise import _bn_dx_row
+
+    @njit(cache=False)
+    def row(dr, xr, s, a, b, out):
+        _bn_dx_row(dr, xr, s, a, b, out)
+
+    rng = np.random.default_rng(n)
+    dy, xhat = rng.standard_normal((2, 1, n)).astype(dtype)
+    scale, mean_dy, mean_dy_xhat = rng.standard_normal((3, 1)).astype(dtype)
+    out = np.empty(n, dtype)
+    row(dy[0], xhat[0], scale[0], mean_dy[0], mean_dy_xhat[0], out)
+    assert out.tobytes() == bn_backward_dx_naive(dy, xhat, scale, mean_dy, mean_dy_xhat)[0].tobytes()

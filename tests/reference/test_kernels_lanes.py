@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numba import njit
 
-from effv2_reference.kernels.elementwise import _row_centred_squares, _row_dot, _row_sum, bn_moments_kernel
+from effv2_reference.kernels.network.elementwise import (_row_centred_squares, _row_dot, _row_sum, bn_moments_kernel,
+                                                         row_centred_squares_naive, row_dot_naive, row_sum_naive)
+from effv2_reference.kernels.network.lanes import (lanes_centred_squares, lanes_centred_squares_naive, lanes_dot,
+                                                   lanes_dot_naive, lanes_sum, lanes_sum_naive)
 
 
 @njit(cache=False)
@@ -19,6 +22,14 @@ def _sums(x, y, mu, out):
         out[0, r] = _row_sum(x[r])
         out[1, r] = _row_dot(x[r], y[r])
         out[2, r] = _row_centred_squares(x[r], mu[r])
+
+
+@njit(cache=False)
+def _lanes(x, y, mu, out):
+    for r in range(x.shape[0]):
+        out[0, r] = lanes_sum(x[r])
+        out[1, r] = lanes_dot(x[r], y[r])
+        out[2, r] = lanes_centred_squares(x[r], mu[r])
 
 
 def _in_order(terms) -> float:
@@ -46,11 +57,32 @@ def _expected(x, y, mu):
     return out
 
 
-def _check(x, y, mu):
-    got = np.empty((3, x.shape[0]))
-    _sums(np.ascontiguousarray(x), np.ascontiguousarray(y), mu, got)
-    want = _expected(x, y, mu)
+def _twins(x, y, mu, lanes_only: bool):
+    """The NumPy twins of the intrinsics (lanes_only) or of elementwise's row helpers, row by row."""
+    if lanes_only:
+        fns = (lanes_sum_naive, lanes_dot_naive, lanes_centred_squares_naive)
+    else:
+        fns = (row_sum_naive, row_dot_naive, row_centred_squares_naive)
+    return np.array([[fns[0](x[r]) for r in range(x.shape[0])], [fns[1](x[r], y[r]) for r in range(x.shape[0])],
+                     [fns[2](x[r], mu[r]) for r in range(x.shape[0])]]).reshape(3, x.shape[0])
+
+
+def _same_bits(got, want):
     assert np.array_equal(got, want, equal_nan=True), np.argwhere(~((got == want) | (np.isnan(got) & np.isnan(want))))
+
+
+def _check(x, y, mu):
+    """The row helpers against the order written out and against their twins; the intrinsics (the first
+    n - n % 8 values) against theirs, and against the order written out on those values."""
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    got = np.empty((3, x.shape[0]))
+    _sums(x, y, mu, got)
+    _same_bits(got, _expected(x, y, mu))
+    _same_bits(got, _twins(x, y, mu, lanes_only=False))
+    _lanes(x, y, mu, got)
+    _same_bits(got, _twins(x, y, mu, lanes_only=True))
+    end = x.shape[1] - x.shape[1] % 8
+    _same_bits(got, _expected(x[:, :end], y[:, :end], mu))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from effv2_reference.kernels.layout import (cnhw_to_nhwc_pad_kernel, cnhw_to_nhwc_pad_naive, nhwc_crop_to_cnhw_kernel,
-                                            nhwc_crop_to_cnhw_naive)
+from effv2_reference.kernels.network.layout import (cnhw_to_nhwc_pad_kernel, cnhw_to_nhwc_pad_naive,
+                                                    nhwc_crop_to_cnhw_kernel, nhwc_crop_to_cnhw_naive)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -35,7 +35,7 @@ def test_layout_kernels_match_twins(dtype, shape, pads):
                                               (1, 2, (0, 0, 0, 0), (5, 5))])
 def test_im2col_with_padding_equals_padded_copy(dtype, k, stride, pads, hw):
     """im2col / col2im on the unpadded input equal the kernels on an explicitly padded copy."""
-    from effv2_reference.kernels.im2col import col2im_naive, im2col_naive
+    from effv2_reference.kernels.network.im2col import col2im_naive, im2col_naive
     from effv2_reference.ops.conv import col2im, im2col, out_size, pad
 
     rng = np.random.default_rng(1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from effv2_reference.kernels import num_threads, pool, set_num_threads
-from effv2_reference.kernels.pool import PIECES_PER_THREAD, chunks, parallel_for
+from effv2_reference.kernels.runtime import pool
+from effv2_reference.kernels.runtime.pool import PIECES_PER_THREAD, chunks, num_threads, parallel_for, set_num_threads
 from effv2_reference.model import ReferenceModel
 from effv2_reference.ops import softmax_cross_entropy
 

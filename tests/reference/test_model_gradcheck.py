@@ -123,4 +123,6 @@ def test_gradcheck_catches_a_wrong_skip_gradient(monkeypatch):
 def test_model_gradcheck_random_specs(spec, data):
     model = ReferenceModel(spec, dtype="float64", seed=0)
     x = data.draw(st_effv2.inputs(spec, batch=2), label="x")
-    model_gradcheck(model, x, max_entries=3)
+    # eps 2e-6: a drawn net may normalise BN over two values (batch 2, 1 x 1 pixels), whose curvature makes the
+    # default 1e-5 step's truncation error reach 1e-6; float64 round-off stays ~1e-10 at this step
+    model_gradcheck(model, x, max_entries=3, eps=2e-6)

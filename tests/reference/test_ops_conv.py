@@ -128,7 +128,7 @@ def test_im2col_col2im_kernels_equal_twins_exactly(case, seed):
     """The kernels on channels c0:c1 of the unpadded input (as ops/conv.py's pieces call them) equal the
     NumPy twins on an explicitly padded copy bit for bit: im2col is a copy, and col2im adds each value's
     taps in the same (i, j) order from 0.0; the other channels' rows are left alone."""
-    from effv2_reference.kernels.im2col import col2im_crop_kernel, col2im_naive, im2col_naive, im2col_pad_kernel
+    from effv2_reference.kernels.network.im2col import col2im_crop_kernel, col2im_naive, im2col_naive, im2col_pad_kernel
     from effv2_reference.ops.conv import out_size, pad
 
     shape, k, stride, pads, (c0, c1), dtype = case
@@ -157,7 +157,7 @@ def test_im2col_col2im_kernels_equal_twins_exactly(case, seed):
                                                 (16, 8, 1, (1, 1, 1, 1)), (4, 17, 2, (1, 1, 1, 1))])
 def test_im2col_col2im_on_training_shapes(dtype, c, size, stride, pads):
     """The nano run's dense 3x3 convs (batch cut to 5), through ops/conv.py, exactly equal to the twins."""
-    from effv2_reference.kernels.im2col import col2im_naive, im2col_naive
+    from effv2_reference.kernels.network.im2col import col2im_naive, im2col_naive
     from effv2_reference.ops.conv import col2im, im2col, out_size, pad
 
     rng = np.random.default_rng(3)

@@ -1,4 +1,5 @@
-"""The Philox kernel: each row's first uniforms are NumPy's `Generator(Philox(key)).random(n)`, and the masks are unchanged."""
+"""The Philox kernel: each row's first uniforms are NumPy's `Generator(Philox(key)).random(n)`, and the masks are
+unchanged."""
 
 import json
 

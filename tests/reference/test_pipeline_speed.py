@@ -307,7 +307,7 @@ def tiny_run(augmentation: dict, seed: int):
     # stored at 20 px: every stage resizes; stage 1 has no RandAugment (without flips it draws nothing)
     data = split(load_digits(20))[0]
     plan = TrainingPlan(parse_obj(spec), schedule, recipe, len(data), seed=seed)
-    return plan, StepData(plan, data.images, data.labels)
+    return plan, StepData(plan, data)
 
 
 @pytest.mark.parametrize("augmentation", [

@@ -102,7 +102,7 @@ def test_rows_prepared_in_parts_are_the_whole_batch(digits, parts):
     cfg = recipe(augmentation={"randaugment": "automl", "random_resized_crop": {"area": [0.3, 1.0]},
                                "horizontal_flip": True, "mix_group_size": 4})
     plan = TrainingPlan(nano(), schedule(regs=REGS), cfg, len(digits), seed=5)
-    data = StepData(plan, digits.images, digits.labels)
+    data = StepData(plan, digits)
     step = 9
     resolved = plan.stage_resolved(plan.stage_at(step))
     whole = data.prepare_rows(step, slice(0, 16))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
-from effv2_reference.data import load_digits, split
+from effv2_reference.data import Dataset, load_digits, split
 from effv2_reference.data import pipeline
 from effv2_reference.data import randaugment_automl as ra
 from effv2_reference.data.crop import horizontal_flip
@@ -136,7 +136,7 @@ def nano_run(augmentation=None, magnitude_end=None, channels=3, stages=None):
     recipe["augmentation"].update(augmentation or {})
     data = split(load_digits())[0]
     plan = TrainingPlan(load_preset("efficientnetv2-nano"), parse_obj(schedule), parse_obj(recipe), len(data), seed=0)
-    return plan, pipeline.StepData(plan, data.images[..., :channels], data.labels)
+    return plan, pipeline.StepData(plan, Dataset(data.images[..., :channels], data.labels, 10, "digits"))
 
 
 @pytest.mark.parametrize("augmentation, magnitude_end, channels", [
@@ -144,7 +144,8 @@ def nano_run(augmentation=None, magnitude_end=None, channels=3, stages=None):
     ({"horizontal_flip": True}, 25, 3),
     ({"horizontal_flip": True}, 17.5, 1),
     ({"horizontal_flip": True, "random_resized_crop": {}}, 15, 3),
-    ({"horizontal_flip": True, "randaugment": "torchvision", "randaugment_reference_size": None}, 15, 3),  # no kernel: the NumPy ops either way
+    # no kernel: the NumPy ops either way
+    ({"horizontal_flip": True, "randaugment": "torchvision", "randaugment_reference_size": None}, 15, 3),
     ({"horizontal_flip": True, "randaugment_reference_size": None}, 15, 3),  # automl's absolute pixels
 ])
 def test_prepare_rows_with_and_without_the_kernel(monkeypatch, augmentation, magnitude_end, channels):
@@ -185,11 +186,11 @@ def test_a_small_training_set_is_resized_once_per_size_with_the_same_bytes(monke
     """prepare_rows from the whole set resized once per stage size equals resizing each step's rows."""
     plan, data = nano_run(None, None, 3, stages=3)  # 16, 24, 32 px: two sizes to resize to
     steps = [s for stage in plan.stages for s in (stage.start_step, stage.end_step - 1)]
-    assert len({plan.stage_at(s).image_size for s in steps} - {data.images.shape[1]}) == 2  # 16 and 24 px
+    assert len({plan.stage_at(s).image_size for s in steps} - {data.source.images.shape[1]}) == 2  # 16 and 24 px
     cached = {s: data.prepare_rows(s, slice(8, 40)) for s in steps}
-    assert data._resized is not None and data._resized[1].shape[0] == len(data.images)
+    assert data._resized is not None and data._resized[1].shape[0] == len(data.source.images)
     monkeypatch.setattr(pipeline.StepData, "RESIZED_CACHE_BYTES", 0)
-    fresh = pipeline.StepData(plan, data.images, data.labels)
+    fresh = pipeline.StepData(plan, data.source)
     for s, images in cached.items():
         assert np.array_equal(images, fresh.prepare_rows(s, slice(8, 40))), s
     assert fresh._resized is None

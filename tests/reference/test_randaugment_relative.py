@@ -84,7 +84,8 @@ def test_at_the_reference_side_relative_is_the_official_op(seed, layers, magnitu
 def test_the_config_refuses_a_reference_size_for_torchvision():
     recipe = load_preset("training-cpu").model_dump(mode="json")
     recipe["augmentation"].update(randaugment="torchvision", randaugment_reference_size=224)
-    with pytest.raises(SpecError, match="augmentation.randaugment_reference_size: applies to randaugment .automl. only"):
+    rule = "augmentation.randaugment_reference_size: applies to randaugment .automl. only"
+    with pytest.raises(SpecError, match=rule):
         parse_obj(recipe)
     recipe["augmentation"].update(randaugment="automl", randaugment_reference_size=4)
     with pytest.raises(SpecError, match="augmentation.randaugment_reference_size"):

@@ -71,7 +71,8 @@ def test_sums_equal_numpy_and_every_process_gets_the_same_bits(world, tmp_path):
                 continue
             want = sum(_payload(q, i, shape, dtype).astype(np.float64) for q in members)
             assert got.dtype == dtype and got.shape == shape
-            assert np.allclose(got, want, rtol=1e-6, atol=1e-6) if dtype == np.float32 else np.allclose(got, want, rtol=1e-14)
+            tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-14}
+            assert np.allclose(got, want, **tol)
             if span is None:  # the same bits in every process: their weights stay identical
                 assert got.tobytes() == results[0][f"arr_{i}"].tobytes()
     for r in range(world):
@@ -156,7 +157,8 @@ def _run_processes(docs, data, world: int, tmp_path, **run) -> tuple[dict, list]
         trainer = Trainer(*docs, *data, seed=1, dtype="float64", checkpoint_every=None, replica=replica)
         trainer.run(**run)
         state = _state(trainer)
-        np.savez(tmp_path / f"rank{replica.rank}.npz", **{f"{p}/{k}": v for p, d in state.items() for k, v in d.items()})
+        flat = {f"{p}/{k}": v for p, d in state.items() for k, v in d.items()}
+        np.savez(tmp_path / f"rank{replica.rank}.npz", **flat)
         return state, trainer.history
 
     state, history = run_replicas(world, rank_main, capacity_bytes=4 << 20, timeout_s=300)
@@ -287,7 +289,7 @@ def test_cli_refuses_layouts_before_starting_processes(monkeypatch, tmp_path):
 def test_publish_copies_the_message_then_raises_the_number_and_polls_a_bounded_time():
     """The compiled half of an exchange (kernels/fence.py): the message lands in the slot, this rank's
     number becomes k, and the poll answers False (not a hang) while another rank is behind, True once not."""
-    from effv2_reference.kernels.fence import poll_all_reached, publish_and_poll
+    from effv2_reference.kernels.runtime.fence import poll_all_reached, publish_and_poll
 
     slot, seq = np.zeros(16, np.uint8), np.array([3, 2, 3], np.int64)
     message = np.arange(1, 9, dtype=np.uint8)

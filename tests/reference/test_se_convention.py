@@ -27,7 +27,8 @@ def with_se(gate: str, activation: str | None, model_activation: str = "relu6"):
 def twin(x, wr, br, we, be, activation, gate):
     """y = x * gate(We act(Wr mean_HW(x) + br) + be), x CNHW, written out."""
     act = {"relu": lambda z: np.maximum(z, 0.0), "silu": lambda z: z / (1.0 + np.exp(-z))}[activation]
-    gates = {"sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)), "hard_sigmoid": lambda z: np.minimum(np.maximum(z + 3.0, 0.0), 6.0) / 6.0}
+    gates = {"sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)),
+             "hard_sigmoid": lambda z: np.minimum(np.maximum(z + 3.0, 0.0), 6.0) / 6.0}
     s = x.mean(axis=(2, 3))  # (C, N)
     h = act(wr[:, :, 0, 0] @ s + br[:, None])
     return x * gates[gate](we[:, :, 0, 0] @ h + be[:, None])[:, :, None, None]

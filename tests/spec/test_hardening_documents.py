@@ -195,3 +195,25 @@ def test_a_bare_preset_name_wins_over_a_folder_and_dot_slash_means_the_path(tmp_
     assert load_document("efficientnetv2-nano").name == "efficientnetv2-nano"
     with pytest.raises(SpecError, match="is a directory"):
         load_document("./efficientnetv2-nano")
+
+
+def test_union_tags_are_read_from_the_documents():
+    from effv2_spec.errors import union_tags
+
+    assert union_tags() == {"stages": {"fused_mbconv", "mbconv"}, "optimizer": {"sgd", "rmsprop", "adamw"},
+                            "decay": {"exponential", "cosine", "constant"}}
+
+
+@pytest.mark.parametrize("optimizer, line", [
+    ({"type": "adamw", "beta1": 5}, "optimizer.beta1: Input should be less than 1 (got 5)"),
+    ({"type": "sgd", "momentum": 5}, "optimizer.momentum: Input should be less than 1 (got 5)"),
+    ({"type": "sgd", "sgd": 1}, "optimizer.sgd: unknown field"),  # a user's field named like a tag stays
+    ({"type": "rmsprop", "moment": 0.9}, "optimizer.moment: unknown field (did you mean 'momentum'?)"),
+])
+def test_errors_inside_a_union_name_the_users_path(optimizer, line):
+    doc = json.loads(presets.load(next(n for n in presets.names() if presets.kind(n) == "training"))
+                     .model_dump_json())
+    doc["optimizer"] = optimizer
+    with pytest.raises(SpecError) as info:
+        parse_obj(doc, TrainingConfig)
+    assert info.value.lines() == [line]

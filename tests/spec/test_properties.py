@@ -12,6 +12,7 @@ from effv2_spec.accounting import count
 from effv2_spec.architecture import ArchitectureSpec
 from effv2_spec.documents import parse_obj, parse_text
 from effv2_spec.errors import SpecError
+from effv2_spec.resolve import ImageSizeError
 from effv2_spec.rounding import conv_padding
 
 
@@ -32,7 +33,7 @@ def _rejected_naming(doc, path):
         parse_obj(doc)
     except SpecError as exc:
         paths = [p for p, _ in exc.problems]
-        assert any(p == path or p.startswith(path + ".") or p.startswith(path + "[") for p in paths), (path, exc.problems)
+        assert any(p == path or p.startswith((path + ".", path + "[")) for p in paths), (path, exc.problems)
         assert all(msg for _, msg in exc.problems)
         return
     raise AssertionError(f"accepted a spec with a bad {path}")
@@ -76,8 +77,11 @@ def _simulated_size(size, kernel, stride, padding):
     return (size + before + after - kernel) // stride + 1
 
 
-@given(s.architecture_specs(max_stages=5), st.integers(1, 97), st.integers(1, 97))
-def test_spatial_sizes_follow_stride_and_padding(spec, h, w):
+@given(s.architecture_specs(max_stages=5), st.integers(0, 96), st.integers(0, 96))
+def test_spatial_sizes_follow_stride_and_padding(spec, dh, dw):
+    h, w = spec.total_stride + dh, spec.total_stride + dw  # the smallest size resolve takes, and up
+    with pytest.raises(ImageSizeError, match="image_size: must be >= "):  # the stride, or 1 when it is 1
+        resolve(spec, (h, spec.total_stride - 1))
     r = resolve(spec, (h, w))
     size = (h, w)
     for unit in r.units():

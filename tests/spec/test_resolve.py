@@ -4,6 +4,7 @@ import pytest
 
 from effv2_spec import presets, resolve
 from effv2_spec.architecture import CompoundScaling
+from effv2_spec.resolve import ImageSizeError
 from effv2_spec.rounding import round_channels, round_repeats
 
 
@@ -87,8 +88,17 @@ def test_spatial_sizes_at_odd_input():
     r = resolve(presets.load("efficientnetv2-s"), 385)
     assert r.stem.out_size == (193, 193)
     assert r.head.out_size == (13, 13)  # ceil(385 / 32)
-    r = resolve(presets.load("efficientnetv2-s"), (17, 23))
-    assert r.head.out_size == (1, 1)
+    r = resolve(presets.load("efficientnetv2-s"), (32, 47))  # the total stride is the smallest size
+    assert r.head.out_size == (1, 2)
+
+
+@pytest.mark.parametrize("size, shown", [(31, "31"), ((32, 17), "32 x 17"), (0, "0")])
+def test_a_size_below_the_total_stride_is_refused_naming_the_field(size, shown):
+    spec = presets.load("efficientnetv2-s")  # stem 2 x five stride-2 stages: total stride 32
+    rule = f"must be >= 1 (got {shown})" if size == 0 else f"must be >= the network's total stride 32 (got {shown})"
+    with pytest.raises(ImageSizeError) as info:
+        resolve(spec, size)
+    assert str(info.value) == f"image_size: {rule}" and info.value.rule == rule
 
 
 def test_v1_compound_scaling_from_phi():

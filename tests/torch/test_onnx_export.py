@@ -26,7 +26,8 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 
-@pytest.mark.parametrize("conventions", [{}, {"padding": "symmetric", "se": {"gate": "hard_sigmoid", "activation": "relu"}}],
+@pytest.mark.parametrize("conventions",
+                         [{}, {"padding": "symmetric", "se": {"gate": "hard_sigmoid", "activation": "relu"}}],
                          ids=["official", "symmetric-hard-sigmoid"])
 def test_onnx_export_equals_the_oracle_in_onnxruntime(tmp_path, conventions):
     spec, size = tiny_spec(**conventions), 33
@@ -36,14 +37,16 @@ def test_onnx_export_equals_the_oracle_in_onnxruntime(tmp_path, conventions):
     save_weights(tmp_path / "w.safetensors", spec, tensors)
     (tmp_path / "spec.json").write_text(spec.model_dump_json())
     out = tmp_path / "tiny.onnx"
-    result = CliRunner().invoke(main, ["export", str(tmp_path / "spec.json"), "--weights", str(tmp_path / "w.safetensors"),
-                                       "--format", "onnx", "-o", str(out), "--image-size", str(size)])
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "spec.json"),
+                                       "--weights", str(tmp_path / "w.safetensors"), "--format", "onnx",
+                                       "-o", str(out), "--image-size", str(size)])
     assert result.exit_code == 0, result.output
     assert "opset 17" in result.output and "dynamic batch" in result.output
 
     proto = onnx.load(str(out))
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
-    assert json.loads({p.key: p.value for p in proto.metadata_props}["effv2_spec"]) == json.loads(spec.model_dump_json())
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(metadata["effv2_spec"]) == json.loads(spec.model_dump_json())
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.dim_value  # symbolic: any batch
 
@@ -63,7 +66,8 @@ def test_export_bad_input_is_one_line(tmp_path):
                                    "-o", str(tmp_path / "m.onnx")])
     assert missing.exit_code == 1 and "no such file" in missing.output and "Traceback" not in missing.output
     spec = tiny_spec()
-    save_weights(tmp_path / "w.safetensors", spec, {p.name: np.zeros(p.shape, np.float32) for p in resolve(spec).params})
+    zeros = {p.name: np.zeros(p.shape, np.float32) for p in resolve(spec).params}
+    save_weights(tmp_path / "w.safetensors", spec, zeros)
     other = runner.invoke(main, ["export", "efficientnetv2-nano", "--weights", str(tmp_path / "w.safetensors"),
                                  "-o", str(tmp_path / "m.onnx")])
     assert other.exit_code == 1 and "Traceback" not in other.output and not (tmp_path / "m.onnx").exists()

@@ -50,7 +50,8 @@ def sample_photos():
 
 
 def _torchvision_s():
-    return torchvision.models.efficientnet_v2_s(), torchvision.models.EfficientNet_V2_S_Weights.IMAGENET1K_V1.transforms()
+    models = torchvision.models
+    return models.efficientnet_v2_s(), models.EfficientNet_V2_S_Weights.IMAGENET1K_V1.transforms()
 
 
 def _timm(name):

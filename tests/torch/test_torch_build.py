@@ -17,6 +17,8 @@ from effv2_spec.documents import parse_obj
 from effv2_spec.resolve import resolve
 from effv2_spec.rounding import conv_padding as spec_conv_padding
 
+from effv2_reference.init import initial_tensors
+from shared_specs import constant_inits_flipped
 from torch_testlib import manual_forward, preset, rel, tiny_spec
 
 ARCH_PRESETS = [n for n in presets.names() if presets.kind(n) == "architecture"]
@@ -174,6 +176,26 @@ def test_seeded_init_follows_the_init_rules():
             std = float(t.std())
             expected = p.init.scale / math.sqrt(3) if p.init.kind == "uniform" else p.init.scale
             assert abs(std / expected - 1) < 0.05, (p.name, std, expected)
+
+
+def test_constant_init_conventions_reach_the_modules():
+    """Every constant rule of the table, flipped, is what the module starts from (the oracle's values);
+    the random kernels are the very draws of the unflipped table: constants consume no draw."""
+    resolved = resolve(tiny_spec(), 16)
+    flipped = constant_inits_flipped(resolved)
+    state = build_model(flipped, torch.float64, seed=5).state_dict()
+    plain = build_model(resolved, torch.float64, seed=5).state_dict()
+    oracle = initial_tensors(flipped, 5, "float64")
+    constants = [p for p in flipped.params if p.init.kind in ("zeros", "ones")]
+    se_units = sum(u.kind == "se" for u in resolved.units())
+    assert len(constants) == 4 * (len(resolved.units()) - se_units) + 2 * se_units + 1  # BN 4, SE 2 biases, dense bias
+    for p in flipped.params:
+        if p.init.kind in ("zeros", "ones"):
+            assert np.array_equal(state[p.name].numpy(), oracle[p.name]), p.name
+            assert np.all(oracle[p.name] == (1.0 if p.init.kind == "ones" else 0.0)), p.name
+            assert not torch.equal(state[p.name], plain[p.name]), p.name
+        else:
+            assert torch.equal(state[p.name], plain[p.name]), p.name
 
 
 def test_config_copies_the_resolved_tables():

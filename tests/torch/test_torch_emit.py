@@ -94,6 +94,7 @@ def test_generated_file_loads_canonical_safetensors(generated, tmp_path):
         assert torch.equal(net.state_dict()[k].float(), v), k
 
 
+@pytest.mark.slow  # inductor compiles the forward and backward: about 100 s on two cores
 def test_torch_compile(generated):
     _, mod = generated
     model = mod.build_model(torch.float32, seed=1)

@@ -51,13 +51,14 @@ def test_peer_weights_fine_tune_with_frozen_bn(peer, preset, tmp_path):
     torch.save(net.state_dict(), tmp_path / "peer.pth")
     runner = CliRunner()
     canonical = tmp_path / "pretrained.safetensors"
-    r = runner.invoke(main, ["convert", "--from", peer, str(tmp_path / "peer.pth"), "--spec", preset, "-o", str(canonical)])
+    r = runner.invoke(main, ["convert", "--from", peer, str(tmp_path / "peer.pth"), "--spec", preset,
+                             "-o", str(canonical)])
     assert r.exit_code == 0, r.output
     out = tmp_path / "run"
     r = runner.invoke(main, ["train", preset, "--framework", "torch", "--device", "cpu", "--init-from", str(canonical),
                              "--num-classes", "3", "--frozen-bn", "--data", str(image_folder(tmp_path / "photos")),
-                             "--schedule", str(small_schedule(tmp_path / "s.json")), "--eval-size", "48", "--out", str(out),
-                             "--json"])
+                             "--schedule", str(small_schedule(tmp_path / "s.json")), "--eval-size", "48",
+                             "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     payload = json.loads(r.stdout)
     assert payload["framework"] == "torch" and payload["init_from"]["new_init"] == ["classifier.weight",

@@ -73,7 +73,8 @@ def test_round_trip_reproduces_the_state_dict_exactly(peer, tmp_path, suffix):
     out = tmp_path / f"back{suffix}"
     PEERS[name][3](tensors, preset(PEERS[name][1]), out)
     back = load_state_dict_file(out)
-    assert (list(back) if suffix == ".pth" else sorted(back)) == (list(original) if suffix == ".pth" else sorted(original))
+    order = list if suffix == ".pth" else sorted
+    assert order(back) == order(original)
     for k, v in original.items():
         assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
     # and the safetensors copy imports to the same canonical tensors

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from effv2_adapters.torch import build_model
@@ -53,6 +53,8 @@ def test_torch_equals_the_written_out_contract(case, training):
         expected = manual_forward(model64, x, masks, training)
         model = build_model(resolved, dtype, init=False)
         model.load_state_dict(model64.state_dict())
-        got = model.train(training)(x.to(model.classifier.weight.dtype), {k: v.to(x.dtype if dtype == "float64" else torch.float32) for k, v in masks.items()})
+        mask_dtype = x.dtype if dtype == "float64" else torch.float32
+        got = model.train(training)(x.to(model.classifier.weight.dtype),
+                                    {k: v.to(mask_dtype) for k, v in masks.items()})
     tol = 1e-10 if dtype == "float64" else 2e-3
     assert rel(got, expected) < tol

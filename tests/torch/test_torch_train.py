@@ -122,7 +122,8 @@ def test_cli_refusals(tmp_path):
     assert r.exit_code == 1 and "CUDA is not available" in r.output and "Traceback" not in r.output
     r = invoke("--device", "cpu", "--steps", 1, "--out", tmp_path / "d")
     assert r.exit_code == 2 and "only with --framework torch" in r.output
-    r = invoke("--framework", "torch", "--precision", "float16", "--device", "cpu", "--steps", 1, "--out", tmp_path / "e")
+    r = invoke("--framework", "torch", "--precision", "float16", "--device", "cpu", "--steps", 1,
+               "--out", tmp_path / "e")
     assert r.exit_code == 1 and "needs a CUDA device" in r.output
 
 
@@ -175,7 +176,8 @@ def test_torch_resume_is_bit_identical_and_a_two_process_run_resumes_in_one(data
     r = CliRunner().invoke(main, args + ["--resume"])
     assert r.exit_code == 0, r.output
     oracle_dir = tmp_path / "oracle"
-    r = CliRunner().invoke(main, args[:args.index("--framework")] + ["--out", str(oracle_dir), "--checkpoint-every", "0"])
+    oracle_args = args[:args.index("--framework")] + ["--out", str(oracle_dir), "--checkpoint-every", "0"]
+    r = CliRunner().invoke(main, oracle_args)
     assert r.exit_code == 0, r.output
     from effv2_reference.checkpoint import load_checkpoint
 
@@ -221,7 +223,8 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
     from effv2_reference.trainloop import TrainingDiverged
 
     cfg = check_training("sgd", 16, 8)
-    cfg["learning_rate"] = {"base": 100.0, "reference_batch_size": 1, "warmup_epochs": 0.0, "decay": {"type": "constant"}}
+    cfg["learning_rate"] = {"base": 100.0, "reference_batch_size": 1, "warmup_epochs": 0.0,
+                            "decay": {"type": "constant"}}
     docs = (spec(), parse_obj(check_schedule(6, SIZE)), parse_obj(cfg))
     make, _ = make_torch_backend(dtype="float32", device="cpu", precision="float32", channels_last=False, compile=False)
     loop = ProgressiveLoop(*docs, *data, make, seed=1, dtype="float32", out_dir=tmp_path, checkpoint_every=1)

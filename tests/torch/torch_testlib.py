@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-import numpy as np
 import pytest
 import torch.nn.functional as F
 
@@ -14,7 +12,7 @@ from effv2_spec.documents import load_architecture  # noqa: E402
 from effv2_spec.rounding import conv_padding as spec_conv_padding  # noqa: E402
 from shared_specs import tiny_spec  # noqa: E402,F401  (re-exported to the test modules)
 
-from asserts import rel_err
+from asserts import rel_err  # noqa: E402
 
 ACTIVATIONS = {  # docs/internals.md, written out
     "silu": lambda x: x * torch.sigmoid(x),
@@ -69,7 +67,7 @@ def manual_forward(model, x, masks, training):
             mean, var = bn.running_mean, bn.running_var
         h = (h - mean[None, :, None, None]) / torch.sqrt(var + cfg["batch_norm"]["eps"])[None, :, None, None]
         h = h * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
-        return ACTIVATIONS[cfg["activation"]](h) if row["act"] else h
+        return ACTIVATIONS[cfg["activation"]](h) if row["activation"] else h
 
     h = conv_bn(model.stem, cfg["stem"], x)
     for i, (block, row) in enumerate(zip(model.blocks, cfg["blocks"])):
@@ -79,7 +77,7 @@ def manual_forward(model, x, masks, training):
             if layer["kind"] == "se":
                 s = h.mean(dim=(2, 3), keepdim=True)
                 s = F.conv2d(s, unit.reduce.weight, unit.reduce.bias)
-                z = F.conv2d(ACTIVATIONS[layer["act"]](s), unit.expand.weight, unit.expand.bias)
+                z = F.conv2d(ACTIVATIONS[layer["activation"]](s), unit.expand.weight, unit.expand.bias)
                 s = torch.sigmoid(z) if layer["gate"] == "sigmoid" else torch.clamp(z + 3, 0, 6) / 6  # hard sigmoid
                 h = h * s
             else:

@@ -120,3 +120,8 @@ def depthwise_backward_naive(xp: np.ndarray, w: np.ndarray, dy: np.ndarray, stri
             dw[i, j] = np.einsum("nhwc,nhwc->c", dy, _taps(xp, i, j, stride, ho, wo))
             _taps(dxp, i, j, stride, ho, wo)[...] += np.einsum("c,nhwc->nhwc", w[i, j], dy)
     return dxp, dw
+
+
+# compiled entry point -> its NumPy twin (tests/reference/test_kernel_twins.py holds every module to its table)
+TWINS = {"depthwise_forward_samples": "depthwise_forward_naive",
+         "depthwise_backward_samples": "depthwise_backward_naive"}

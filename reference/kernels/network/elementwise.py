@@ -6,10 +6,10 @@ image sizes these passes are memory-bound, so the fusion is what pays. The eleme
 kernels are dependency-free loops that LLVM vectorises without fastmath. The two row
 reductions of batch norm (`bn_moments_kernel`, `bn_grad_sums_kernel`) accumulate in float64
 over 8 interleaved partial sums, a fixed association, computed as the lanes of one vector
-(kernels/lanes.py: LLVM left 8 scalar accumulators scalar): at the
+(kernels/network/lanes.py: LLVM left 8 scalar accumulators scalar): at the
 small sizes of the CPU training runs (rows of 128-2048 values) NumPy's mean / einsum cost
 more in call overhead than in arithmetic (13% of a 16 px step). The SiLU forward, with its
-own exp, is kernels/silu.py.
+own exp, is kernels/network/silu.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .lanes import LANES, lanes_centred_squares, lanes_dot, lanes_sum
+from .lanes import (LANES, lanes_centred_squares, lanes_centred_squares_naive, lanes_dot, lanes_dot_naive, lanes_sum,
+                    lanes_sum_naive)
 
 
 @njit(["void(float32[:, ::1], float32[::1], float32[::1], float32[:, ::1])",
@@ -97,7 +98,7 @@ def silu_backward_kernel(dy, x, s, dx):
 @njit(inline="always")
 def _row_sum(r):
     """sum of r as float64, over 8 interleaved partial sums (a fixed order: deterministic; the partials
-    are the lanes of one vector, kernels/lanes.py), then the values past the last multiple of 8."""
+    are the lanes of one vector, kernels/network/lanes.py), then the values past the last multiple of 8."""
     n = r.shape[0]
     tail = 0.0
     for i in range(n - n % LANES, n):
@@ -234,3 +235,50 @@ def bn_backward_dx_naive(dy, xhat, scale, mean_dy, mean_dy_xhat):
 
 def silu_backward_naive(dy, x, s):
     return dy * s * (1.0 + x * (1.0 - s))
+
+
+def _tail_naive(terms: np.ndarray) -> float:
+    """The float64 terms past the last multiple of 8, added from 0.0 in turn (the kernels' scalar tail)."""
+    tail = 0.0
+    for t in terms[terms.shape[0] - terms.shape[0] % LANES:]:
+        tail += float(t)
+    return tail
+
+
+def row_sum_naive(r: np.ndarray) -> float:
+    return lanes_sum_naive(r) + _tail_naive(r.astype(np.float64))
+
+
+def row_dot_naive(a: np.ndarray, b: np.ndarray) -> float:
+    return lanes_dot_naive(a, b) + _tail_naive(a.astype(np.float64) * b.astype(np.float64))
+
+
+def row_centred_squares_naive(r: np.ndarray, mu) -> float:
+    d = (r - r.dtype.type(mu)).astype(np.float64)
+    return lanes_centred_squares_naive(r, mu) + _tail_naive(d * d)
+
+
+def row_means_naive(x):
+    return np.array([row_sum_naive(r) / x.shape[1] for r in x]).astype(x.dtype)
+
+
+def row_dots_naive(a, b):
+    return np.array([row_dot_naive(p, q) for p, q in zip(a, b)]).astype(a.dtype)
+
+
+def running_stats_naive(running_mean, running_var, mean, var, keep, momentum, factor):
+    """The updated (running_mean, running_var): ops/batchnorm.py's in-place NumPy updates, in the dtype."""
+    t = running_mean.dtype.type
+    keep, momentum, factor = t(keep), t(momentum), t(factor)
+    return running_mean * keep + momentum * mean, running_var * keep + momentum * (var * factor)
+
+
+# compiled entry point -> its NumPy twin (tests/reference/test_kernel_twins.py holds every module to its table);
+# the private row helpers are entry points too: kernels/network/bn_silu.py builds on them
+TWINS = {"affine_rows_kernel": "affine_rows_naive", "bn_backward_dx_kernel": "bn_backward_dx_naive",
+         "bn_span_backward_dx_kernel": "bn_span_backward_naive", "bn_span_moments_kernel": "bn_span_moments_naive",
+         "silu_backward_kernel": "silu_backward_naive", "bn_moments_kernel": "bn_moments_naive",
+         "bn_center_normalize_kernel": "bn_center_normalize_naive", "bn_grad_sums_kernel": "bn_grad_sums_naive",
+         "running_stats_kernel": "running_stats_naive", "row_means_kernel": "row_means_naive",
+         "row_dots_kernel": "row_dots_naive", "_row_sum": "row_sum_naive", "_row_dot": "row_dot_naive",
+         "_row_centred_squares": "row_centred_squares_naive", "_bn_dx_row": "bn_backward_dx_naive"}

@@ -46,3 +46,26 @@ def sgd_momentum_segments_kernel(w, g, v, bounds, decays, lr, momentum, nesterov
         # each tensor as its own slices: the loop then compiles as the one-tensor kernel's (a loop over the
         # whole buffer with the decay read per tensor ran 5-9x slower: it did not vectorise)
         _update_all(w[lo:hi], g[lo:hi], v[lo:hi], lr, momentum, decays[s], nesterov)
+
+
+# ---- NumPy twins: the NumPy sequence of the docs, in the dtype (the same bits) --------------------------
+def sgd_momentum_naive(w, g, v, lr, momentum, decay, nesterov):
+    """The updated (w, v) of `sgd_momentum_kernel`, the arguments left as they are."""
+    t = w.dtype.type
+    lr, momentum, decay = t(lr), t(momentum), t(decay)
+    e = g + decay * w if decay != 0 else g
+    v = v * momentum + e
+    return (w - lr * (e + momentum * v) if nesterov else w - lr * v), v
+
+
+def sgd_momentum_segments_naive(w, g, v, bounds, decays, lr, momentum, nesterov):
+    """The updated (w, v) of `sgd_momentum_segments_kernel`: `sgd_momentum_naive` per tensor."""
+    w, v = w.copy(), v.copy()
+    for s in range(len(bounds) - 1):
+        lo, hi = bounds[s], bounds[s + 1]
+        w[lo:hi], v[lo:hi] = sgd_momentum_naive(w[lo:hi], g[lo:hi], v[lo:hi], lr, momentum, decays[s], nesterov)
+    return w, v
+
+
+# compiled entry point -> its NumPy twin (tests/reference/test_kernel_twins.py holds every module to its table)
+TWINS = {"sgd_momentum_kernel": "sgd_momentum_naive", "sgd_momentum_segments_kernel": "sgd_momentum_segments_naive"}

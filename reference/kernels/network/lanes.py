@@ -1,6 +1,6 @@
 """Float64 row sums over 8 interleaved partial sums, as explicit vector IR (Numba intrinsics).
 
-Batch norm's reductions (kernels/elementwise.py: `_row_sum`, `_row_dot`, `_row_centred_squares`) add
+Batch norm's reductions (kernels/network/elementwise.py: `_row_sum`, `_row_dot`, `_row_centred_squares`) add
 a row into 8 float64 partial sums, partial j taking the values j, j + 8, j + 16, ..., then combine
 them as ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)): a fixed association, so the result does
 not depend on the machine. Written as 8 scalar accumulators, LLVM left them scalar (79 `vaddsd`, no
@@ -19,6 +19,7 @@ whose kernels use it (elementwise.py, bn_silu.py).
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -125,3 +126,30 @@ def lanes_centred_squares(typingctx, r, mu):
             return b.fmul(d, d)
         return _lane_sums(builder, n, term)
     return types.float64(r, mu), codegen
+
+
+# ---- NumPy twins (the same adds in the same order: the same bits) ------------------------------------
+def _lanes_combined_naive(terms: np.ndarray) -> float:
+    """terms[:n - n % 8] (float64) added into 8 partials lane by lane, from +0.0, then combined as the IR does."""
+    acc = np.zeros(LANES)
+    for i in range(0, terms.shape[0] - terms.shape[0] % LANES, LANES):
+        acc += terms[i:i + LANES]  # lane j adds term i + j: one IEEE add per lane, in order
+    return float(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])))
+
+
+def lanes_sum_naive(r: np.ndarray) -> float:
+    return _lanes_combined_naive(r.astype(np.float64))
+
+
+def lanes_dot_naive(a: np.ndarray, b: np.ndarray) -> float:
+    return _lanes_combined_naive(a.astype(np.float64) * b.astype(np.float64))
+
+
+def lanes_centred_squares_naive(r: np.ndarray, mu) -> float:
+    d = (r - r.dtype.type(mu)).astype(np.float64)  # each difference rounded to r's dtype first
+    return _lanes_combined_naive(d * d)
+
+
+# compiled entry point -> its NumPy twin (tests/reference/test_kernel_twins.py holds every module to its table)
+TWINS = {"lanes_sum": "lanes_sum_naive", "lanes_dot": "lanes_dot_naive",
+         "lanes_centred_squares": "lanes_centred_squares_naive"}

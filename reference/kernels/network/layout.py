@@ -120,3 +120,7 @@ def cnhw_to_nhwc_pad_naive(x: np.ndarray, pads) -> np.ndarray:
 
 def nhwc_crop_to_cnhw_naive(xp: np.ndarray, top: int, left: int, h: int, w: int) -> np.ndarray:
     return np.ascontiguousarray(xp[:, top:top + h, left:left + w, :].transpose(3, 0, 1, 2))
+
+
+# compiled entry point -> its NumPy twin (tests/reference/test_kernel_twins.py holds every module to its table)
+TWINS = {"cnhw_to_nhwc_pad_kernel": "cnhw_to_nhwc_pad_naive", "nhwc_crop_to_cnhw_kernel": "nhwc_crop_to_cnhw_naive"}

@@ -28,8 +28,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .elementwise import _bn_dx_row, _row_dot, _row_sum
-from .silu import silu_exp_forward_kernel
+from .elementwise import (_bn_dx_row, _row_dot, _row_sum, affine_rows_naive, bn_backward_dx_naive,
+                          bn_center_normalize_naive, row_dots_naive, row_sum_naive)
+from .silu import silu_exp_forward_kernel, silu_exp_forward_naive
 
 
 @njit(["void(float32[:, ::1], float32[::1], float32[::1], float32[::1], float32[::1], float32[:, ::1], "
@@ -118,3 +119,42 @@ def silu_grad_sums_kernel(dy, xhat, s, gamma, beta, g, sums):
         _silu_grad_row(dy[row], xhat[row], s[row], gamma[row], beta[row], gr)
         sums[0, row] = _row_sum(gr)
         sums[1, row] = _row_dot(gr, xhat[row])
+
+
+# ---- NumPy twins: the unfused NumPy twins in turn (the SiLU forward by NumPy's exp: to silu.py's tolerance;
+# the rest rounded where the kernels round, so the same bits for the same s) ------------------------------
+def bn_silu_forward_naive(x, mean, inv_std, gamma, beta):
+    """(xhat, s, out) of `bn_silu_forward_kernel`."""
+    xhat, y = bn_center_normalize_naive(x, mean, inv_std, gamma, beta)
+    s, out = silu_exp_forward_naive(y)
+    return xhat, s, out
+
+
+def affine_silu_forward_naive(x, scale, shift):
+    return silu_exp_forward_naive(affine_rows_naive(x, scale, shift))[1]
+
+
+def _silu_grad_naive(dy, xhat, s, gamma, beta):
+    """`_silu_grad_row` per row: dy * s rounded to the dtype, the rest in float64, one rounding at the end."""
+    y = (xhat * gamma[:, None] + beta[:, None]).astype(np.float64)
+    s64 = s.astype(np.float64)
+    return ((dy * s).astype(np.float64) * (1.0 + y * (1.0 - s64))).astype(dy.dtype)
+
+
+def silu_grad_sums_naive(dy, xhat, s, gamma, beta):
+    """(g, sums) of `silu_grad_sums_kernel`."""
+    g = _silu_grad_naive(dy, xhat, s, gamma, beta)
+    sums = np.array([[row_sum_naive(r) for r in g], list(row_dots_naive(g, xhat))]).astype(dy.dtype)
+    return g, sums
+
+
+def bn_silu_backward_naive(dy, xhat, s, gamma, beta, inv_std, n):
+    """(dx, dbeta, dgamma) of `bn_silu_backward_kernel`."""
+    g, (dbeta, dgamma) = silu_grad_sums_naive(dy, xhat, s, gamma, beta)
+    n = dy.dtype.type(n)
+    return bn_backward_dx_naive(g, xhat, gamma * inv_std, dbeta / n, dgamma / n), dbeta, dgamma
+
+
+# compiled entry point -> its NumPy twin (tests/reference/test_kernel_twins.py holds every module to its table)
+TWINS = {"bn_silu_forward_kernel": "bn_silu_forward_naive", "affine_silu_forward_kernel": "affine_silu_forward_naive",
+         "bn_silu_backward_kernel": "bn_silu_backward_naive", "silu_grad_sums_kernel": "silu_grad_sums_naive"}

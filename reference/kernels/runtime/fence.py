@@ -54,3 +54,22 @@ def publish_and_poll(slot, message, seq, rank, k, polls):
     _seq_cst_fence()
     seq[rank] = k
     return poll_all_reached(seq, k, polls)
+
+
+# ---- NumPy twins of what the compiled calls compute in one process (their ordering has none) -----------
+def poll_all_reached_naive(seq, k, polls) -> bool:
+    return polls > 0 and int(seq.min()) >= k
+
+
+def publish_and_poll_naive(slot, message, seq, rank, k, polls):
+    """(slot, seq, reached) after `publish_and_poll`, the arguments left as they are."""
+    slot, seq = slot.copy(), seq.copy()
+    slot[:message.shape[0]] = message
+    seq[rank] = k
+    return slot, seq, poll_all_reached_naive(seq, k, polls)
+
+
+# compiled entry point -> its NumPy twin, or None with the reason (tests/reference/test_kernel_twins.py)
+TWINS = {"fence": None, "poll_all_reached": "poll_all_reached_naive", "publish_and_poll": "publish_and_poll_naive"}
+NO_TWIN_REASONS = {"fence": "computes no value: it only orders loads and stores across cores (replicas.py; "
+                            "tests/reference/test_replicas.py checks the exchanges it orders)"}
