@@ -21,7 +21,10 @@ from effv2_spec.errors import SpecError
 from effv2_spec.resolve import compound_image_size, resolve
 from effv2_spec.weights import WeightsError, atomic_write_bytes
 
+from effv2_spec.training import OPTIMIZERS
+
 from . import registry
+from .train_check import RECIPES
 
 
 #: How torch, XLA and NumPy say they ran out of memory (only then is the size advice right).
@@ -108,8 +111,10 @@ def generate(spec: str, framework: str, output: str, image_size: int | None) -> 
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed for weights, input, masks.")
 @click.option("--checks", "checks", default=None,
-              help="Comma-separated subset of eval_logits,train_logits,gradients,running_stats,sgd,rmsprop and the "
-                   "recipe-field checks (gradient_clip_norm, batch_norm.freeze_affine, ...; default all).")
+              help="Comma-separated subset of eval_logits,train_logits,gradients,running_stats, the optimiser updates "
+                   f"({','.join(o.model_fields['type'].annotation.__args__[0] for o in OPTIMIZERS)}) and the "
+                   "recipe-field checks (<optimiser>.<field> for every field, gradient_clip_norm, "
+                   "batch_norm.freeze_affine, weight_decay.*; default all).")
 @click.option("--oracle-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="dtype the oracle runs in.")
 @click.option("--per-tensor", is_flag=True, help="Table: one row per tensor instead of one per check.")
@@ -124,7 +129,7 @@ def generate(spec: str, framework: str, output: str, image_size: int | None) -> 
 @click.option("--optimizer", type=click.Choice(["rmsprop", "sgd", "adamw"]), default="rmsprop", show_default=True,
               help="With --train-steps: RMSProp with the TF conventions, SGD with Nesterov momentum, or AdamW "
                    "(decoupled decay 0.05 beside the L2).")
-@click.option("--recipe", type=click.Choice(["default", "clipped-frozen-bn"]), default="default", show_default=True,
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default="default", show_default=True,
               help="With --train-steps: BN statistics in groups, or every step clipped with BN frozen (gamma and "
                    "beta fixed).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report (every tensor's relative error).")
@@ -135,11 +140,11 @@ def check(spec: str, framework: str, against: str, dtype: str, image_size: int |
 
     Same canonical weights and input on both sides; compares eval logits, train-mode logits
     (dropout and drop path on, with the oracle's masks), every gradient, BN running statistics
-    after the step, and the update of one SGD and one RMSProp (TF convention) run, then of the same
-    runs with one recipe field changed each (clipping, frozen BN, ...; the check is named by the field). The relative
-    error of a tensor is max|a - b| / max|b|. A check the backend lacks the capability for (e.g.
-    optimiser steps) is reported "not run", never passed. Exit 0 when every check that ran is within
-    tolerance, 1 otherwise.
+    after the step, and two updates of each optimiser of the spec's schema, then of the same runs with
+    one recipe field changed each (every optimiser field, clipping, frozen BN, ...; the check is named by
+    the field). The relative error of a tensor is max|a - b| / max|b|. A check the backend lacks the
+    capability for (e.g. optimiser steps) is reported "not run", never passed. Exit 0 when every check
+    that ran is within tolerance, 1 otherwise.
     """
     from . import conformance
     from .conformance import CHECKS, CheckError, format_report, verdict

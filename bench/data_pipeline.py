@@ -152,7 +152,7 @@ def make_method(method: str, paths: list[str]):
 
 def child(method: str, folder: str, rows: int) -> None:
     """Answers 'size repeat' lines on stdin with 'wall-seconds cpu-seconds' lines; warm-up per new size, not timed."""
-    from effv2_reference.kernels.heap import retain_freed_memory
+    from effv2_reference.kernels.runtime.heap import retain_freed_memory
 
     retain_freed_memory()  # as effv2's loader workers do; timm's and Pillow's figures do not move with it
     paths = sorted(str(p) for p in Path(folder).glob("*.jpg"))

@@ -6,7 +6,8 @@ step's latency, on JPEG files, the same StepData (so the same bits), the same nu
 
 BatchLoader cuts each step's rows across the workers and keeps `prefetch` steps in flight (fresh
 interpreters on pipes, dying with the trainer); DataLoader (map-style over step numbers, batch_size=None,
-`prefetch_factor` 2, persistent workers, fork) gives each worker whole steps. The pipeline is the official
+`prefetch_factor` 2, persistent workers, fork) gives each worker whole steps; its workers load Numba and keep
+freed memory in the heap first, as effv2's do, so the two differ only as engines. The pipeline is the official
 one: crop of the original, flip, automl RandAugment M15 x 2, mixup 0.2; normalisation and mixing
 (`assemble`) run in the consumer for both. Why a trainer uses one engine or the other is in bench/README.md.
 """
@@ -37,6 +38,16 @@ class _Steps:
         return self.data.prepare_rows(step, slice(0, self.batch))
 
 
+def _as_effv2_worker(_worker_id: int) -> None:
+    """What effv2's own workers do first (loader._init_worker): Numba loaded, so the pipeline takes its kernels
+    (the same bits), and freed memory kept in the heap: the engines then differ only as engines."""
+    import numba  # noqa: F401
+
+    from effv2_reference.kernels.runtime.heap import retain_freed_memory
+
+    retain_freed_memory()
+
+
 def _consume(data, rows_of, steps: int, batch: int) -> tuple[float, float]:
     """(seconds to the first assembled step, images/s over the rest)."""
     resolved = data.plan.stage_resolved(data.plan.stage_at(0))
@@ -61,7 +72,7 @@ def torch_loader(data, a) -> tuple[float, float]:
     from torch.utils.data import DataLoader
 
     loader = DataLoader(_Steps(data, a.batch), batch_size=None, num_workers=a.workers, prefetch_factor=2,
-                        persistent_workers=True, shuffle=False)
+                        persistent_workers=True, shuffle=False, worker_init_fn=_as_effv2_worker)
     batches = iter(loader)  # its workers end when the iterator is collected
     return _consume(data, lambda step: np.asarray(next(batches)), a.steps, a.batch)
 

@@ -5,7 +5,7 @@
 Median microseconds per call, in one process (the SGD rows interleaved, so that a VM slowdown hits
 their sides alike; the keys' two sides one after the other):
   * keyed Philox keys of `--rows` rows (`keyed.philox_keys`, 3-4 calls a step and process): the NumPy
-    derivation against the Numba kernel it takes once Numba is loaded (kernels/seedseq.py);
+    derivation against the Numba kernel it takes once Numba is loaded (kernels/data/seedseq.py);
   * the SGD step of efficientnetv2-nano's 56 tensors (`optim.SGDOptimizer.step`, one a step): tensor by
     tensor against one kernel call over the model's one parameter buffer, the gradients given as one buffer
     (as the processes' summed gradients are) and as a dict (one process).
@@ -41,7 +41,7 @@ def _median_us(fns: dict, repeats: int) -> dict:
 
 def keyed_row(rows: int, repeats: int) -> dict:
     from effv2_reference import keyed
-    import effv2_reference.kernels.seedseq  # noqa: F401 - Numba loaded: philox_keys takes its kernel
+    import effv2_reference.kernels.data.seedseq  # noqa: F401 - Numba loaded: philox_keys takes its kernel
 
     prefix, index = (0, 3, 417), list(range(1000, 1000 + rows))
     assert keyed._seedseq_kernel() is not None

@@ -6,7 +6,7 @@ oracle (NumPy/Numba) vs PyTorch CPU on the same spec and weights, in the same pr
 
 Both sides run with `--threads N`: torch.set_num_threads(N), a threadpoolctl limit of N on every
 BLAS / OpenMP pool in the process (OpenBLAS, torch's libgomp), and
-`effv2_reference.kernels.set_num_threads(N)`: the oracle's kernels and GEMMs split their work by
+`effv2_reference.kernels.runtime.pool.set_num_threads(N)`: the oracle's kernels and GEMMs split their work by
 channel / sample blocks over N threads of one pool (NumPy's BLAS then runs one thread per call).
 Freed memory stays in the process heap for both sides (as in `effv2 train`; --no-retain-heap: not).
 The sides alternate in blocks of `--block` steps, the first of each block untimed (oracle x3, torch x3,
@@ -35,13 +35,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def set_threads(n: int, retain_heap: bool = True):
     """Limit torch, BLAS, OpenMP and the oracle's kernel pool to n threads; returns the threadpoolctl context.
 
-    With retain_heap, freed memory stays in the process heap (effv2_reference.kernels.heap, as `effv2 train`
+    With retain_heap, freed memory stays in the process heap (effv2_reference.kernels.runtime.heap, as `effv2 train`
     does): both sides then reuse their activations' pages instead of page-faulting them in every step.
     """
     from threadpoolctl import threadpool_limits
 
     if retain_heap:
-        from effv2_reference.kernels.heap import retain_freed_memory
+        from effv2_reference.kernels.runtime.heap import retain_freed_memory
         retain_freed_memory()
 
     import torch
@@ -139,7 +139,7 @@ def blas_kernels() -> str:
 
 
 def _heap() -> str:
-    from effv2_reference.kernels.heap import heap_retained
+    from effv2_reference.kernels.runtime.heap import heap_retained
     return "retained" if heap_retained() else "os"
 
 

@@ -189,9 +189,9 @@ def _run_rank(setup, replica, held: dict):
 
 def _settle_process() -> None:
     """Before the first step: freed memory kept paged in, what exists now frozen for the collector, SIGTERM a stop."""
-    from .kernels.heap import retain_freed_memory
+    from .kernels.runtime.heap import retain_freed_memory
 
-    retain_freed_memory()  # every step frees and reallocates its activations: keep them paged in (kernels/heap.py)
+    retain_freed_memory()  # every step frees and reallocates its activations: keep them paged in (runtime/heap.py)
     # What exists now (modules, Numba's loaded kernels and type tables, SciPy, the documents) lives until exit:
     # frozen, no collection traverses it again: not the full collections during training, not the one at
     # interpreter exit (0.6 s of a 2 s start-and-exit), and forked processes share its pages instead of

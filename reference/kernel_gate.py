@@ -1,8 +1,8 @@
 """The oracle's optional kernels for code that must stay NumPy only (the plan, the data pipeline).
 
 `plan.py` and `data/` are imported by the PyTorch and JAX trainers too, which never load Numba.
-A few of their hot loops have a Numba kernel giving the same bits (masks: kernels/philox.py;
-RandAugment: kernels/randaugment.py). They take it only in a process that has already loaded Numba
+A few of their hot loops have a Numba kernel giving the same bits (masks: kernels/data/philox.py;
+RandAugment: kernels/data/randaugment.py). They take it only in a process that has already loaded Numba
 (the oracle's, and every trainer's loader workers, which load Numba themselves: data/loader.py), so
 importing them never loads Numba. The data pipeline's kernels (`data_kernel`) can be turned off with
 EFFV2_DATA_KERNELS=numpy: the same bits, from the NumPy ops (the loader's workers then never load Numba).

@@ -24,7 +24,7 @@ is accepted or refused exactly as NumPy does.
 
 Even vectorised, the derivation is ~40 passes over arrays of a few dozen rows: ~184 us per call of
 32 rows, nearly all per-operation overhead. In a process that has already loaded Numba (the
-oracle's), the common case (every row one word) goes to kernels/seedseq.py instead, the same keys
+oracle's), the common case (every row one word) goes to kernels/data/seedseq.py instead, the same keys
 from scalar code; the NumPy derivation here stays as its tested twin and for every other process.
 
 NumPy only: the trainers of every backend import it, and it never loads Numba itself (kernel_gate).
@@ -173,8 +173,8 @@ def _small_rows(arr: np.ndarray) -> np.ndarray | None:
 
 
 def _seedseq_kernel():
-    """kernels.seedseq.seedseq_keys once Numba is loaded in this process, else None (keyed.py never loads it)."""
-    return kernel_if_numba_loaded("kernels.seedseq", "seedseq_keys")
+    """kernels.data.seedseq.seedseq_keys once Numba is loaded in this process, else None (keyed.py never loads it)."""
+    return kernel_if_numba_loaded("kernels.data.seedseq", "seedseq_keys")
 
 
 def _one_word_keys(lead: list[int], ints: np.ndarray) -> np.ndarray | None:

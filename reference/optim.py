@@ -140,7 +140,7 @@ class SGDOptimizer(Optimizer):
     def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float,
              flat_grads: np.ndarray | None = None) -> None:
         """As `Optimizer.step`; without clipping, each tensor's L2 term and update are one kernel pass
-        (kernels/sgd.py: the same operations in the same order, so the same bits), and all tensors are one
+        (kernels/network/sgd.py: the same operations in the same order, so the same bits), and all tensors are one
         pass when `params` are pieces of one buffer (the model's), from `flat_grads` if given."""
         if self.clip_norm is not None or self.momentum == 0.0:
             return super().step(params, grads, lr)

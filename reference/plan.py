@@ -188,7 +188,7 @@ class TrainingPlan:
         """(len(rows), n) float64: `sample_rngs(purpose, step, rows)[i].random(n)` for each row, bit for bit.
 
         In a process that has loaded Numba (the oracle's), one kernel computes all the rows' streams
-        (kernels/philox.py; building a generator per row cost ~1 ms per step); elsewhere (the
+        (kernels/data/philox.py; building a generator per row cost ~1 ms per step); elsewhere (the
         framework trainers, which never import Numba) the generators themselves.
         """
         kernel = _philox_kernel()
@@ -222,8 +222,8 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def _philox_kernel():
-    """kernels.philox.philox_uniforms once Numba is loaded in this process, else None (the plan never loads it)."""
-    return kernel_if_numba_loaded("kernels.philox", "philox_uniforms")
+    """kernels.data.philox.philox_uniforms once Numba is loaded in this process, else None (the plan never loads it)."""
+    return kernel_if_numba_loaded("kernels.data.philox", "philox_uniforms")
 
 
 def _row_list(rows, batch_size: int) -> list[int]:

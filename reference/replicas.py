@@ -11,7 +11,7 @@ calls of a few hundred bytes, and a woken-up process on a VM answers a pipe in 2
 message is a copy into the writer's slot of one shared anonymous mapping plus a raised sequence
 number, which the other process sees within a microsecond while it spins (it yields the core after a
 short spin, and sleeps once a wait is long, e.g. while rank 0 writes a checkpoint). The copy, the fence,
-the number and the short spin are one compiled call (kernels/fence.py): two processes exchanging 512
+the number and the short spin are one compiled call (kernels/runtime/fence.py): two processes exchanging 512
 bytes in lockstep took 20-28 us per exchange with them in Python, 9-11 us so, and each process of the
 default run makes ~36 000 exchanges.
 
@@ -151,7 +151,7 @@ class Replica:
         self._calls += 1
         k, g = self._calls, self.group
         buf = g.slots[k & 1]
-        # the message, a fence, the sequence number, then a short compiled spin (kernels/fence.py)
+        # the message, a fence, the sequence number, then a short compiled spin (kernels/runtime/fence.py)
         if not publish_and_poll(buf[self.rank], a.reshape(-1).view(np.uint8), g.seq, self.rank, k, _SPIN_POLLS):
             self._wait(k)
         return combine(a, buf[lo:hi, :a.nbytes].view(a.dtype))

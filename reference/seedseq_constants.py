@@ -1,5 +1,5 @@
 """NumPy's SeedSequence constants (numpy/random/bit_generator.pyx), shared by keyed.py's NumPy derivation
-and the Numba kernel kernels/seedseq.py, so that neither imports the other for them. Plain ints."""
+and the Numba kernel kernels/data/seedseq.py, so that neither imports the other for them. Plain ints."""
 
 MASK = 0xFFFFFFFF  # every word is 32 bits
 POOL = 4  # pool words (SeedSequence's default pool_size)

@@ -7,9 +7,10 @@ tensor, and the property-based runner behind `effv2 conformance`.
 
 from __future__ import annotations
 
-from .inputs import RESIDUAL_GAMMA, conformance_tensors, keep_masks, make_input, training_configs, with_changes
+from .inputs import RESIDUAL_GAMMA, conformance_tensors, keep_masks, make_input, with_changes
 from .numerics import gradient_scales, rel_err, unit_of
 from .protocol import Adapter, OptimizerCapable, SourceCapable, capabilities, missing_methods
+from .recipes import training_configs
 from .report import NOT_RUN, CheckReport, CheckResult, TensorResult, format_report, verdict
 from .runner import (CHECKS, DEFAULT_IMAGE_SIZE, FIELD_CHECKS, TOLERANCES, CheckError, default_checks, get_framework,
                      ready, run_check)

@@ -10,8 +10,6 @@ import numpy as np
 from effv2_spec.architecture import ArchitectureSpec
 from effv2_spec.resolve import ConvBN, ResolvedModel, resolve
 
-from .recipes import training_configs  # re-exported: the update checks' recipes were defined here before
-
 #: BN gamma/beta of each residual branch's last BN are scaled by this before calibration (see conformance_tensors)
 RESIDUAL_GAMMA = 0.2
 
@@ -111,4 +109,4 @@ def conformance_tensors(spec: ArchitectureSpec, resolved: ResolvedModel, seed: i
     return tensors
 
 
-__all__ = ["RESIDUAL_GAMMA", "with_changes", "make_input", "keep_masks", "conformance_tensors", "training_configs"]
+__all__ = ["RESIDUAL_GAMMA", "with_changes", "make_input", "keep_masks", "conformance_tensors"]

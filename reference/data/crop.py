@@ -24,7 +24,7 @@ truncate one level down; the lerp gives v exactly. (Same sampling points as resi
 from the generator passed in: per attempt the aspect (float32 uniform), the height, the row
 offset, the column offset, in TF's order.
 
-`resize_to_uint8` (the resize, clip and truncation) takes kernels/crop.py's Numba pass, bit for bit the
+`resize_to_uint8` (the resize, clip and truncation) takes kernels/data/crop.py's Numba pass, bit for bit the
 NumPy functions here, in a process where Numba is loaded (kernel_gate.data_kernel); this module never
 loads Numba itself.
 """
@@ -119,7 +119,7 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 def resize_to_uint8(region: np.ndarray, size) -> np.ndarray:
     """uint8 (H, W, C) region -> uint8 (size, size, C): `to_uint8(resize_bilinear_tf(region, size))`, by the
     Numba kernel where Numba is loaded (the same bits)."""
-    kernel = data_kernel("kernels.crop", "resize_uint8")
+    kernel = data_kernel("kernels.data.crop", "resize_uint8")
     if kernel is not None and region.dtype == np.uint8 and region.ndim == 3:
         return kernel(region, size)
     return to_uint8(resize_bilinear_tf(region, size))

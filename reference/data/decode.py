@@ -83,13 +83,24 @@ def _transposes(im) -> bool:
         return False
 
 
-def _pixels(im, channels: int, where: str) -> np.ndarray:
+def _pixels(im, channels: int, where: str, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """uint8 (H, W, channels) of `im` turned upright, or of its `box` = (top, left, bottom, right) there.
+
+    Each step copies only when it changes something (an upright image is not transposed, an RGB one not
+    converted), and the box is cut before the conversions: they act pixel by pixel, so the result is the same
+    as converting the whole image and cutting after, at a fraction of the copies."""
     from PIL import ImageOps
 
     try:
-        im = ImageOps.exif_transpose(im)
         im.load()
-        arr = np.asarray(eight_bit(im).convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+        if im.getexif().get(0x0112, 1) not in (0, 1):  # read with the pixels: no second decode
+            im = ImageOps.exif_transpose(im)
+        if box is not None:
+            top, left, bottom, right = box
+            im = im.crop((left, top, right, bottom))
+        im = eight_bit(im)
+        target = "L" if channels == 1 else "RGB"
+        arr = np.asarray(im if im.mode == target else im.convert(target), dtype=np.uint8)
     except _DECODE_ERRORS as exc:
         raise DataError(f"{where}: not a readable image ({type(exc).__name__}: {_first_line(exc)})") from None
     return arr[..., None] if arr.ndim == 2 else arr
@@ -125,7 +136,6 @@ def decode_region(where: str, box: tuple[int, int, int, int], size: int, channel
             im.draft(None, (full_w // factor, full_h // factor))
             sw, sh = im.size[0] / full_w, im.size[1] / full_h
             if (sw, sh) != (1.0, 1.0):
-                y0, x0 = math.floor(y * sh), math.floor(x * sw)
-                y1, x1 = math.ceil((y + h) * sh), math.ceil((x + w) * sw)
-                return _pixels(im, channels, where)[y0:y1, x0:x1]
-        return _pixels(im, channels, where)[y:y + h, x:x + w]
+                box_scaled = (math.floor(y * sh), math.floor(x * sw), math.ceil((y + h) * sh), math.ceil((x + w) * sw))
+                return _pixels(im, channels, where, box_scaled)
+        return _pixels(im, channels, where, (y, x, y + h, x + w))

@@ -1,9 +1,12 @@
 """`BatchLoader`: the samples of a step prepared in worker processes, `prefetch` steps ahead of the model.
 
-Per-sample work (crop, flip, RandAugment) is most of the data cost and independent per row,
-so the global batch is cut into contiguous row ranges, one per worker; mixing, which needs
-whole groups, stays in the consumer (`StepData.assemble`). Every draw is keyed by
-(seed, purpose, step, row), so the images are the same whatever the number of workers.
+Per-sample work (crop, flip, RandAugment) is most of the data cost. Steps go round the workers: step k's
+rows (this process's part of the global batch) are prepared whole by worker k mod N, each worker
+`prefetch` of its steps ahead, as torch's DataLoader deals out batches; mixing, which needs whole
+groups, stays in the consumer (`StepData.assemble`). Cutting every step across all the workers instead
+made each step wait for the slowest of them: 2 workers at 224 px gave 668 images/s that way, 718 whole
+steps (bench/loader_engines.py). Every draw is keyed by (seed, purpose, step, row), so the images are the
+same whatever the number of workers or the depth.
 
 Workers are fresh interpreters (`loader_worker.py`): forking a process whose BLAS and Numba
 thread pools are running can deadlock the child. They are plain subprocesses talking over two
@@ -14,9 +17,9 @@ Every worker loads Numba when it can (whatever its parent: the PyTorch and JAX t
 themselves), so the pipeline takes its Numba kernels there, bit for bit its NumPy ops; a first start on
 a machine compiles them once (cache=True). EFFV2_DATA_KERNELS=numpy keeps the workers NumPy only.
 
-Memory: a worker holds at most prefetch + 1 results of its row range (it keeps computing while its
-earlier results wait to be read: loader_worker.py writes them from a thread), so the loader's
-images in flight are bounded by (prefetch + 1) x rows, whatever the data set.
+Memory: at most N x prefetch + 1 steps are asked at once (a worker keeps computing while its earlier
+results wait to be read: loader_worker.py writes them from a thread), so the loader's images in
+flight are bounded by (N x prefetch + 1) x rows, whatever the size of the data set.
 """
 
 from __future__ import annotations
@@ -42,12 +45,12 @@ def _init_worker(data, numba_kernels: bool) -> None:
     """numba_kernels: load Numba here, so that the pipeline takes its kernels (the same bits); without
     Numba installed the worker runs the NumPy ops.
 
-    The worker keeps freed memory in its heap (kernels/heap.py; EFFV2_RETAIN_HEAP=0 turns it off): each
+    The worker keeps freed memory in its heap (kernels/runtime/heap.py; EFFV2_RETAIN_HEAP=0 turns it off): each
     decoded image, crop and batch is a fresh block over glibc's mmap threshold, and a fresh mmap is one page
     fault per 4 KiB touched. Decoding a 500 x 375 JPEG to an array took 2.7 ms that way, 1.0 ms with the
     heap kept (Pillow's own decode: 0.76 ms). The worker's resident size stays at its peak, which its
     bounded row ranges set (see the module's note)."""
-    from ..kernels.heap import retain_freed_memory  # glibc mallopt only: loads no Numba
+    from ..kernels.runtime.heap import retain_freed_memory  # glibc mallopt only: loads no Numba
 
     global _WORKER_DATA
     _WORKER_DATA = data
@@ -112,8 +115,8 @@ class BatchLoader:
     """`rows(step)` -> uint8 (rows, size, size, C): the prepared images of `rows` of step `step`.
 
     `rows` defaults to the whole global batch (a replica passes its shard). workers = 0 prepares in
-    this process; workers = N uses N processes, which prepare the `prefetch` steps after the one asked
-    while the model runs (the results are the same whatever the depth). Use as a context manager so the
+    this process; workers = N uses N processes, each preparing whole steps `prefetch` of its own steps
+    ahead while the model runs (the results are the same whatever the depth). Use as a context manager so the
     processes stop with the run (on any exception, KeyboardInterrupt included).
     """
 
@@ -142,23 +145,19 @@ class BatchLoader:
             w.stop()
         self._asked.clear()
 
-    def _chunks(self) -> list[tuple[int, int]]:
-        b = self.stop - self.start
-        n = len(self._procs)
-        edges = [self.start + round(i * b / n) for i in range(n + 1)]
-        return [(edges[i], edges[i + 1]) for i in range(n)]
-
     def _submit(self, step: int) -> None:
+        """Step `step`'s rows, all of them, to the worker whose turn it is (steps go round the workers)."""
         if step not in self._asked and step < self.data.plan.total_steps:
-            for w, (a, b) in zip(self._procs, self._chunks()):
-                w.ask(step, a, b)
+            self._procs[step % len(self._procs)].ask(step, self.start, self.stop)
             self._asked.add(step)
 
     def rows(self, step: int) -> np.ndarray:
         if not self._procs:
             return self.data.prepare_rows(step, slice(self.start, self.stop))
-        for ahead in range(self.prefetch + 1):  # the next steps' images overlap this step's model work
+        # every worker `prefetch` of its own steps ahead: the next steps' images overlap this step's model work
+        for ahead in range(len(self._procs) * self.prefetch + 1):
             self._submit(step + ahead)
-        out = np.concatenate([w.answer(step) for w in self._procs])
-        self._asked = set(self._procs[0].pending)  # every worker is asked the same steps; answered ones are gone
+        out = self._procs[step % len(self._procs)].answer(step)
+        # what is still coming: a jump (a resume, a stop) drops the answers asked before it, which may be asked again
+        self._asked = set().union(*(w.pending for w in self._procs))
         return out

@@ -11,7 +11,7 @@ Every random choice of sample row r at step k comes from the plan's generators k
 worker, in any order, and `assemble` gives the same batch.
 
 In a process that has loaded Numba (the oracle's), `prepare_rows` applies the automl RandAugment of all
-its rows in one kernel call (kernels/randaugment.py, bit for bit the NumPy ops, from the same draws);
+its rows in one kernel call (kernels/data/randaugment.py, bit for bit the NumPy ops, from the same draws);
 elsewhere (the framework trainers, which never import Numba) the NumPy ops run image by image.
 """
 
@@ -113,9 +113,9 @@ def _flip_and_augment_rows(images: np.ndarray, rngs: list[np.random.Generator], 
 
 
 def _randaugment_rows_kernel():
-    """kernels.randaugment.randaugment_rows once Numba is loaded in this process, else None (the pipeline
+    """kernels.data.randaugment.randaugment_rows once Numba is loaded in this process, else None (the pipeline
     never loads it)."""
-    return data_kernel("kernels.randaugment", "randaugment_rows")
+    return data_kernel("kernels.data.randaugment", "randaugment_rows")
 
 
 def eval_input(source, lo: int, hi: int, size: int, resolved: ResolvedModel, dtype=np.float32) -> np.ndarray:

@@ -33,7 +33,7 @@ truncated value can differ by 1 where the float32 sum lands within an ulp of an 
 Images are uint8 (H, W, 3), or (H, W, 1) which is treated as a grey RGB image. Every random draw
 comes from the `np.random.Generator` passed in, in this order per layer: op index, then the sign
 (signed ops), then cutout's centre row and column (`draw_layers`). No Numba here: the torch and JAX
-trainers call it. kernels/randaugment.py applies the same drawn ops to all the rows of a training step
+trainers call it. kernels/data/randaugment.py applies the same drawn ops to all the rows of a training step
 at once (the oracle's pipeline, once Numba is loaded) from the values worked out here: each pointwise
 op's table of 256 levels (`pointwise_table`), the transform coefficients (`affine`), the blend mode,
 cutout's box, and the constants below.
@@ -47,9 +47,11 @@ from functools import lru_cache
 import numpy as np
 
 from .randaugment import randaugment as _torchvision_randaugment
+from .randaugment_constants import (BLEND_CLIPPED, BLEND_FIRST, BLEND_INSIDE, BLEND_SECOND, FILL, GREY_SCALE,
+                                    GREY_WEIGHTS, INV_255)
+from .randaugment_constants import SMOOTH_CENTRE as _SMOOTH_CENTRE, SMOOTH_EDGE as _SMOOTH_EDGE
 
 MAX_LEVEL = 10.0
-FILL = 128  # replace value of geometric ops and cutout (distort_image_with_randaugment)
 CUTOUT_CONST = 40
 TRANSLATE_CONST = 100
 OP_NAMES = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast",
@@ -61,10 +63,6 @@ POINTWISE = frozenset({"Invert", "Posterize", "Solarize", "SolarizeAdd", "Contra
 VARIANTS = ("automl", "torchvision")
 
 _F32 = np.float32
-GREY_WEIGHTS = (_F32(0.2989), _F32(0.5870), _F32(0.1140))  # tf.image.rgb_to_grayscale
-INV_255 = _F32(1.0 / 255.0)  # uint8 -> [0, 1] (convert_image_dtype)
-GREY_SCALE = _F32(255.5)  # [0, 1] -> uint8 by truncation (convert_image_dtype's saturating cast)
-BLEND_FIRST, BLEND_SECOND, BLEND_INSIDE, BLEND_CLIPPED = range(4)  # what `blend` does with a factor
 
 
 # ---- helpers that reproduce TF's casts --------------------------------------------------------
@@ -216,9 +214,6 @@ def contrast(image: np.ndarray, factor: float) -> np.ndarray:
 
 def brightness(image: np.ndarray, factor: float) -> np.ndarray:
     return _blend_constant(0, image, factor)
-
-
-_SMOOTH_EDGE, _SMOOTH_CENTRE = (float(v) for v in np.array([1, 5], _F32) / _F32(13.0))
 
 
 def sharpness(image: np.ndarray, factor: float) -> np.ndarray:
@@ -471,8 +466,13 @@ def randaugment(img: np.ndarray, layers: int, magnitude: float, rng: np.random.G
     """automl distort_image_with_randaugment: `layers` ops drawn uniformly from the 16, always applied
     (`reference_size`: see `pixel_scales`)."""
     _as_rgb(img)
+    return apply_layers(img, draw_layers(layers, magnitude, img.shape[0], img.shape[1], rng, reference_size))
+
+
+def apply_layers(img: np.ndarray, drawn: list[tuple[str, object]]) -> np.ndarray:
+    """The ops `draw_layers` drew, applied in order to a uint8 (H, W, 1|3) image."""
     out = img
-    for name, arg in draw_layers(layers, magnitude, img.shape[0], img.shape[1], rng, reference_size):
+    for name, arg in drawn:
         out = _apply(name, out, arg)
     return out
 

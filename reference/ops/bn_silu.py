@@ -1,4 +1,4 @@
-"""Batch norm followed by SiLU as one op (kernels/bn_silu.py): the conv units' common tail.
+"""Batch norm followed by SiLU as one op (kernels/network/bn_silu.py): the conv units' common tail.
 
 Train mode: the same values, bit for bit, as `batch_norm_train_forward` then `activations.silu_forward`,
 and as `silu_backward` then `batch_norm_backward` (statistics groups and groups spanning processes

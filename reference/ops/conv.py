@@ -122,7 +122,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, *, stride: int, pads: Pads, gro
         padded = (c, n, h + pads[0] + pads[1], wd + pads[2] + pads[3])
         return y, ConvCache(x.shape, w, stride, pads, groups, saved, padded)
     if groups == c == o and cg == 1:
-        # depthwise runs channels-last (see kernels/depthwise.py): pad while transposing in, transpose back out
+        # depthwise runs channels-last (see kernels/network/depthwise.py): pad while transposing in, transpose back out
         t, b, l, r = pads
         x = np.ascontiguousarray(x)
         xp = np.empty((n, h + t + b, wd + l + r, c), dtype=x.dtype)
@@ -130,7 +130,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, *, stride: int, pads: Pads, gro
         y = np.empty((n, ho, wo, c), dtype=x.dtype)
         out = np.empty((c, n, ho, wo), dtype=x.dtype)
 
-        # layout changes by channel blocks, the conv by samples (kernels/depthwise.py: why not by channels)
+        # layout changes by channel blocks, the conv by samples (kernels/network/depthwise.py: why not by channels)
         parallel_for(lambda lo, hi: cnhw_to_nhwc_pad_kernel(x, xp, t, l, lo, hi), c, n * h * wd, align=_CH_ALIGN)
         parallel_for(lambda lo, hi: depthwise_forward_samples(xp, wk, stride, y, lo, hi), n, ho * wo * k * k * c)
         parallel_for(lambda lo, hi: nhwc_crop_to_cnhw_kernel(y, out, 0, 0, lo, hi), c, n * ho * wo, align=_CH_ALIGN)

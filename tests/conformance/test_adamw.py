@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from effv2_adapters.conformance import FIELD_CHECKS, run_check
-from effv2_adapters.conformance.inputs import training_configs
+from effv2_adapters.conformance.recipes import training_configs
 from effv2_adapters.conformance.numerics import rel_err
 from effv2_adapters.oracle import ReferenceAdapter
 from effv2_adapters.train_check import check_schedule, check_training, compare_states

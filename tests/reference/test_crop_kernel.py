@@ -1,4 +1,4 @@
-"""The Numba resize of the random-resized crop (kernels/crop.py) gives the very bytes of its NumPy twin
+"""The Numba resize of the random-resized crop (kernels/data/crop.py) gives the very bytes of its NumPy twin
 (data/crop.py: resize_bilinear_tf then to_uint8), and data/crop.py takes it only where Numba is loaded
 and EFFV2_DATA_KERNELS is not 'numpy'."""
 
@@ -10,7 +10,7 @@ import pytest
 
 from effv2_reference.data import crop
 from effv2_reference.data.crop import _lerp_weights
-from effv2_reference.kernels.crop import resize_uint8, resize_uint8_into, resize_uint8_naive  # loads Numba
+from effv2_reference.kernels.data.crop import resize_uint8, resize_uint8_into, resize_uint8_naive  # loads Numba
 
 
 def _check(region, size):
@@ -87,11 +87,11 @@ def test_bad_input_is_one_clear_error():
 
 
 def test_the_crop_takes_the_kernel_only_where_numba_is_loaded_and_wanted(monkeypatch):
-    assert crop.data_kernel("kernels.crop", "resize_uint8") is resize_uint8  # Numba is loaded here
+    assert crop.data_kernel("kernels.data.crop", "resize_uint8") is resize_uint8  # Numba is loaded here
     img = np.random.default_rng(3).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     with_kernel = crop.random_resized_crop(img, 24, np.random.default_rng(4))
     monkeypatch.setenv("EFFV2_DATA_KERNELS", "numpy")
-    assert crop.data_kernel("kernels.crop", "resize_uint8") is None
+    assert crop.data_kernel("kernels.data.crop", "resize_uint8") is None
     without = crop.random_resized_crop(img, 24, np.random.default_rng(4))
     assert with_kernel.shape == (24, 24, 3) and np.array_equal(with_kernel, without)
 

@@ -1,4 +1,4 @@
-"""Fused batch norm + SiLU (ops/bn_silu.py, kernels/bn_silu.py) gives the bits of the two ops apart:
+"""Fused batch norm + SiLU (ops/bn_silu.py, kernels/network/bn_silu.py) gives the bits of the two ops apart:
 `batch_norm_train_forward` then `silu_forward`, and `silu_backward` then `batch_norm_backward`, for statistics
 groups inside a process and for groups spanning processes; in eval mode `batch_norm_eval_forward` then
 `silu_forward`; and the model gives the same step and the same eval forward either way."""

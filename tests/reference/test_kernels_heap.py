@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform
 _PROBE = r"""
 import json, resource, sys
 import numpy as np
-from effv2_reference.kernels.heap import heap_retained, retain_freed_memory
+from effv2_reference.kernels.runtime.heap import heap_retained, retain_freed_memory
 on = retain_freed_memory() if sys.argv[1] == "1" else False
 def touch():
     a = np.empty(12 * 1024 * 1024, dtype=np.float32)

@@ -1,4 +1,4 @@
-"""The vector-IR row sums (kernels/lanes.py, behind elementwise._row_sum / _row_dot / _row_centred_squares)
+"""The vector-IR row sums (kernels/network/lanes.py, behind elementwise._row_sum / _row_dot / _row_centred_squares)
 give exactly the bits of the 8-partial-sum order written out in plain Python floats."""
 
 from __future__ import annotations

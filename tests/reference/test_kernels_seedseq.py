@@ -1,4 +1,4 @@
-"""The Philox-key kernel (kernels/seedseq.py) against its twin, NumPy's SeedSequence row by row; the
+"""The Philox-key kernel (kernels/data/seedseq.py) against its twin, NumPy's SeedSequence row by row; the
 constants it shares with keyed.py's NumPy derivation are NumPy's."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from effv2_reference import seedseq_constants as sc
-from effv2_reference.kernels.seedseq import seedseq_keys_into, seedseq_keys_naive
+from effv2_reference.kernels.data.seedseq import seedseq_keys_into, seedseq_keys_naive
 
 
 @settings(deadline=None, max_examples=40)

@@ -2,7 +2,7 @@
 
 NumPy itself is the reference: every generator is compared with
 `Generator(Philox(SeedSequence([seed, purpose, step, row])))`. Numba is loaded here (the kernel is
-imported), so `philox_keys` takes kernels/seedseq.py; the NumPy derivation is checked alongside it with
+imported), so `philox_keys` takes kernels/data/seedseq.py; the NumPy derivation is checked alongside it with
 the kernel hidden (`numpy_path`), and alone in a process without Numba.
 """
 
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from effv2_reference import keyed
 from effv2_reference.keyed import generator_from_key, keyed_generators, philox_keys
-from effv2_reference.kernels.seedseq import seedseq_keys
+from effv2_reference.kernels.data.seedseq import seedseq_keys
 from effv2_reference.plan import PURPOSE_AUGMENT, PURPOSE_DROPOUT, keyed_rng, keyed_rngs
 
 # one 32-bit word, two, and many: the entropy grows past SeedSequence's pool of four words

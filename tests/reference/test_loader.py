@@ -106,7 +106,8 @@ print('numba' in sys.modules, worker, rows.shape[0])
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_a_worker_keeps_freed_memory_in_its_heap_without_loading_numba():
     code = ("import sys; from effv2_reference.data import loader; loader._init_worker(None, False); "
-            "from effv2_reference.kernels.heap import heap_retained; print(heap_retained(), 'numba' in sys.modules)")
+            "from effv2_reference.kernels.runtime.heap import heap_retained; "
+            "print(heap_retained(), 'numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "False"]

@@ -223,7 +223,7 @@ def _sgd_written_out(w, v, grads, lr, rate, m, nesterov, t):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_sgd_kernel_is_bit_identical_to_the_numpy_formula(dtype, nesterov):
-    """The one-pass SGD kernel (kernels/sgd.py) against the NumPy sequence of the docs, written out here,
+    """The one-pass SGD kernel (kernels/network/sgd.py) against the NumPy sequence of the docs, written out here,
     over several steps, decayed and undecayed tensors, a non-contiguous tensor (NumPy path) alike."""
     rate, m = 1e-2, 0.9
     cfg = config({"type": "sgd", "momentum": m, "nesterov": nesterov}, rate=rate, applies_to=["conv_kernel"])

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
 from effv2_reference import plan as plan_module
-from effv2_reference.kernels.philox import philox_uniforms, philox_uniforms_into, philox_uniforms_naive
+from effv2_reference.kernels.data.philox import philox_uniforms, philox_uniforms_into, philox_uniforms_naive
 from effv2_reference.keyed import generator_from_key, philox_keys
 from effv2_reference.plan import PURPOSE_DROP_PATH, PURPOSE_DROPOUT, TrainingPlan, keyed_rng
 

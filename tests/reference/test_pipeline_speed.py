@@ -258,7 +258,7 @@ def old_prepare_rows(data, step, rows):
     start, stop, _ = rows.indices(plan.batch_size)
     out = []
     for r in range(start, stop):
-        image, rng = data.images[indices[r]], keyed_rng(plan.seed, PURPOSE_AUGMENT, step, r)
+        image, rng = data.source.images[indices[r]], keyed_rng(plan.seed, PURPOSE_AUGMENT, step, r)
         crop = data.config.augmentation.random_resized_crop
         if crop is None:  # the old per-image resize, then the unchanged rest of prepare_image
             image = old_resize_uint8(image, stage.image_size)

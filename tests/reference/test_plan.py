@@ -160,9 +160,9 @@ def test_plan_and_pipeline_do_not_import_numba_or_frameworks():
 def test_the_kernel_gate_answers_none_without_numba_or_without_the_module(monkeypatch):
     import numba  # noqa: F401 - loaded here, so the gate opens
     from effv2_reference.kernel_gate import kernel_if_numba_loaded
-    from effv2_reference.kernels.philox import philox_uniforms
+    from effv2_reference.kernels.data.philox import philox_uniforms
 
-    assert kernel_if_numba_loaded("kernels.philox", "philox_uniforms") is philox_uniforms
+    assert kernel_if_numba_loaded("kernels.data.philox", "philox_uniforms") is philox_uniforms
     assert kernel_if_numba_loaded("kernels.no_such_module", "anything") is None
     monkeypatch.delitem(sys.modules, "numba")
-    assert kernel_if_numba_loaded("kernels.philox", "philox_uniforms") is None
+    assert kernel_if_numba_loaded("kernels.data.philox", "philox_uniforms") is None

@@ -1,4 +1,4 @@
-"""The batched Numba RandAugment (kernels/randaugment.py) gives the very bytes of the NumPy ops
+"""The batched Numba RandAugment (kernels/data/randaugment.py) gives the very bytes of the NumPy ops
 (data/randaugment_automl.py), op by op and through `StepData.prepare_rows`."""
 
 import json
@@ -16,7 +16,7 @@ from effv2_reference.data import Dataset, load_digits, split
 from effv2_reference.data import pipeline
 from effv2_reference.data import randaugment_automl as ra
 from effv2_reference.data.crop import horizontal_flip
-from effv2_reference.kernels import randaugment as kernel  # loads Numba: prepare_rows takes the kernel
+from effv2_reference.kernels.data import randaugment as kernel  # loads Numba: prepare_rows takes the kernel
 from effv2_reference.plan import TrainingPlan
 
 MAGNITUDES = (0, 10, 15, 25, 30, 0.5, 2.5, 5, 7.3, 13.37, 29.99)
@@ -116,6 +116,11 @@ def test_rows_of_drawn_layers_are_randaugment(data, rows, layers, magnitude):
         flipped = horizontal_flip(img) if ref_rng.random() < 0.5 else img
         expect.append(ra.randaugment(flipped, layers, magnitude, ref_rng))
     assert np.array_equal(kernel.randaugment_rows(images, flips, drawn), np.stack(expect))
+    # the compiled entry point on the encoded draws, and its NumPy twin (kernels/data/randaugment.py's TWINS)
+    out = np.empty_like(images)
+    kernel.randaugment_rows_into(images, np.asarray(flips, np.uint8), *kernel.encode(drawn, h, w), out)
+    assert np.array_equal(out, np.stack(expect))
+    assert np.array_equal(kernel.randaugment_rows_naive(images, flips, drawn), np.stack(expect))
 
 
 def test_bad_images_are_refused():

@@ -287,7 +287,7 @@ def test_cli_refuses_layouts_before_starting_processes(monkeypatch, tmp_path):
 
 
 def test_publish_copies_the_message_then_raises_the_number_and_polls_a_bounded_time():
-    """The compiled half of an exchange (kernels/fence.py): the message lands in the slot, this rank's
+    """The compiled half of an exchange (kernels/runtime/fence.py): the message lands in the slot, this rank's
     number becomes k, and the poll answers False (not a hang) while another rank is behind, True once not."""
     from effv2_reference.kernels.runtime.fence import poll_all_reached, publish_and_poll
 

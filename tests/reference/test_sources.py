@@ -157,3 +157,34 @@ def _plan(n: int) -> TrainingPlan:
     training["augmentation"].update(mix_group_size=8, random_resized_crop={})  # the official box ranges
     assert training["randaugment_layers"] > 0
     return TrainingPlan(load_preset("efficientnetv2-nano"), parse_obj(schedule), parse_obj(training), n, seed=3)
+
+
+def test_odd_but_valid_files_are_converted_the_same_way_in_every_process(tmp_path):
+    """CMYK, 16-bit, greyscale, palette and a PNG named .jpg: kept, converted as `effv2 eval` converts them, and
+    the same rows from a loader process as from this one."""
+    rng = np.random.default_rng(5)
+    root = tmp_path / "odd"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+    rgb = photo(rng, 30, 40)
+    Image.fromarray(rgb).convert("CMYK").save(root / "a" / "cmyk.jpg", "JPEG", quality=95)
+    deep = (rng.integers(0, 65536, (20, 24))).astype(np.uint16)
+    Image.fromarray(deep).save(root / "a" / "deep.png")
+    Image.fromarray(rgb[..., 0]).save(root / "a" / "grey.png")
+    Image.fromarray(rgb).convert("P").save(root / "b" / "palette.gif")
+    Image.fromarray(rgb).save(root / "b" / "named.jpg", "PNG")
+    source = open_source(str(root), **OPTIONS)
+    assert len(source) == 5 and source.index.excluded == []
+    by_name = {source.location(i).rsplit("/", 1)[-1]: i for i in range(len(source))}
+    with Image.open(root / "a" / "cmyk.jpg") as im:
+        assert np.array_equal(source.image(by_name["cmyk.jpg"]), np.asarray(im.convert("RGB")))
+    scaled = np.clip(np.rint(deep * (255 / 65535)), 0, 255).astype(np.uint8)
+    assert np.array_equal(source.image(by_name["deep.png"]), np.repeat(scaled[..., None], 3, axis=2))
+    assert np.array_equal(source.image(by_name["grey.png"]), np.repeat(rgb[..., :1], 3, axis=2))
+    with Image.open(root / "b" / "palette.gif") as im:
+        assert np.array_equal(source.image(by_name["palette.gif"]), np.asarray(im.convert("RGB")))
+    assert np.array_equal(source.image(by_name["named.jpg"]), rgb)  # read as the PNG it is: lossless
+    repeated = source.subset(np.arange(16) % 5, "odd x 3")  # a view: enough rows for a batch of 8
+    data = StepData(_plan(16), repeated)
+    with BatchLoader(data, workers=1, rows=slice(0, 8)) as loader:
+        assert np.array_equal(loader.rows(2), data.prepare_rows(2, slice(0, 8)))

@@ -51,7 +51,7 @@ def effv2(site: Path, *args, cwd):
                           text=True, timeout=300, cwd=cwd)
 
 
-def test_torch_trains_predicts_and_evaluates_without_numba(site_without_numba, tmp_path):
+def test_torch_trains_predicts_evaluates_and_checks_without_numba(site_without_numba, tmp_path):
     def effv2_here(*args):
         return effv2(site_without_numba, *args, cwd=tmp_path)
 
@@ -69,6 +69,26 @@ def test_torch_trains_predicts_and_evaluates_without_numba(site_without_numba, t
                    "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["images"] == 6  # the val/ split
+    # with the jax extra too, a backend is checked against the other (the oracle is what needs Numba)
+    r = effv2_here("check", "efficientnetv2-nano", "--framework", "torch", "--against", "jax", "--checks",
+                   "eval_logits,gradients,sgd,gradient_clip_norm", "--json")
+    assert r.returncode == 0, r.stderr
+    assert {c["check"]: c["status"] for c in json.loads(r.stdout)["checks"]} == dict.fromkeys(
+        ["eval_logits", "gradients", "sgd", "gradient_clip_norm"], "passed")
+    r = effv2_here("check", "efficientnetv2-nano", "--framework", "torch")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "--against reference: not available: the reference oracle (numba) is not installed (No module named "
+        "'numba'); pip install 'effv2[reference]'"], r.stderr
     # the oracle itself needs Numba: asking for it is one line naming the extra, not a traceback
     r = effv2_here("train", "--data", data, "--steps", 1, "--out", tmp_path / "oracle")
     assert r.returncode == 1 and "Traceback" not in r.stderr and "numba" in r.stderr.lower(), r.stderr
+
+
+@pytest.mark.jax
+def test_jax_trains_without_numba(site_without_numba, tmp_path):
+    pytest.importorskip("jax")
+    data = write_imagenet_layout(tmp_path / "data", 10, 2)
+    r = effv2(site_without_numba, "train", "--framework", "jax", "--data", data, "--steps", 2,
+              "--out", tmp_path / "run", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["train_images"] == 30 and (tmp_path / "run" / "weights.safetensors").is_file()

@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..data import randaugment_automl as ra
+from ...data import randaugment_automl as ra
+from ...data import randaugment_constants as rc
 
 # what the kernel does per layer (the `kinds` array)
 LOOKUP, AUTOCONTRAST, EQUALIZE, TRANSFORM, CUTOUT, COLOR, SHARPNESS = range(7)
@@ -37,11 +38,11 @@ _KIND.update({name: TRANSFORM for name in ra.GEOMETRIC})
 _KIND.update({name: LOOKUP for name in ra.POINTWISE})
 assert set(_KIND) == set(ra.OP_NAMES)
 
-_FILL = np.uint8(ra.FILL)
-_BLEND_FIRST, _BLEND_SECOND, _BLEND_CLIPPED = ra.BLEND_FIRST, ra.BLEND_SECOND, ra.BLEND_CLIPPED
-_W0, _W1, _W2 = ra.GREY_WEIGHTS
-_INV_255, _GREY_SCALE = ra.INV_255, ra.GREY_SCALE
-_SMOOTH_EDGE, _SMOOTH_CENTRE = ra._SMOOTH_EDGE, ra._SMOOTH_CENTRE  # float64
+_FILL = np.uint8(rc.FILL)
+_BLEND_FIRST, _BLEND_SECOND, _BLEND_CLIPPED = rc.BLEND_FIRST, rc.BLEND_SECOND, rc.BLEND_CLIPPED
+_W0, _W1, _W2 = rc.GREY_WEIGHTS
+_INV_255, _GREY_SCALE = rc.INV_255, rc.GREY_SCALE
+_SMOOTH_EDGE, _SMOOTH_CENTRE = rc.SMOOTH_EDGE, rc.SMOOTH_CENTRE  # float64
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 _F255 = np.float32(255.0)
@@ -288,3 +289,14 @@ def randaugment_rows_into(images, flips, kinds, ints, floats, tables, out):
                 _sharpness(a, b, h, w, c, ints[r, i, 0], floats[r, i, 0])
             a, b = b, a
         _copy(a, flat_out[r])
+
+
+def randaugment_rows_naive(images: np.ndarray, flips, drawn: list[list[tuple[str, object]]]) -> np.ndarray:
+    """`randaugment_rows` by the NumPy ops: row r flipped left-right if flips[r], then its drawn ops in order."""
+    rows = [ra.apply_layers(np.ascontiguousarray(img[:, ::-1]) if flip else img, ops)
+            for img, flip, ops in zip(images, flips, drawn)]
+    return np.stack(rows) if rows else np.empty_like(images)
+
+
+# compiled entry point -> its NumPy twin (tests/reference/test_kernel_twins.py holds every module to its table)
+TWINS = {"randaugment_rows_into": "randaugment_rows_naive"}
