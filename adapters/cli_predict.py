@@ -59,7 +59,7 @@ def _classifier(arch, weights: str, framework: str, dtype: str, image_size: int 
 
 def _run(classifier: Classifier, images: np.ndarray, framework: str) -> np.ndarray:
     """Logits of a uint8 NHWC batch; running out of memory (normalising included) is one line."""
-    from effv2_reference.preprocess import normalise
+    from effv2_train.preprocess import normalise
 
     try:
         return classifier.logits(normalise(images, classifier.spec, classifier.dtype))
@@ -71,7 +71,7 @@ def _run(classifier: Classifier, images: np.ndarray, framework: str) -> np.ndarr
 
 def _prepared(path: str, arch, size: int) -> np.ndarray:
     """uint8 HWC pixels of one image by the spec's evaluation transform; every failure is one line naming it."""
-    from effv2_reference.preprocess import ImageError, load_image, pixels
+    from effv2_train.preprocess import ImageError, load_image, pixels
 
     if not str(path):
         raise SpecInputError("'': an empty path names no image")
@@ -105,7 +105,7 @@ def predict(spec, weights, images, framework, k, labels_file, batch, dtype, imag
     Images are EXIF-rotated, converted to RGB and prepared by SPEC's evaluation transform.
     An unreadable IMAGE is refused (one line, exit 1) before anything runs.
     """
-    from effv2_reference.labels import LabelError, class_names
+    from effv2_train.labels import LabelError, class_names
 
     arch = load_or_fail(load_architecture, spec)
     try:
@@ -157,8 +157,8 @@ def evaluate(spec, weights, data, mapping_file, framework, batch, dtype, image_s
     Streams the data batch by batch; unreadable files in a folder are named on stderr,
     skipped and counted (`skipped` in --json). Progress bar on stderr.
     """
-    from effv2_reference.eval_data import EvalDataError, open_source
-    from effv2_reference.preprocess import ImageError
+    from effv2_train.eval_data import EvalDataError, open_source
+    from effv2_train.preprocess import ImageError
 
     arch = load_or_fail(load_architecture, spec)
     try:

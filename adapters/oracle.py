@@ -46,7 +46,7 @@ class ReferenceAdapter(PackagedAdapter):
                         resolved) -> dict[str, np.ndarray]:
         """Every trainable tensor after the steps; those the recipe freezes come back unchanged."""
         from effv2_reference.optim import build_optimizer
-        from effv2_reference.recipe import Recipe
+        from effv2_train.recipe import Recipe
 
         opt = build_optimizer(config, resolved)
         dtype = np.result_type(*[np.asarray(v).dtype for v in tensors.values()])

@@ -29,7 +29,7 @@ import numpy as np
 
 from effv2_spec.architecture import ArchitectureSpec
 from effv2_spec.documents import parse_obj
-from effv2_reference.lifeline import tied_to_parent
+from effv2_train.lifeline import tied_to_parent
 
 from .conformance.numerics import gradient_scales
 
@@ -162,7 +162,7 @@ def _param_of(key: str) -> str:
 
 
 def _state_of(checkpoint_path: Path) -> dict[str, dict]:
-    from effv2_reference.checkpoint import load_checkpoint
+    from effv2_train.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint_path)
     return {"model": ck.model, "optimizer": ck.optimizer, "ema": ck.ema, "meta": ck.meta}
@@ -273,7 +273,7 @@ def _check_can_train(framework: str, nproc: int) -> None:
 
 def _check_data(path: Path, batch: int, size: int) -> Path:
     """Two batches' worth (plus the held-out fifth) of the embedded digits, stored at `size`."""
-    from effv2_reference.data import load_digits
+    from effv2_train.data import load_digits
 
     digits = load_digits(size)
     n = (2 * batch * 5 + 3) // 4 + 10

@@ -70,7 +70,7 @@ def count_files(root: Path) -> int:
 
 def index_seconds(root: Path, cache: Path) -> float:
     """Wall seconds of build_index(root) in a fresh process (imports excluded)."""
-    code = ("import sys, time; from effv2_reference.data.folder_index import build_index; t = time.perf_counter(); "
+    code = ("import sys, time; from effv2_train.data.folder_index import build_index; t = time.perf_counter(); "
             "index = build_index(sys.argv[1]); print(time.perf_counter() - t, len(index))")
     out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True,
                          env=dict(os.environ, EFFV2_CACHE_DIR=str(cache)))

@@ -76,8 +76,8 @@ class Effv2:
 
     def __init__(self, paths: list[str], draft: bool):
         from effv2_spec.training import Augmentation
-        from effv2_reference.data import decode, pipeline
-        from effv2_reference.data.crop import resize_to_uint8, sample_crop_box
+        from effv2_train.data import decode, pipeline
+        from effv2_train.data.crop import resize_to_uint8, sample_crop_box
 
         self.decode, self.pipeline, self.resize, self.box = decode, pipeline, resize_to_uint8, sample_crop_box
         self.augmentation, self.draft = Augmentation(), draft  # automl RandAugment, absolute pixels; crop; flip

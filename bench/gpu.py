@@ -86,8 +86,8 @@ def throughput(spec_name: str, size: int, batch: int, steps: int, device: str, c
 
     from effv2_spec.documents import parse_obj
     from effv2_spec.presets import load
-    from effv2_reference.init import initial_tensors
-    from effv2_reference.plan import TrainingPlan
+    from effv2_train.init import initial_tensors
+    from effv2_train.plan import TrainingPlan
     from effv2_adapters.torch.train import Processes, TorchBackend
 
     spec = load(spec_name)

@@ -56,11 +56,11 @@ def measure(a, folder: Path) -> dict:
     import torch
 
     from effv2_adapters.torch.train import Processes, TorchBackend
-    from effv2_reference.data import open_source
-    from effv2_reference.data.loader import BatchLoader
-    from effv2_reference.data.pipeline import StepData
-    from effv2_reference.init import initial_tensors
-    from effv2_reference.plan import TrainingPlan
+    from effv2_train.data import open_source
+    from effv2_train.data.loader import BatchLoader
+    from effv2_train.data.pipeline import StepData
+    from effv2_train.init import initial_tensors
+    from effv2_train.plan import TrainingPlan
 
     spec, sched, config = documents(a.spec, a.size, a.batch, a.steps)
     source = open_source(str(folder / "train"), num_classes=spec.num_classes, channels=3)

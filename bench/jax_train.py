@@ -38,8 +38,8 @@ import numpy as np  # noqa: E402
 def build(args):
     from effv2_spec.documents import parse_obj
     from effv2_spec.presets import load as load_preset
-    from effv2_reference.data import load_digits
-    from effv2_reference.trainloop import ProgressiveLoop
+    from effv2_train.data import load_digits
+    from effv2_train.trainloop import ProgressiveLoop
     from effv2_adapters.jax.train import make_jax_backend
     from effv2_adapters.train_check import check_training
 
@@ -56,7 +56,7 @@ def build(args):
     n = 2 * args.batch
     images = np.concatenate([digits.images] * (n // len(digits) + 2))[:n + n // 4]
     labels = np.concatenate([digits.labels] * (n // len(digits) + 2))[:n + n // 4]
-    from effv2_reference.data.sources import Dataset
+    from effv2_train.data.sources import Dataset
 
     train = Dataset(images[:n], labels[:n] % spec.num_classes, spec.num_classes, "bench")
     held = Dataset(images[n:], labels[n:] % spec.num_classes, spec.num_classes, "bench-held")

@@ -61,7 +61,7 @@ def _consume(data, rows_of, steps: int, batch: int) -> tuple[float, float]:
 
 
 def effv2_loader(data, a) -> tuple[float, float]:
-    from effv2_reference.data.loader import BatchLoader
+    from effv2_train.data.loader import BatchLoader
 
     with BatchLoader(data, a.workers, slice(0, a.batch), prefetch=2) as loader:
         return _consume(data, loader.rows, a.steps, a.batch)
@@ -87,9 +87,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    from effv2_reference.data import open_source
-    from effv2_reference.data.pipeline import StepData
-    from effv2_reference.plan import TrainingPlan
+    from effv2_train.data import open_source
+    from effv2_train.data.pipeline import StepData
+    from effv2_train.plan import TrainingPlan
 
     results = {"effv2": [], "torch": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,9 +17,9 @@ import argparse
 import numpy as np
 
 from cli_args import at_least
-from effv2_reference.data import load_digits, split
-from effv2_reference.data import randaugment_automl as ra
-from effv2_reference.data.pipeline import _resize_uint8
+from effv2_train.data import load_digits, split
+from effv2_train.data import randaugment_automl as ra
+from effv2_train.data.pipeline import _resize_uint8
 
 #: (image size, magnitude): the nano's CPU schedule (16 -> 32 px, magnitude 0 -> 5), V2-S's first and last
 #: stages in google/automl (128 px at 5, 300 px at 15)

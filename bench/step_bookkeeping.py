@@ -40,7 +40,7 @@ def _median_us(fns: dict, repeats: int) -> dict:
 
 
 def keyed_row(rows: int, repeats: int) -> dict:
-    from effv2_reference import keyed
+    from effv2_train import keyed
     import effv2_reference.kernels.data.seedseq  # noqa: F401 - Numba loaded: philox_keys takes its kernel
 
     prefix, index = (0, 3, 417), list(range(1000, 1000 + rows))

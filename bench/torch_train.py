@@ -34,8 +34,8 @@ def step_overhead(spec_name: str, batch: int, size: int, reps: int) -> dict:
 
     from effv2_spec.documents import parse_obj
     from effv2_spec.presets import load
-    from effv2_reference.init import initial_tensors
-    from effv2_reference.plan import TrainingPlan
+    from effv2_train.init import initial_tensors
+    from effv2_train.plan import TrainingPlan
     from effv2_adapters.torch.train import TorchBackend
     from train_step import interleaved
 
@@ -84,10 +84,10 @@ def step_overhead(spec_name: str, batch: int, size: int, reps: int) -> dict:
 def data_throughput(size: int, magnitude: float, batch: int = 64, steps: int = 4) -> dict:
     from effv2_spec.documents import parse_obj
     from effv2_spec.presets import load
-    from effv2_reference.data.loader import BatchLoader
-    from effv2_reference.data.pipeline import StepData
-    from effv2_reference.data.sources import Dataset
-    from effv2_reference.plan import TrainingPlan
+    from effv2_train.data.loader import BatchLoader
+    from effv2_train.data.pipeline import StepData
+    from effv2_train.data.sources import Dataset
+    from effv2_train.plan import TrainingPlan
 
     spec = load("efficientnetv2-s")
     sched = parse_obj({"kind": "progressive_schedule", "name": "b", "convention": "paper", "total_steps": 64,

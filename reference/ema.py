@@ -16,7 +16,7 @@ import numpy as np
 
 from effv2_spec.training import EMA
 
-from .recipe import ema_decay  # noqa: F401 (the rule lives in the recipe; re-exported)
+from effv2_train.recipe import ema_decay  # noqa: F401 (the rule lives in the recipe; re-exported)
 
 
 class WeightEMA:

@@ -29,7 +29,7 @@ from effv2_spec.resolve import ConvBN, ResolvedModel, as_resolved, resolve
 from effv2_spec.weights import WeightsError, check_tensors, load_weights, save_weights
 
 from . import ops
-from .init import init_tensor  # noqa: F401 (re-exported: callers import it from here)
+from effv2_train.init import init_tensor  # noqa: F401 (re-exported: callers import it from here)
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 # BN + SiLU as one op (ops/bn_silu.py), train mode and tape-less eval; off, the two ops run apart

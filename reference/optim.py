@@ -30,7 +30,7 @@ from effv2_spec.resolve import ResolvedModel
 from effv2_spec.training import SGD, AdamW, RMSProp, TrainingConfig
 
 from .kernels.network.sgd import sgd_momentum_kernel, sgd_momentum_segments_kernel
-from .recipe import clip_factor, decayed_names
+from effv2_train.recipe import clip_factor, decayed_names
 
 
 class Optimizer(ABC):

@@ -23,17 +23,17 @@ from effv2_spec.resolve import ResolvedModel
 from effv2_spec.schedule import ProgressiveSchedule
 from effv2_spec.training import TrainingConfig
 
-from .data.pipeline import eval_input
-from .data.sources import Source
+from effv2_train.data.pipeline import eval_input
+from effv2_train.data.sources import Source
 from .ema import WeightEMA
 from .model import ReferenceModel
 from .ops.loss import softmax_cross_entropy
 from .ops.batchnorm import BatchNormSync
 from .optim import build_optimizer
-from .plan import SUPPORTED_REGULARIZERS, PlanError, TrainingPlan, stage_view  # noqa: F401 (re-exported)
-from .recipe import Recipe, batch_norm_layout  # noqa: F401 (batch_norm_layout re-exported)
+from effv2_train.plan import SUPPORTED_REGULARIZERS, PlanError, TrainingPlan, stage_view  # noqa: F401 (re-exported)
+from effv2_train.recipe import Recipe, batch_norm_layout  # noqa: F401 (batch_norm_layout re-exported)
 from .replicas import run_replicas
-from .trainloop import EVAL_BATCH, ProgressiveLoop, TrainingDiverged, TrainResult  # noqa: F401
+from effv2_train.trainloop import EVAL_BATCH, ProgressiveLoop, TrainingDiverged, TrainResult  # noqa: F401
 
 
 # ---- evaluation of a bare model ----------------------------------------------------------------

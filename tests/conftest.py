@@ -28,7 +28,7 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("EFFV2_HYPOTHESIS_PROFILE", "ci"))
 
-# folder indexes (effv2_reference.data.folder_index) of the tests' temporary trees go to a temporary cache,
+# folder indexes (effv2_train.data.folder_index) of the tests' temporary trees go to a temporary cache,
 # set before any test or subprocess starts, so the suite never writes into the user's ~/.cache
 os.environ["EFFV2_CACHE_DIR"] = tempfile.mkdtemp(prefix="effv2-test-cache-")
 

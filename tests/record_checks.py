@@ -1,6 +1,6 @@
 """Checks of a run's record (metrics.jsonl) shared by the oracle, torch and jax tests.
 
-The expected key sets are written out here, not taken from effv2_reference.record, so a key that
+The expected key sets are written out here, not taken from effv2_train.record, so a key that
 disappears from the writer fails the tests instead of silently changing the expectation."""
 
 import json

@@ -118,7 +118,7 @@ def test_labels_and_class_index_files_are_read_with_the_caps_of_spec_documents(t
 @settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=300))
 def test_random_bytes_as_labels_give_names_or_one_line(tmp_path, nano, blob):
-    from effv2_reference.labels import LabelError, class_index, class_names
+    from effv2_train.labels import LabelError, class_index, class_names
 
     path = tmp_path / "labels.txt"
     path.write_bytes(blob)
@@ -138,7 +138,7 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | s
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(_json)
 def test_random_json_as_a_class_index_maps_or_gives_one_line(tmp_path, doc):
-    from effv2_reference.labels import LabelError, class_index
+    from effv2_train.labels import LabelError, class_index
 
     path = tmp_path / "ci.json"
     path.write_text(json.dumps(doc))
@@ -181,7 +181,7 @@ def test_an_eval_npz_is_read_within_its_real_sizes(tmp_path, nano, members, mess
 
 
 def test_a_forged_image_size_is_refused_before_reading(tmp_path, nano):
-    from effv2_reference.eval_data import EvalDataError, NpzSource
+    from effv2_train.eval_data import EvalDataError, NpzSource
 
     path = tmp_path / "huge.npz"
     side = 9000
@@ -198,7 +198,7 @@ def test_a_forged_image_size_is_refused_before_reading(tmp_path, nano):
 @settings(max_examples=20, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_a_truncated_eval_npz_is_one_line(tmp_path, nano, data):
-    from effv2_reference.eval_data import EvalDataError, open_source
+    from effv2_train.eval_data import EvalDataError, open_source
 
     whole = tmp_path / "whole.npz"
     if not whole.exists():
@@ -376,7 +376,7 @@ def test_a_fifo_or_a_device_is_refused_not_read(tmp_path, nano, verb):
 @settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(["PNG", "JPEG", "TIFF", "GIF", "BMP", "WEBP"]), st.data())
 def test_a_truncated_or_damaged_image_is_read_or_one_line(tmp_path, fmt, data):
-    from effv2_reference.preprocess import ImageError, load_image
+    from effv2_train.preprocess import ImageError, load_image
 
     buf = io.BytesIO()
     Image.fromarray(np.arange(24 * 20 * 3, dtype=np.uint8).reshape(24, 20, 3)).save(buf, fmt)
@@ -459,7 +459,7 @@ def test_export_refuses_weights_of_another_network(tmp_path, nano):
     (np.full((40, 50), 65535, np.uint16), 255),
 ])
 def test_16_bit_and_float_images_are_scaled_to_8_bit(tmp_path, array, expected):
-    from effv2_reference.preprocess import load_image
+    from effv2_train.preprocess import load_image
 
     path = tmp_path / ("i.tiff" if array.dtype == np.float32 else "i.png")
     Image.fromarray(array).save(path)

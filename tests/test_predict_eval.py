@@ -118,7 +118,7 @@ def by_hand(img: Image.Image, size: int, how: EvalPreprocessing) -> np.ndarray:
 @pytest.mark.parametrize("resize", ["crop_then_resize", "shorter_side", "whole_image"])
 @pytest.mark.parametrize("fraction", [1.0, 0.875, 0.6])
 def test_transform_matches_each_rule_written_out(resize, fraction):
-    from effv2_reference.preprocess import pixels
+    from effv2_train.preprocess import pixels
 
     how = EvalPreprocessing(resize=resize, interpolation="bicubic", crop_fraction=fraction)
     for img in photos(4):
@@ -129,7 +129,7 @@ def test_transform_matches_each_rule_written_out(resize, fraction):
 
 
 def test_exif_orientation_is_applied_and_any_mode_becomes_rgb(tmp_path):
-    from effv2_reference.preprocess import load_image
+    from effv2_train.preprocess import load_image
 
     img = photos(1)[0]  # 61 wide, 37 high
     exif = Image.Exif()
@@ -196,7 +196,7 @@ def test_predict_names_classes_from_a_labels_file_and_imagenet_by_default(setup,
     save_weights(tmp_path / "w1k.safetensors", spec1k, random_weights(spec1k, 1))
     out = json.loads(run("predict", tmp_path / "s1k.json", "-w", tmp_path / "w1k.safetensors", tmp_path / "a.png",
                          "--json", "--top", 1000).stdout)
-    from effv2_reference.labels import imagenet1k
+    from effv2_train.labels import imagenet1k
 
     top = out["results"][0]["top"]
     assert top[0]["label"] == imagenet1k()[top[0]["class"]][1] and {t["class"] for t in top} == set(range(1000))
@@ -364,7 +364,7 @@ def test_usage_errors_exit_2(setup, tmp_path):
 
 def test_eval_maps_imagenet_synset_folders_by_the_builtin_list(tmp_path):
     """Folders named by synsets take their ImageNet-1k index, not their sorted position."""
-    from effv2_reference.labels import imagenet1k
+    from effv2_train.labels import imagenet1k
     from effv2_reference.model import ReferenceModel
     from effv2_spec.weights import save_weights
 

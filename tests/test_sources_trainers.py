@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from effv2_adapters.train_check import check_schedule, check_training, compare_states
-from effv2_reference.data import open_split
+from effv2_train.data import open_split
 from effv2_reference.train import Trainer
-from effv2_reference.trainloop import ProgressiveLoop
+from effv2_train.trainloop import ProgressiveLoop
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
 from source_trees import write_imagenet_layout, write_shards

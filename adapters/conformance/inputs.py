@@ -68,7 +68,7 @@ def conformance_tensors(spec: ArchitectureSpec, resolved: ResolvedModel, seed: i
     percent everywhere (an implementation that normalises with batch statistics in eval mode, or
     misplaces eps, fails), yet follows the well-conditioned train-mode trajectory.
     """
-    from effv2_reference.init import initial_tensors
+    from effv2_train.init import initial_tensors
 
     if baseline is None:
         from ..oracle import ReferenceAdapter

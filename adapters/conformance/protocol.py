@@ -58,7 +58,7 @@ class SourceCapable(Protocol):
 class TrainingCapable(Protocol):
     def trainer(self, *, dtype: str, **options: Any) -> tuple[Any, int]:
         """(make_backend, processes) for `effv2 train --framework NAME` and `check --train-steps`:
-        `make_backend(plan, tensors)` returns the `effv2_reference.trainloop.TrainingBackend` of this
+        `make_backend(plan, tensors)` returns the `effv2_train.trainloop.TrainingBackend` of this
         process (the shared loop does the rest); `processes` is the run's process count. `options`
         are the command's (device, precision, timeout_s, and the framework's own: channels_last,
         compile, coordinator, ...); an adapter takes what it knows. A run that cannot start as asked

@@ -1,6 +1,6 @@
 """optax optimisers configured from an effv2 `TrainingConfig` (docs/internals.md, Optimisers).
 
-The step's semantics are the run's recipe (effv2_reference.recipe): coupled L2 weight decay is
+The step's semantics are the run's recipe (effv2_train.recipe): coupled L2 weight decay is
 `optax.add_decayed_weights(rate, mask)` first in the chain (g += rate * w on the tensors of
 `Recipe.decays`), then, when the recipe clips, `clip_by_recipe` (every gradient times the recipe's
 `clip_factor` of their global squared norm), so the optimiser sees the decayed, clipped gradient.
@@ -35,7 +35,7 @@ import optax
 
 from effv2_spec.resolve import ResolvedModel
 from effv2_spec.training import TrainingConfig
-from effv2_reference.recipe import SLOTS, Recipe, clip_factor
+from effv2_train.recipe import SLOTS, Recipe, clip_factor
 
 
 def decay_mask(names: Sequence[str], config: TrainingConfig, resolved: ResolvedModel) -> dict[str, bool]:
@@ -48,7 +48,7 @@ _OPTAX_FIELDS = {"sgd": ("trace",), "rmsprop": ("nu", "trace"), "adamw": ("mu", 
 
 
 def optax_slot_names(kind: str) -> dict[str, str]:
-    """optax state field -> canonical slot (effv2_reference.recipe.SLOTS) for optimiser `kind`."""
+    """optax state field -> canonical slot (effv2_train.recipe.SLOTS) for optimiser `kind`."""
     return dict(zip(_OPTAX_FIELDS[kind], SLOTS[kind], strict=True))
 
 
@@ -76,7 +76,7 @@ def make_optimizer(config: TrainingConfig, learning_rate, mask: Mapping[str, boo
     """The optax transformation for `config`; `learning_rate` a float or an optax schedule.
 
     With `clip_norm`, `clip_by_recipe` sits between the L2 term and the optimiser: the recipe clips
-    the gradient the L2 term was added to (effv2_reference.recipe)."""
+    the gradient the L2 term was added to (effv2_train.recipe)."""
     opt = config.optimizer
     if opt.type == "sgd":
         core = optax.sgd(learning_rate, momentum=opt.momentum or None, nesterov=bool(opt.nesterov and opt.momentum))

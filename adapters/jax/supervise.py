@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from effv2_reference.lifeline import tied_to_parent
+from effv2_train.lifeline import tied_to_parent
 from effv2_spec.console import printable
 
 #: set in the child's environment: it runs the training itself instead of supervising again
@@ -93,7 +93,7 @@ def run(out_dir: str | None, spec_name: str, process_id: int | None, num_process
     """Run this command again as a supervised child; its exit code, or 1 with one line if a signal ended it.
 
     out_dir, spec_name: the run's --out and spec (its default folder), where the checkpoint and the log go."""
-    from effv2_reference.checkpoint import DEFAULT_ROOT
+    from effv2_train.checkpoint import DEFAULT_ROOT
 
     out = Path(out_dir) if out_dir else DEFAULT_ROOT / spec_name
     env = dict(os.environ, **{SUPERVISED: "1"})

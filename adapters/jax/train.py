@@ -1,4 +1,4 @@
-"""JAX training backend: the shared progressive loop (effv2_reference.trainloop) on a Flax NNX model.
+"""JAX training backend: the shared progressive loop (effv2_train.trainloop) on a Flax NNX model.
 
 Everything that is not framework code (the plan, the data pipeline and its worker processes, the
 masks, the stage table, checkpoints, resume) comes from the loop; this module holds the model,
@@ -31,8 +31,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from effv2_spec.resolve import ResolvedModel
-from effv2_reference.plan import PlanError, TrainingPlan
-from effv2_reference.recipe import SLOTS, Recipe, soft_targets, stage_rates
+from effv2_train.plan import PlanError, TrainingPlan
+from effv2_train.recipe import SLOTS, Recipe, soft_targets, stage_rates
 
 from .runtime import (DEFAULT_CACHE, Processes, TrainSetupError, compile_clock,  # noqa: F401 (re-exported)
                       enable_compilation_cache)

@@ -6,7 +6,7 @@ otherwise `TFRMSProp`, an exact implementation of the configurable (TF) conventi
 torch.optim.AdamW, its decoupled decay in the param group of the tensors that decay (`Recipe.decays`).
 The optimisers see the gradients `recipe_gradients` leaves in `.grad`: the recipe's coupled L2
 (g += rate * w on the tensors of `Recipe.decays`), then its global-norm clip factor
-(effv2_reference.recipe), so no optimiser here carries a coupled weight decay of its own.
+(effv2_train.recipe), so no optimiser here carries a coupled weight decay of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from effv2_spec.resolve import ResolvedModel
 from effv2_spec.training import TrainingConfig
-from effv2_reference.recipe import SLOTS, Recipe, clip_factor
+from effv2_train.recipe import SLOTS, Recipe, clip_factor
 
 
 class TFRMSProp(torch.optim.Optimizer):

@@ -1,4 +1,4 @@
-"""PyTorch training backend: the shared progressive loop (effv2_reference.trainloop) on a torch model.
+"""PyTorch training backend: the shared progressive loop (effv2_train.trainloop) on a torch model.
 
 Everything that is not framework code (the plan, the data pipeline, the masks, the stage table,
 checkpoints, resume) comes from the loop; this module holds the model, one optimisation step,
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from effv2_spec.resolve import ResolvedModel
-from effv2_reference.plan import PlanError, TrainingPlan
-from effv2_reference.recipe import Recipe, batch_norm_layout, soft_targets, stage_rates
+from effv2_train.plan import PlanError, TrainingPlan
+from effv2_train.recipe import Recipe, batch_norm_layout, soft_targets, stage_rates
 
 from .build import as_dtype, build_model
 from .modules import BatchNorm, EfficientNet
@@ -133,7 +133,7 @@ def set_rates(model: EfficientNet, resolved: ResolvedModel) -> None:
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """mean_n -sum_k t * log_softmax(logits) with the recipe's soft targets t (effv2_reference.recipe)."""
+    """mean_n -sum_k t * log_softmax(logits) with the recipe's soft targets t (effv2_train.recipe)."""
     t = soft_targets(targets, logits.shape[1], smoothing)
     return -(t * F.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits,
                                dim=1)).sum() / logits.shape[0]

@@ -20,8 +20,8 @@ COMMANDS: dict[str, str] = {
     "presets": "effv2_spec.cli.presets_cmd:presets",
     "summary": "effv2_spec.cli.summary_cmd:summary",
     "schedule": "effv2_spec.cli.schedule_cmd:schedule",
-    "train": "effv2_reference.cli_train:train",
-    "plot": "effv2_reference.cli_plot:plot",
+    "train": "effv2_train.cli_train:train",
+    "plot": "effv2_train.cli_plot:plot",
     "generate": "effv2_adapters.cli:generate",
     "check": "effv2_adapters.cli:check",
     "convert": "effv2_adapters.cli:convert",
@@ -29,7 +29,7 @@ COMMANDS: dict[str, str] = {
     "export": "effv2_adapters.cli_export:export",
     "predict": "effv2_adapters.cli_predict:predict",
     "eval": "effv2_adapters.cli_predict:evaluate",
-    "data": "effv2_reference.cli_data:data",
+    "data": "effv2_train.cli_data:data",
 }
 
 _HELP = {
@@ -52,7 +52,7 @@ _HELP = {
 }
 
 
-_OWN_PACKAGES = ("effv2", "effv2_spec", "effv2_reference", "effv2_adapters")
+_OWN_PACKAGES = ("effv2", "effv2_spec", "effv2_train", "effv2_reference", "effv2_adapters")
 
 
 def _third_party(module: str | None) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..recipe import soft_targets
+from effv2_train.recipe import soft_targets
 
 
 def smooth_targets(targets: np.ndarray, num_classes: int, label_smoothing: float = 0.0, dtype=np.float64):

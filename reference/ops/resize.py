@@ -1,6 +1,6 @@
-"""Bilinear resize: re-exported from effv2_reference.data.resize, where it lives so that the data
+"""Bilinear resize: re-exported from effv2_train.data.resize, where it lives so that the data
 pipeline imports no Numba (importing effv2_reference.ops loads the Numba kernels)."""
 
-from ..data.resize import interpolation_matrix, resize_bilinear
+from effv2_train.data.resize import interpolation_matrix, resize_bilinear
 
 __all__ = ["interpolation_matrix", "resize_bilinear"]

@@ -1,6 +1,6 @@
 """Third-party trainers with one planted error each, found as "module:Class" like training_plugin.RenamedTorch:
 the built-in PyTorch trainer with one field of the step's recipe dropped, as a fork that missed it would.
-`effv2 check --train-steps` must fail on them (the recipe is `effv2_reference.recipe.Recipe`, which the torch
+`effv2 check --train-steps` must fail on them (the recipe is `effv2_train.recipe.Recipe`, which the torch
 trainer keeps as `backend.recipe` and reads at every step)."""
 
 import dataclasses

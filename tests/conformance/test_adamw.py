@@ -18,7 +18,7 @@ from effv2_adapters.conformance.recipes import training_configs
 from effv2_adapters.conformance.numerics import rel_err
 from effv2_adapters.oracle import ReferenceAdapter
 from effv2_adapters.train_check import check_schedule, check_training, compare_states
-from effv2_reference.init import initial_tensors
+from effv2_train.init import initial_tensors
 from effv2_reference.optim import build_optimizer
 from effv2_spec.cli import main
 from effv2_spec.documents import load_architecture, parse_obj
@@ -152,7 +152,7 @@ def docs():
 
 @pytest.fixture(scope="module")
 def data():
-    from effv2_reference.data import load_digits, split
+    from effv2_train.data import load_digits, split
 
     train, held = split(load_digits(SIZE))
     return train.subset(np.arange(32), "digits:32"), held.subset(np.arange(16), "digits:held")
@@ -167,7 +167,7 @@ def jax_cache(tmp_path_factory):
 
 
 def loop(framework, docs, data, out=None):
-    from effv2_reference.trainloop import ProgressiveLoop
+    from effv2_train.trainloop import ProgressiveLoop
 
     if framework == "oracle":
         from effv2_reference.train import Trainer

@@ -22,7 +22,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
 def _two_steps(adapter, config):
     """nano at 32 px, float64: two optimiser steps from the seeded init and two random gradient sets."""
-    from effv2_reference.init import initial_tensors
+    from effv2_train.init import initial_tensors
 
     resolved = resolve(load_architecture("efficientnetv2-nano"), (32, 32))
     tensors = initial_tensors(resolved, 0, "float64")

@@ -13,7 +13,7 @@ from effv2_spec.resolve import resolve
 from effv2_spec.rounding import conv_padding as spec_conv_padding
 from effv2_spec.weights import WeightsError
 
-from effv2_reference.init import initial_tensors
+from effv2_train.init import initial_tensors
 from jax_testlib import random_masks, random_tensors, rel, tiny_spec
 from shared_specs import constant_inits_flipped
 

@@ -19,7 +19,7 @@ import pytest
 
 from effv2_adapters.jax.supervise import StderrFilter, stopped_message
 from effv2_adapters.train_check import check_schedule, check_training, free_port, jax_device_env, jax_process_commands
-from effv2_reference.data import load_digits
+from effv2_train.data import load_digits
 
 #: stderr of process 0 (the coordinator) after SIGKILL of process 1, as `effv2 train` ran it before the
 #: supervisor: the C++ coordination-service messages (one spans 4 lines), the abort and its stack trace

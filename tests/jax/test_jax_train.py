@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from effv2_spec.cli import main
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
-from effv2_reference.data import load_digits, split
+from effv2_train.data import load_digits, split
 from effv2_reference.train import Trainer
-from effv2_reference.trainloop import ProgressiveLoop
+from effv2_train.trainloop import ProgressiveLoop
 from effv2_adapters.jax.train import make_jax_backend
 from effv2_adapters.train_check import (check_schedule, check_training, compare_states, free_port, jax_device_env,
                                         run_train_check)

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from effv2_reference.data import pack as pack_module
+from effv2_train.data import pack as pack_module
 from effv2_spec.cli import main
 from PIL import Image
 
@@ -288,7 +288,7 @@ def _square_tree(root, classes=3, per_class=5, size=16):
 
 
 def _tiles(png, n, size, title_lines=2):
-    from effv2_reference.data.contact_sheet import tile_origin, tile_scale
+    from effv2_train.data.contact_sheet import tile_origin, tile_scale
 
     sheet = np.asarray(Image.open(png).convert("RGB"))
     scale = tile_scale(size)
@@ -313,11 +313,11 @@ def test_show_at_an_unaugmented_stage_gives_the_files_pixels(tmp_path):
 
 
 def test_show_matches_the_trainers_batch_with_mixup(tmp_path):
-    from effv2_reference.cli_train import DEFAULT_SCHEDULE, DEFAULT_SPEC, DEFAULT_TRAINING
-    from effv2_reference.data.contact_sheet import sample_images
-    from effv2_reference.data.pipeline import StepData
-    from effv2_reference.data.sources import open_split
-    from effv2_reference.plan import TrainingPlan
+    from effv2_train.cli_train import DEFAULT_SCHEDULE, DEFAULT_SPEC, DEFAULT_TRAINING
+    from effv2_train.data.contact_sheet import sample_images
+    from effv2_train.data.pipeline import StepData
+    from effv2_train.data.sources import open_split
+    from effv2_train.plan import TrainingPlan
     from effv2_spec.documents import load_architecture, load_schedule, load_training
 
     src = _square_tree(tmp_path / "src", size=32)
@@ -351,7 +351,7 @@ def test_show_is_keyed_by_the_seed(tmp_path):
 def test_network_pixels_undoes_the_normalisation():
     from types import SimpleNamespace
 
-    from effv2_reference.data.contact_sheet import network_pixels
+    from effv2_train.data.contact_sheet import network_pixels
 
     norm = SimpleNamespace(mean=[10.0, 20.0, 30.0], std=[2.0, 4.0, 8.0])
     spec = SimpleNamespace(input=SimpleNamespace(normalization=norm))
@@ -400,7 +400,7 @@ def test_show_takes_more_classes_than_the_spec_has(tmp_path):
 
 
 def test_caption_names_the_class_or_the_two_largest_weights():
-    from effv2_reference.data.contact_sheet import caption
+    from effv2_train.data.contact_sheet import caption
 
     names = ["cat", "dog", "eel"]
     assert caption(np.array([0.0, 1.0, 0.0]), names) == "dog"

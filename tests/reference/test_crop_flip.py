@@ -4,8 +4,8 @@ bilinear resize, clip and truncate to uint8; horizontal flip."""
 import numpy as np
 import pytest
 
-from effv2_reference.data import horizontal_flip, random_resized_crop, resize_bilinear, sample_crop_box
-from effv2_reference.data.crop import resize_bilinear_tf, to_uint8
+from effv2_train.data import horizontal_flip, random_resized_crop, resize_bilinear, sample_crop_box
+from effv2_train.data.crop import resize_bilinear_tf, to_uint8
 
 
 def source(d, n_in, n_out):

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from effv2_reference.data import crop
-from effv2_reference.data.crop import _lerp_weights
+from effv2_train.data import crop
+from effv2_train.data.crop import _lerp_weights
 from effv2_reference.kernels.data.crop import resize_uint8, resize_uint8_into, resize_uint8_naive  # loads Numba
 
 
@@ -97,7 +97,7 @@ def test_the_crop_takes_the_kernel_only_where_numba_is_loaded_and_wanted(monkeyp
 
 
 def test_the_data_modules_never_load_numba():
-    code = ("import sys, numpy as np; from effv2_reference.data import crop; "
+    code = ("import sys, numpy as np; from effv2_train.data import crop; "
             "crop.random_resized_crop(np.zeros((9, 9, 3), np.uint8), 4, np.random.default_rng(0)); "
             "print('numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from effv2_reference.data import (OPS, DataError, apply_op, load_digits, load_npz, mixup, open_source,
+from effv2_train.data import (OPS, DataError, apply_op, load_digits, load_npz, mixup, open_source,
                                   randaugment_batch, split, to_input)
-from effv2_reference.data.randaugment import SIGNED
+from effv2_train.data.randaugment import SIGNED
 from effv2_spec.presets import load as load_preset
 from effv2_spec.resolve import resolve
 
@@ -216,13 +216,13 @@ def test_digits_table_is_scikit_learns_without_importing_it():
 
     from sklearn.datasets import load_digits as sk_digits
 
-    from effv2_reference.data.sources import _digits_table
+    from effv2_train.data.sources import _digits_table
 
     pixels, labels = _digits_table()
     reference = sk_digits()
     assert np.array_equal(pixels.reshape(-1, 8, 8), reference.images)
     assert np.array_equal(labels, reference.target) and labels.dtype == np.int64
-    probe = ("import sys; from effv2_reference.data import load_digits; load_digits(16); "
+    probe = ("import sys; from effv2_train.data import load_digits; load_digits(16); "
              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"

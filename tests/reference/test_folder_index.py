@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 import pytest
-from effv2_reference import preprocess
-from effv2_reference.data.errors import DataError
-from effv2_reference.data.folder_index import build_index, cache_dir
+from effv2_train import preprocess
+from effv2_train.data.errors import DataError
+from effv2_train.data.folder_index import build_index, cache_dir
 from PIL import Image
 
 OLD_NS = 1_600_000_000 * 10**9  # a folder mtime far in the past: the cache trusts it (see RACY_NS)

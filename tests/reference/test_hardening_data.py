@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from effv2_reference.checkpoint import (FILENAME, Checkpoint, CheckpointError, load_checkpoint, meta_problem,
+from effv2_train.checkpoint import (FILENAME, Checkpoint, CheckpointError, load_checkpoint, meta_problem,
                                         prepare_out_dir, save_checkpoint)
-from effv2_reference.data.sources import DataError, load_npz, open_source, split
-from effv2_reference.npzfile import NpzError, read_npz
+from effv2_train.data.sources import DataError, load_npz, open_source, split
+from effv2_train.npzfile import NpzError, read_npz
 
 
 def _npz_bytes(**arrays) -> bytes:

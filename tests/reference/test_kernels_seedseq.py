@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from effv2_reference import seedseq_constants as sc
+from effv2_train import seedseq_constants as sc
 from effv2_reference.kernels.data.seedseq import seedseq_keys_into, seedseq_keys_naive
 
 

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from effv2_reference import keyed
-from effv2_reference.keyed import generator_from_key, keyed_generators, philox_keys
+from effv2_train import keyed
+from effv2_train.keyed import generator_from_key, keyed_generators, philox_keys
 from effv2_reference.kernels.data.seedseq import seedseq_keys
-from effv2_reference.plan import PURPOSE_AUGMENT, PURPOSE_DROPOUT, keyed_rng, keyed_rngs
+from effv2_train.plan import PURPOSE_AUGMENT, PURPOSE_DROPOUT, keyed_rng, keyed_rngs
 
 # one 32-bit word, two, and many: the entropy grows past SeedSequence's pool of four words
 WORDS = st.one_of(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.integers(2**64, 2**200))
@@ -141,7 +141,7 @@ def test_kernel_leaves_rows_of_more_than_one_word_to_the_caller(rows):
 
 def test_keyed_without_numba_loads_none_and_gives_seedsequences_keys():
     rows = [0, 5, 2**32 - 1]
-    code = ("import sys, numpy as np; from effv2_reference import keyed; "
+    code = ("import sys, numpy as np; from effv2_train import keyed; "
             f"keys = keyed.philox_keys((7, 2, 2**40), {rows}); "
             "expect = np.stack([np.random.SeedSequence([7, 2, 2**40, r]).generate_state(2, np.uint64) "
             f"for r in {rows}]); "

@@ -132,7 +132,7 @@ def test_a_killed_worker_stops_the_run_in_one_line(tmp_path):
 
 def test_a_command_tied_to_its_parent_ends_with_it():
     """What `effv2 check --train-steps` starts (a run, torchrun) gets SIGTERM when the check is SIGKILLed."""
-    code = ("import subprocess, sys, time; from effv2_reference.lifeline import tied_to_parent; "
+    code = ("import subprocess, sys, time; from effv2_train.lifeline import tied_to_parent; "
             "p = subprocess.Popen(tied_to_parent([sys.executable, '-c', 'import time; time.sleep(60)'])); "
             "time.sleep(0.5); print(p.pid, flush=True); time.sleep(60)")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -167,7 +167,7 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_same_bytes(tmp_path):
                  ["--workers", "0", "--out", tmp_path / "whole"]):
         done = subprocess.run([*CLI, *common, *map(str, args)], env=ENV, capture_output=True, text=True, timeout=180)
         assert done.returncode == 0, done.stderr
-    from effv2_reference.checkpoint import load_checkpoint
+    from effv2_train.checkpoint import load_checkpoint
 
     weights = [(tmp_path / run / "weights.safetensors").read_bytes() for run in ("run", "whole")]
     assert weights[0] == weights[1]
@@ -184,7 +184,7 @@ def test_a_killed_parent_leaves_no_command_and_no_temp_folder(tmp_path):
     folder = tmp_path / "check-tmp"
     folder.mkdir()
     (folder / "data.npz").write_bytes(b"x")
-    code = ("import subprocess, sys, time; from effv2_reference.lifeline import tied_to_parent; "
+    code = ("import subprocess, sys, time; from effv2_train.lifeline import tied_to_parent; "
             "p = subprocess.Popen(tied_to_parent([sys.executable, '-c', 'import time; time.sleep(60)'], "
             "cleanup=sys.argv[1])); print(p.pid, flush=True); time.sleep(60)")
     parent = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)

@@ -13,10 +13,10 @@ import pytest
 
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
-from effv2_reference.data import load_digits, split
-from effv2_reference.data import pipeline
-from effv2_reference.data.loader import BatchLoader
-from effv2_reference.plan import TrainingPlan
+from effv2_train.data import load_digits, split
+from effv2_train.data import pipeline
+from effv2_train.data.loader import BatchLoader
+from effv2_train.plan import TrainingPlan
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/maps")
 
@@ -91,7 +91,7 @@ def test_a_parent_without_numba_has_workers_with_it(tmp_path):
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_loader import numba_mapped, step_data
-from effv2_reference.data.loader import BatchLoader
+from effv2_train.data.loader import BatchLoader
 data = step_data()
 with BatchLoader(data, 1, slice(0, 6)) as loader:
     rows = loader.rows(1)
@@ -105,7 +105,7 @@ print('numba' in sys.modules, worker, rows.shape[0])
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_a_worker_keeps_freed_memory_in_its_heap_without_loading_numba():
-    code = ("import sys; from effv2_reference.data import loader; loader._init_worker(None, False); "
+    code = ("import sys; from effv2_train.data import loader; loader._init_worker(None, False); "
             "from effv2_reference.kernels.runtime.heap import heap_retained; "
             "print(heap_retained(), 'numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

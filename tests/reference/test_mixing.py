@@ -4,7 +4,7 @@ closed forms for the mixed pixels and targets, partners, per-sample generators."
 import numpy as np
 import pytest
 
-from effv2_reference.data import cutmix_box, mix_group
+from effv2_train.data import cutmix_box, mix_group
 
 
 class Fixed:

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
-from effv2_reference import plan as plan_module
+from effv2_train import plan as plan_module
 from effv2_reference.kernels.data.philox import philox_uniforms, philox_uniforms_into, philox_uniforms_naive
-from effv2_reference.keyed import generator_from_key, philox_keys
-from effv2_reference.plan import PURPOSE_DROP_PATH, PURPOSE_DROPOUT, TrainingPlan, keyed_rng
+from effv2_train.keyed import generator_from_key, philox_keys
+from effv2_train.plan import PURPOSE_DROP_PATH, PURPOSE_DROPOUT, TrainingPlan, keyed_rng
 
 U64 = st.integers(0, 2**64 - 1)
 KEY_WORD = st.one_of(st.sampled_from([0, 1, 2**63, 2**64 - 1]), U64)

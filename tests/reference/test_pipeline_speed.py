@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
-from effv2_reference.data import load_digits, split
-from effv2_reference.data import randaugment_automl as ra
-from effv2_reference.data.pipeline import StepData, _resize_uint8, normalise, prepare_image
-from effv2_reference.data.mixing import mix_group
-from effv2_reference.data.mixup import one_hot
-from effv2_reference.data.resize import interpolation_matrix, resize_bilinear
-from effv2_reference.plan import PURPOSE_AUGMENT, PURPOSE_MIX, TrainingPlan, keyed_rng
+from effv2_train.data import load_digits, split
+from effv2_train.data import randaugment_automl as ra
+from effv2_train.data.pipeline import StepData, _resize_uint8, normalise, prepare_image
+from effv2_train.data.mixing import mix_group
+from effv2_train.data.mixup import one_hot
+from effv2_train.data.resize import interpolation_matrix, resize_bilinear
+from effv2_train.plan import PURPOSE_AUGMENT, PURPOSE_MIX, TrainingPlan, keyed_rng
 
 from test_philox import old_masks  # the generator-per-row masks, written out once (tests/reference on sys.path)
 

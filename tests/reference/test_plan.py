@@ -10,9 +10,9 @@ import pytest
 from effv2_spec.documents import parse_obj
 from effv2_spec.errors import SpecError
 from effv2_spec.presets import load as load_preset
-from effv2_reference.data import load_digits, split
-from effv2_reference.data.pipeline import StepData
-from effv2_reference.plan import (PURPOSE_AUGMENT, PURPOSE_DROP_PATH, PURPOSE_DROPOUT, PURPOSE_MIX, PlanError,
+from effv2_train.data import load_digits, split
+from effv2_train.data.pipeline import StepData
+from effv2_train.plan import (PURPOSE_AUGMENT, PURPOSE_DROP_PATH, PURPOSE_DROPOUT, PURPOSE_MIX, PlanError,
                                   TrainingPlan, keyed_rng)
 
 SIZE = 16
@@ -151,15 +151,15 @@ def test_a_batch_shrunk_to_the_data_keeps_whole_groups():
 
 
 def test_plan_and_pipeline_do_not_import_numba_or_frameworks():
-    code = ("import sys, effv2_reference.plan, effv2_reference.keyed, effv2_reference.data.pipeline, "
-            "effv2_reference.data.loader;"
+    code = ("import sys, effv2_train.plan, effv2_train.keyed, effv2_train.data.pipeline, "
+            "effv2_train.data.loader;"
             "bad = [m for m in ('numba', 'torch', 'jax') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_the_kernel_gate_answers_none_without_numba_or_without_the_module(monkeypatch):
     import numba  # noqa: F401 - loaded here, so the gate opens
-    from effv2_reference.kernel_gate import kernel_if_numba_loaded
+    from effv2_train.kernel_gate import kernel_if_numba_loaded
     from effv2_reference.kernels.data.philox import philox_uniforms
 
     assert kernel_if_numba_loaded("kernels.data.philox", "philox_uniforms") is philox_uniforms

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from effv2_reference.data.randaugment import randaugment as torchvision_randaugment
-from effv2_reference.data import randaugment_automl as ra
-from effv2_reference.data import randaugment_image
+from effv2_train.data.randaugment import randaugment as torchvision_randaugment
+from effv2_train.data import randaugment_automl as ra
+from effv2_train.data import randaugment_image
 
 MAGNITUDES = (0, 5, 10, 15, 25)
 
@@ -36,7 +36,7 @@ def where_marked(out):
 
 
 def test_data_package_imports_no_numba():
-    code = "import effv2_reference.data, sys; assert 'numba' not in sys.modules, 'numba imported'"
+    code = "import effv2_train.data, sys; assert 'numba' not in sys.modules, 'numba imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

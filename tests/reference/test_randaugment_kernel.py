@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
-from effv2_reference.data import Dataset, load_digits, split
-from effv2_reference.data import pipeline
-from effv2_reference.data import randaugment_automl as ra
-from effv2_reference.data.crop import horizontal_flip
+from effv2_train.data import Dataset, load_digits, split
+from effv2_train.data import pipeline
+from effv2_train.data import randaugment_automl as ra
+from effv2_train.data.crop import horizontal_flip
 from effv2_reference.kernels.data import randaugment as kernel  # loads Numba: prepare_rows takes the kernel
-from effv2_reference.plan import TrainingPlan
+from effv2_train.plan import TrainingPlan
 
 MAGNITUDES = (0, 10, 15, 25, 30, 0.5, 2.5, 5, 7.3, 13.37, 29.99)
 SIGNS = (-1.0, 1.0)
@@ -167,7 +167,7 @@ def test_prepare_rows_with_and_without_the_kernel(monkeypatch, augmentation, mag
 
 
 def test_the_pipeline_takes_no_kernel_without_numba():
-    code = ("import sys; from effv2_reference.data import pipeline; "
+    code = ("import sys; from effv2_train.data import pipeline; "
             "assert pipeline._randaugment_rows_kernel() is None; assert 'numba' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -179,7 +179,7 @@ def test_loader_workers_take_the_kernel_path_as_their_parent_does(parent_has_num
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
-    from effv2_reference.data import loader
+    from effv2_train.data import loader
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=loader._init_worker,
                              initargs=(None, parent_has_numba)) as pool:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from effv2_spec.documents import parse_obj
 from effv2_spec.errors import SpecError
 from effv2_spec.presets import load as load_preset
-from effv2_reference.data import randaugment_automl as ra
+from effv2_train.data import randaugment_automl as ra
 
 SIGNS = (-1.0, 1.0)
 

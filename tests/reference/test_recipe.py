@@ -1,4 +1,4 @@
-"""The training recipe (reference/recipe.py) against expectations written out by hand."""
+"""The training recipe (training/recipe.py) against expectations written out by hand."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from effv2_reference.optim import RMSPropOptimizer, SGDOptimizer
-from effv2_reference.plan import PlanError
-from effv2_reference.recipe import (Recipe, batch_norm_layout, clip_factor, ema_decay, soft_targets,
+from effv2_train.plan import PlanError
+from effv2_train.recipe import (Recipe, batch_norm_layout, clip_factor, ema_decay, soft_targets,
                                     stage_rates)
 from effv2_spec.documents import load_architecture
 from effv2_spec.resolve import resolve
@@ -119,7 +119,7 @@ def test_slot_names_are_the_recipes():
 
 
 def test_the_recipe_imports_without_numba_or_a_framework():
-    code = ("import sys, effv2_reference.recipe; "
+    code = ("import sys, effv2_train.recipe; "
             "print(sorted(m for m in ('numba', 'torch', 'jax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

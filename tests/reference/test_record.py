@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from scipy.special import logsumexp
 
 from effv2_spec.cli import main
-from effv2_reference.data import load_digits, split
+from effv2_train.data import load_digits, split
 from effv2_reference.train import Trainer, evaluate_with
 from record_checks import assert_same_numbers, check_record, expected_log_steps, of_type, read_record
 from test_train import REGS, RMS_EMA, SIZE, recipe, schedule, tiny_spec  # tests/reference is on sys.path
@@ -34,7 +34,7 @@ def trainer(data, out, ema=True, **options):
 
 def independent_heldout(model, tensors, held, size):
     """top-1, top-5, mean cross-entropy from the oracle's eval logits, by SciPy and sorting."""
-    from effv2_reference.data.pipeline import to_input
+    from effv2_train.data.pipeline import to_input
     from effv2_reference.train import swapped_in
 
     with swapped_in(model, tensors):
@@ -64,7 +64,7 @@ def test_record_of_a_run_with_ema(data, tmp_path):
 
 
 def test_data_wait_share_measures_the_time_spent_in_the_loader(data, tmp_path, monkeypatch):
-    from effv2_reference.data.loader import BatchLoader
+    from effv2_train.data.loader import BatchLoader
 
     delay, original = 0.03, BatchLoader.rows
 
@@ -186,7 +186,7 @@ def test_cli_stop_at_then_resume_with_tensorboard(tmp_path):
     assert [ln["step"] for ln in of_type(lines, "resume")] == [7]
     assert sum(ln["steps"] for ln in of_type(lines, "step")) == STEPS
     # the console's stage lines and the checkpoint's history show the record's held-out figures
-    from effv2_reference.checkpoint import load_checkpoint
+    from effv2_train.checkpoint import load_checkpoint
 
     history = load_checkpoint(out / "checkpoint.npz").meta["history"]
     stages = of_type(lines, "stage")
@@ -237,7 +237,7 @@ def test_record_lines_are_valid_json_without_nan(data, tmp_path):
 
 def test_event_file_checksums_are_crc32c():
     """Published check values; the masking is checked by TensorBoard's reader, which verifies every record."""
-    from effv2_reference.tensorboard import crc32c
+    from effv2_train.tensorboard import crc32c
 
     assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     assert crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720 B.4: 32 bytes of zeros
@@ -247,7 +247,7 @@ def test_eval_every_records_heldout_inside_stages_at_both_sizes(data, tmp_path):
     """`eval` lines at every 3rd step but the stage ends, each equal to an independent evaluation of the
     same weights at the stage's size and at the final size; a resumed run writes none twice; the plot
     reads them."""
-    from effv2_reference.plot import load_run
+    from effv2_train.plot import load_run
 
     snapshots = {}
     run = trainer(data, tmp_path, ema=False, eval_every=3)

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from effv2_reference.checkpoint import CheckpointError, prepare_out_dir
-from effv2_reference.run_lock import LOCK_NAME
+from effv2_train.checkpoint import CheckpointError, prepare_out_dir
+from effv2_train.run_lock import LOCK_NAME
 
 CLI = [sys.executable, "-m", "effv2_spec.cli"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -140,7 +140,7 @@ def test_workers_are_capped_at_the_core_count(tmp_path):
 
 def test_the_lock_is_taken_before_the_folder_is_inspected(tmp_path):
     """prepare_out_dir(lock=True) in a process that holds the folder: a second process is refused, naming it."""
-    code = ("import sys, time; from pathlib import Path; from effv2_reference.checkpoint import prepare_out_dir; "
+    code = ("import sys, time; from pathlib import Path; from effv2_train.checkpoint import prepare_out_dir; "
             "prepare_out_dir(Path(sys.argv[1]), 'x', resume=False, overwrite=False, lock=True); "
             "print('held', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)

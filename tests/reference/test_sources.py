@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from effv2_reference.data import DataError, open_source, open_split
-from effv2_reference.data.decode import decode_region, draft_factor
-from effv2_reference.data.loader import BatchLoader
-from effv2_reference.data.pipeline import StepData, eval_input
-from effv2_reference.plan import TrainingPlan
-from effv2_reference.preprocess import prepare
+from effv2_train.data import DataError, open_source, open_split
+from effv2_train.data.decode import decode_region, draft_factor
+from effv2_train.data.loader import BatchLoader
+from effv2_train.data.pipeline import StepData, eval_input
+from effv2_train.plan import TrainingPlan
+from effv2_train.preprocess import prepare
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
 from effv2_spec.resolve import resolve

@@ -10,8 +10,8 @@ from effv2_spec.cli import main
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
 from effv2_spec.resolve import resolve
-from effv2_reference.checkpoint import load_checkpoint
-from effv2_reference.data import load_digits, split
+from effv2_train.checkpoint import load_checkpoint
+from effv2_train.data import load_digits, split
 from effv2_reference.train import Trainer, TrainingDiverged, evaluate, stage_view
 
 SIZE = 16
@@ -114,7 +114,7 @@ def test_resume_is_bit_identical(digits, tmp_path):
     for k, v in full.ema.shadow.items():
         assert np.array_equal(v, resumed.ema.shadow[k]), k
     # a checkpoint is refused by a run on other data or with another seed
-    from effv2_reference.checkpoint import CheckpointError
+    from effv2_train.checkpoint import CheckpointError
     other_data = digits[0].subset(np.arange(1, 161), "digits:train")
     with pytest.raises(CheckpointError, match="different data"):
         Trainer(args[0], args[1], args[2], other_data, held, seed=3, out_dir=tmp_path / "cut").resume()

@@ -17,7 +17,7 @@ from effv2_spec.documents import parse_obj
 from effv2_spec.resolve import resolve
 from effv2_spec.rounding import conv_padding as spec_conv_padding
 
-from effv2_reference.init import initial_tensors
+from effv2_train.init import initial_tensors
 from shared_specs import constant_inits_flipped
 from torch_testlib import manual_forward, preset, rel, tiny_spec
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from effv2_spec.cli import main
-from effv2_reference.checkpoint import load_checkpoint
+from effv2_train.checkpoint import load_checkpoint
 from effv2_spec.weights import load_weights
 
 

@@ -10,7 +10,7 @@ import torch
 
 from effv2_adapters.torch.optim import (TFRMSProp, make_optimizer, optimizer_steps, recipe_gradients,
                                         torch_rmsprop_matches)
-from effv2_reference.recipe import Recipe
+from effv2_train.recipe import Recipe
 from effv2_spec.resolve import resolve
 from effv2_spec.training import SGD, RMSProp, TrainingConfig, WeightDecay
 

@@ -8,9 +8,9 @@ import pytest
 
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
-from effv2_reference.data import load_digits, split
+from effv2_train.data import load_digits, split
 from effv2_reference.train import Trainer
-from effv2_reference.trainloop import ProgressiveLoop
+from effv2_train.trainloop import ProgressiveLoop
 from effv2_adapters.torch.train import make_torch_backend
 from effv2_adapters.train_check import check_schedule, check_training
 from record_checks import assert_same_numbers, check_record, expected_log_steps, of_type, read_record

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from effv2_spec.cli import main
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
-from effv2_reference.data import load_digits, split
+from effv2_train.data import load_digits, split
 from effv2_reference.train import Trainer
-from effv2_reference.trainloop import ProgressiveLoop
+from effv2_train.trainloop import ProgressiveLoop
 from effv2_adapters.torch.train import make_torch_backend
 from effv2_adapters.train_check import (check_schedule, check_training, compare_states, local_process_env,
                                         run_train_check, torchrun_command)
@@ -179,7 +179,7 @@ def test_torch_resume_is_bit_identical_and_a_two_process_run_resumes_in_one(data
     oracle_args = args[:args.index("--framework")] + ["--out", str(oracle_dir), "--checkpoint-every", "0"]
     r = CliRunner().invoke(main, oracle_args)
     assert r.exit_code == 0, r.output
-    from effv2_reference.checkpoint import load_checkpoint
+    from effv2_train.checkpoint import load_checkpoint
 
     a, b = load_checkpoint(oracle_dir / "checkpoint.npz"), load_checkpoint(folder / "checkpoint.npz")
     assert b.meta["processes"] == 1 and b.meta["step"] == 6
@@ -219,8 +219,8 @@ def test_a_dead_process_stops_the_others_with_one_line(tmp_path):
 
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
-    from effv2_reference.checkpoint import load_checkpoint
-    from effv2_reference.trainloop import TrainingDiverged
+    from effv2_train.checkpoint import load_checkpoint
+    from effv2_train.trainloop import TrainingDiverged
 
     cfg = check_training("sgd", 16, 8)
     cfg["learning_rate"] = {"base": 100.0, "reference_batch_size": 1, "warmup_epochs": 0.0,

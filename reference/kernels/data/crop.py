@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 
-from ...data.crop import _lerp_weights, resize_bilinear_tf, to_uint8
+from effv2_train.data.crop import _lerp_weights, resize_bilinear_tf, to_uint8
 
 _ZERO = np.float32(0.0)
 _F255 = np.float32(255.0)

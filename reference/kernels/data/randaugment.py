@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ...data import randaugment_automl as ra
-from ...data import randaugment_constants as rc
+from effv2_train.data import randaugment_automl as ra
+from effv2_train.data import randaugment_constants as rc
 
 # what the kernel does per layer (the `kinds` array)
 LOOKUP, AUTOCONTRAST, EQUALIZE, TRANSFORM, CUTOUT, COLOR, SHARPNESS = range(7)

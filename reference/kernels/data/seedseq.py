@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ... import seedseq_constants as sc  # the constants keyed.py's NumPy derivation uses
+from effv2_train import seedseq_constants as sc  # the constants keyed.py's NumPy derivation uses
 
 _MASK = np.uint64(sc.MASK)
 _SHIFT = np.uint64(sc.SHIFT)

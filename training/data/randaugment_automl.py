@@ -480,7 +480,7 @@ def apply_layers(img: np.ndarray, drawn: list[tuple[str, object]]) -> np.ndarray
 def randaugment_image(img: np.ndarray, layers: int, magnitude: float, rng: np.random.Generator,
                       variant: str = "automl", reference_size: int | None = None) -> np.ndarray:
     """RandAugment one uint8 (H, W, C) image: `variant` 'automl' (this module, magnitude on the official
-    open-ended scale, 10 = each op's reference maximum) or 'torchvision' (effv2_reference.data.randaugment,
+    open-ended scale, 10 = each op's reference maximum) or 'torchvision' (effv2_train.data.randaugment,
     magnitude on torchvision's 0..30 bins)."""
     if variant == "automl":
         return randaugment(img, layers, magnitude, rng, reference_size)

@@ -1,6 +1,6 @@
 """The worker side of `BatchLoader`: a fresh interpreter that prepares row ranges of steps on request.
 
-Started by `loader.BatchLoader` as `python -m effv2_reference.data.loader_worker` with two pipes:
+Started by `loader.BatchLoader` as `python -m effv2_train.data.loader_worker` with two pipes:
 requests arrive on stdin, results leave on the file descriptor that was stdout (stdout itself is
 pointed at stderr, so a library's print cannot corrupt a frame). Each message is one frame: an
 8-byte length, then a pickle. Both ends are this project's own processes; nothing read from a

@@ -5,7 +5,7 @@ This is TF2 `tf.image.resize(..., 'bilinear', antialias=False)` and PyTorch
 source coordinate (d + 0.5) * in / out - 0.5, clamped at 0; neighbours clamp at the edge.
 Separable, so it is two small matrix products over the last two axes.
 
-Pure NumPy and kept under effv2_reference.data so that the data pipeline (which the torch and
+Pure NumPy and kept under effv2_train.data so that the data pipeline (which the torch and
 JAX trainers import too) never imports effv2_reference.ops, whose package imports the Numba kernels.
 """
 

@@ -124,7 +124,7 @@ def build_trainer(setup: RunSetup, replica, auto_workers):
                   tensorboard=r.tensorboard, eval_every=r.eval_every)
     try:
         if r.framework == "reference":
-            from .train import Trainer  # numba: only the oracle's runs load it
+            from effv2_reference.train import Trainer  # numba: only the oracle's runs load it
 
             trainer = Trainer(s.spec, s.sched, s.config, s.train_data, s.heldout, replica=replica, **common)
         else:

@@ -43,6 +43,6 @@ def kernel_if_numba_loaded(module: str, name: str):
 @lru_cache(maxsize=None)
 def _imported(module: str, name: str):
     try:
-        return getattr(importlib.import_module(f".{module}", __package__), name)
+        return getattr(importlib.import_module(f"effv2_reference.{module}"), name)
     except ImportError:
         return None

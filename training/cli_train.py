@@ -189,7 +189,7 @@ def _run_rank(setup, replica, held: dict):
 
 def _settle_process() -> None:
     """Before the first step: freed memory kept paged in, what exists now frozen for the collector, SIGTERM a stop."""
-    from .kernels.runtime.heap import retain_freed_memory
+    from effv2_reference.kernels.runtime.heap import retain_freed_memory
 
     retain_freed_memory()  # every step frees and reallocates its activations: keep them paged in (runtime/heap.py)
     # What exists now (modules, Numba's loaded kernels and type tables, SciPy, the documents) lives until exit:
@@ -211,8 +211,8 @@ def _launch(world: int, run_rank, held: dict, *, spec, dtype: str, framework: st
     ReplicaError = _NotRaised
     try:
         if world > 1:  # oracle processes: numba, loaded by the oracle's runs alone
-            from .replicas import ReplicaError, run_replicas
-            from .train import replica_capacity
+            from effv2_reference.replicas import ReplicaError, run_replicas
+            from effv2_reference.train import replica_capacity
 
             return run_replicas(world, run_rank, capacity_bytes=replica_capacity(spec, dtype), timeout_s=timeout_s)
         return run_rank(None)
@@ -328,7 +328,7 @@ def _auto_workers(steps_left: int, world: int) -> int:
 def _oracle_threads(n: int):
     """n > 1: the oracle's shared kernel pool (BLAS one thread per call inside it); else BLAS limited to n."""
     if n > 1:
-        from .kernels.runtime.pool import set_num_threads
+        from effv2_reference.kernels.runtime.pool import set_num_threads
 
         set_num_threads(n)
         return _blas_threads(0)

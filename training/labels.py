@@ -27,7 +27,7 @@ class LabelError(ValueError):
 @lru_cache(maxsize=1)
 def imagenet1k() -> tuple[tuple[str, str], ...]:
     """((synset, name), ...) for the 1000 ImageNet-1k classes, by class index."""
-    text = (resources.files("effv2_reference") / "imagenet1k_classes.tsv").read_text(encoding="utf-8")
+    text = (resources.files("effv2_train") / "imagenet1k_classes.tsv").read_text(encoding="utf-8")
     rows = tuple(tuple(line.split("\t", 1)) for line in text.splitlines() if line.strip())
     assert len(rows) == 1000, "imagenet1k_classes.tsv must have 1000 lines"
     return rows

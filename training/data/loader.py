@@ -50,7 +50,7 @@ def _init_worker(data, numba_kernels: bool) -> None:
     fault per 4 KiB touched. Decoding a 500 x 375 JPEG to an array took 2.7 ms that way, 1.0 ms with the
     heap kept (Pillow's own decode: 0.76 ms). The worker's resident size stays at its peak, which its
     bounded row ranges set (see the module's note)."""
-    from ..kernels.runtime.heap import retain_freed_memory  # glibc mallopt only: loads no Numba
+    from effv2_reference.kernels.runtime.heap import retain_freed_memory  # glibc mallopt only: loads no Numba
 
     global _WORKER_DATA
     _WORKER_DATA = data
@@ -71,7 +71,7 @@ class _Worker:
 
     def __init__(self, data, numba_kernels: bool):
         # a session of its own: the terminal's Ctrl-C goes to the trainer alone, which stops the workers
-        self.process = subprocess.Popen([sys.executable, "-m", "effv2_reference.data.loader_worker"],
+        self.process = subprocess.Popen([sys.executable, "-m", "effv2_train.data.loader_worker"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         self.pending: deque[int] = deque()
         write_frame(self.process.stdin.fileno(), (os.getpid(), data, numba_kernels))

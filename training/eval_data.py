@@ -3,7 +3,7 @@
 
 Memory is bounded by the batch: a folder is read file by file; an `.npz` member is read row
 by row from the zip stream (compressed or not), never loaded whole. Every image goes through
-the spec's evaluation transform (`effv2_reference.preprocess`).
+the spec's evaluation transform (`effv2_train.preprocess`).
 
 Unreadable files inside a folder are skipped, named and counted (a stray README or a
 truncated JPEG does not end a 50 000-image run); a folder with no readable image, a bad

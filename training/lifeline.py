@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-_TRAMPOLINE = ("import os, sys; from effv2_reference.lifeline import ask_parent_death_signal; "
+_TRAMPOLINE = ("import os, sys; from effv2_train.lifeline import ask_parent_death_signal; "
                "ask_parent_death_signal(int(sys.argv[1]), int(sys.argv[2])); os.execvp(sys.argv[3], sys.argv[3:])")
 
 
@@ -44,7 +44,7 @@ def tied_to_parent(cmd: list[str], sig: int = signal.SIGTERM, cleanup: str | os.
     return [sys.executable, "-c", _SUPERVISOR, str(int(sig)), str(os.getpid()), os.fspath(cleanup), *cmd]
 
 
-_SUPERVISOR = "from effv2_reference.lifeline import supervise; supervise()"
+_SUPERVISOR = "from effv2_train.lifeline import supervise; supervise()"
 
 
 def supervise() -> None:
