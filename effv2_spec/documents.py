@@ -13,6 +13,7 @@ from typing import Union
 
 from pydantic import BaseModel, ValidationError
 
+from . import preset_files
 from .architecture import ArchitectureSpec
 from .errors import SpecError, json_error_location, problems_from_validation
 from .schedule import ProgressiveSchedule
@@ -156,20 +157,16 @@ def load_document(source: str | Path, expected: type[BaseModel] | None = None) -
     A bare name that is a preset means the preset even when a file or folder of that name
     exists here (`shadowed_preset` says so); write `./name` for the path.
     """
-    from . import presets
-
     text = str(source)
-    if text and _names_preset(text) and (presets.is_preset(text) or not Path(text).exists()):
-        return presets.load(text)  # a preset name, or an error suggesting near names
+    if text and _names_preset(text) and (preset_files.is_preset(text) or not Path(text).exists()):
+        return parse_text(preset_files.text(text))  # a preset name, or an error suggesting near names
     return parse_text(read_text(text), expected)
 
 
 def shadowed_preset(source: str | Path) -> str | None:
     """A note when `source` names a preset and also an existing path here (the preset is used)."""
-    from . import presets
-
     text = str(source)
-    if not (text and _names_preset(text) and presets.is_preset(text) and Path(text).exists()):
+    if not (text and _names_preset(text) and preset_files.is_preset(text) and Path(text).exists()):
         return None
     what = "folder" if Path(text).is_dir() else "file"
     return f"{text}: using the built-in preset; write ./{text} for the {what} of that name here"

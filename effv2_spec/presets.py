@@ -1,49 +1,19 @@
-"""Built-in presets: the JSON files in the repository's `specs/`, shipped in the wheel.
+"""Built-in presets: their names and texts (`preset_files`, data only) and their parsed documents.
 
-The directory is the registry: a preset exists because its file does.
+`load(name)` is the validated document of a preset (an `ArchitectureSpec`, `ProgressiveSchedule` or
+`TrainingConfig`). The data half lives in `preset_files`, which `documents` uses to resolve a preset
+name, so neither module imports the other.
 """
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-from importlib import resources
+from .documents import Document, parse_text
+from .preset_files import is_preset, kind, listing, names, text
 
 
-def _root():
-    return resources.files("effv2_spec.presets_data")
-
-
-@lru_cache(maxsize=1)
-def names() -> tuple[str, ...]:
-    return tuple(sorted(p.name[:-5] for p in _root().iterdir() if p.name.endswith(".json")))
-
-
-def is_preset(name: str) -> bool:
-    return name in names()
-
-
-def text(name: str) -> str:
-    if not is_preset(name):
-        from .errors import SpecError
-        import difflib
-
-        close = difflib.get_close_matches(name, names(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; `effv2 presets` lists them"
-        raise SpecError([("", f"no such file or preset {name!r}{hint}")])
-    return (_root() / f"{name}.json").read_text(encoding="utf-8")
-
-
-def kind(name: str) -> str:
-    return json.loads(text(name)).get("kind", "architecture")
-
-
-def load(name: str):
-    from .documents import parse_text
-
+def load(name: str) -> Document:
+    """The validated document of preset `name`; SpecError (suggesting near names) for an unknown one."""
     return parse_text(text(name))
 
 
-def listing() -> list[dict[str, str]]:
-    """[{'name': ..., 'kind': ...}] for every preset."""
-    return [{"name": n, "kind": kind(n)} for n in names()]
+__all__ = ["names", "is_preset", "text", "kind", "listing", "load"]
