@@ -256,15 +256,16 @@ def run_train_check(spec: ArchitectureSpec, *, framework: str = "torch", steps: 
 
 
 def _check_can_train(framework: str, nproc: int) -> None:
-    """A framework whose adapter (built-in, installed or "module:Class") has the `trainer` capability."""
-    from .registry import get_adapter
+    """A framework whose adapter (built-in, installed or "module:Class", found as `effv2 check` finds it) has the
+    `trainer` capability."""
+    from .conformance import CheckError, get_framework
 
     if framework == "reference":
         raise ValueError("--train-steps: the oracle is the reference the trainers are checked against")
     try:
-        adapter = get_adapter(framework)
-    except (KeyError, ImportError, ValueError) as exc:
-        raise ValueError(f"--train-steps: {exc.args[0] if exc.args else exc}") from None
+        adapter = get_framework(framework)
+    except CheckError as exc:
+        raise ValueError(f"--train-steps: {exc}") from None
     if not callable(getattr(adapter, "trainer", None)):
         raise ValueError(f"--train-steps: the {framework!r} adapter has no `trainer` capability")
     if nproc != 1 and framework not in ("torch", "jax"):

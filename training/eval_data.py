@@ -186,24 +186,15 @@ class ShardSource:
             yield Batch(np.stack(images) if images else empty, np.asarray(labels, np.int64), skipped)
 
 
-#: a data set's own validation split: ROOT/<name>/ next to ROOT/train/, or <name>-*.parquet next to train-*
-_VALIDATION = ("val", "validation")
-
-
 def _validation_split(p: Path) -> str | None:
-    """The evaluation part of a data set laid out with its splits (ImageNet's val/, the hub's shards)."""
-    names = {f.name for f in p.iterdir()}
-    if "train" in names:
-        for v in _VALIDATION:
-            if v in names and (p / v).is_dir():
-                return str(p / v)
-    shards = [n for n in names if n.endswith(".parquet")]
-    if shards:
-        for v in _VALIDATION:
-            if any(n.startswith(f"{v}-") for n in shards):
-                return str(p / f"{v}-*.parquet")
+    """What `effv2 eval` reads of a folder: the validation part of a data set laid out with its splits
+    (data.sources.split_layout), else every shard of a shard folder, else None (the folder itself)."""
+    from .data.sources import split_layout
+
+    _, validation = split_layout(p)
+    if validation is None and any(f.suffix == ".parquet" for f in p.iterdir() if f.is_file()):
         return str(p / "*.parquet")
-    return None
+    return validation
 
 
 def open_source(data: str | os.PathLike, spec: ArchitectureSpec, mapping_file=None):

@@ -38,23 +38,19 @@ class RunSetup:
 
 
 def adapter_for(framework: str):
-    """The registry's adapter for a framework name (not 'reference'); an unknown name is a usage error, one that
-    cannot run here or cannot train is one line."""
+    """The registry's adapter for a framework name (not 'reference'), found and checked as `effv2 check` finds
+    it (`effv2_adapters.conformance.get_framework`); an unknown name is a usage error, an adapter that cannot
+    run here or cannot train is one line."""
     registry = importlib.import_module("effv2_adapters.registry")
+    conformance = importlib.import_module("effv2_adapters.conformance")
     try:
         registry.adapter_target(framework)
     except KeyError as exc:
         raise click.BadParameter(str(exc.args[0]), param_hint="'--framework'") from None
     try:
-        adapter = registry.get_adapter(framework)
-    except ImportError as exc:
-        raise SpecInputError(f"--framework {framework}: its adapter cannot be imported ({exc})") from None
-    except ValueError as exc:  # a "module:Class" naming nothing
-        raise click.BadParameter(str(exc), param_hint="'--framework'") from None
-    check = getattr(adapter, "available", None)
-    problem = check() if callable(check) else None
-    if problem:
-        raise SpecInputError(f"--framework {framework}: {problem}")
+        adapter = conformance.get_framework(framework)
+    except conformance.CheckError as exc:
+        raise SpecInputError(str(exc)) from None
     if not callable(getattr(adapter, "trainer", None)):
         raise SpecInputError(f"--framework {framework}: its adapter has no `trainer` capability (it can be "
                              "checked, not trained)")

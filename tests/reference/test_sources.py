@@ -188,3 +188,19 @@ def test_odd_but_valid_files_are_converted_the_same_way_in_every_process(tmp_pat
     data = StepData(_plan(16), repeated)
     with BatchLoader(data, workers=1, rows=slice(0, 8)) as loader:
         assert np.array_equal(loader.rows(2), data.prepare_rows(2, slice(0, 8)))
+
+
+def test_a_separate_validation_set_must_name_the_training_classes_in_order():
+    from types import SimpleNamespace
+
+    from effv2_train.data.sources import _check_same_classes
+
+    def named(*classes):
+        return SimpleNamespace(named_classes=True, classes=list(classes), name="v")
+
+    _check_same_classes(named("a", "b", "c"), named("a", "b"))  # a prefix: the later classes are absent
+    for val, fragment in ((named("a", "c"), "class 1: 'c' vs 'b'"),
+                          (named("a", "b", "c", "d"), "class 3: 'd' vs none")):
+        with pytest.raises(DataError, match=fragment):
+            _check_same_classes(named("a", "b", "c"), val)
+    _check_same_classes(named("a"), SimpleNamespace(named_classes=False, classes=["0", "1"], name="npz"))

@@ -244,33 +244,43 @@ def open_split(data: str, val_data: str | None, *, num_classes: int, channels: i
     return split(train)
 
 
-def _own_splits(root: Path, **options) -> tuple[Source, Source | None] | None:
-    """ROOT/train (+ ROOT/val) folders, or train-* (+ validation-*) shards in ROOT; None when ROOT has neither."""
+def split_layout(root: Path) -> tuple[str | None, str | None]:
+    """(train part, validation part) of a data set laid out with its splits, as a folder or a shard glob:
+    ROOT/train with ROOT/val (or validation/) folders, or train-* with validation-* (or val-*) shards in ROOT;
+    None for a part ROOT does not have. Training (`open_split`) and `effv2 eval` both read a layout here."""
     names = {f.name for f in root.iterdir()}
     if "train" in names and (root / "train").is_dir():
-        train = _open_folder(root / "train", **options)
-        for v in VALIDATION_NAMES:
-            if v in names and (root / v).is_dir():
-                return train, _open_folder(root / v, classes=getattr(train, "classes", None), **options)
-        return train, None
-    shards = sorted(n for n in names if n.endswith(".parquet"))
-    if any(n.startswith("train-") for n in shards):
+        return str(root / "train"), next((str(root / v) for v in VALIDATION_NAMES
+                                          if v in names and (root / v).is_dir()), None)
+    shards = [n for n in names if n.endswith(".parquet")]
+    train = str(root / "train-*.parquet") if any(n.startswith("train-") for n in shards) else None
+    return train, next((str(root / f"{v}-*.parquet") for v in VALIDATION_NAMES
+                        if any(n.startswith(f"{v}-") for n in shards)), None)
+
+
+def _own_splits(root: Path, **options) -> tuple[Source, Source | None] | None:
+    """The data set's own (train, validation or None) by `split_layout`; None when ROOT has no train part."""
+    train_part, val_part = split_layout(root)
+    if train_part is None:
+        return None
+    if train_part.endswith(".parquet"):
         from .parquet_source import ParquetSource
 
-        train = ParquetSource.from_pattern(str(root / "train-*.parquet"), **options)
-        for v in VALIDATION_NAMES:
-            if any(n.startswith(f"{v}-") for n in shards):
-                return train, ParquetSource.from_pattern(str(root / f"{v}-*.parquet"), **options)
-        return train, None
-    return None
+        train = ParquetSource.from_pattern(train_part, **options)
+        return train, ParquetSource.from_pattern(val_part, **options) if val_part else None
+    train = _open_folder(Path(train_part), **options)
+    return train, _open_folder(Path(val_part), classes=train.classes, **options) if val_part else None
 
 
 def _check_same_classes(train: Source, val: Source) -> None:
     """A validation set read apart from its training set must name the same classes in the same order."""
-    if getattr(train, "named_classes", False) and getattr(val, "named_classes", False) \
-            and list(val.classes) != list(train.classes)[:len(val.classes)]:
-        first = next(k for k, (a, b) in enumerate(zip(val.classes, train.classes)) if a != b) \
-            if any(a != b for a, b in zip(val.classes, train.classes)) else min(len(val.classes), len(train.classes))
+    if not (getattr(train, "named_classes", False) and getattr(val, "named_classes", False)):
+        return
+    pairs = list(zip(val.classes, train.classes))
+    first = next((k for k, (a, b) in enumerate(pairs) if a != b), None)
+    if first is None and len(val.classes) > len(train.classes):
+        first = len(train.classes)
+    if first is not None:
         raise DataError(f"{val.name}: its classes differ from the training set's (class {first}: "
                         f"{_name(val.classes, first)} vs {_name(train.classes, first)}); labels would not match")
 
