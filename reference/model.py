@@ -3,10 +3,13 @@
 It walks `effv2_spec.resolve.resolve(spec)` (stem, block layers, head, classifier) and
 implements docs/internals.md exactly: run-time padding from the actual input size, BN
 with biased batch variance and the spec's running-variance convention, SE, residual with
-drop path, pool, dropout, dense. A training forward records a tape of per-op caches
-(plain tuples, no closures); `backward` replays it in reverse and accumulates gradients
-with `+=`. Random masks come from `self.rng` unless given, and are recorded in
-`last_masks` under the canonical mask names so other backends can replay them.
+drop path, pool, dropout, dense. Every unit (stem, block layers, head) runs through the op
+pair of its kind, `units.UNIT_OPS[unit.kind]`, which reads the unit's fields and tensors: this
+module reads neither, so a new unit field is read in units.py only. A training forward records
+a tape of per-op caches (plain tuples, no closures; a unit's entry is ("unit", unit, cache));
+`backward` replays it in reverse and accumulates gradients with `+=`. Random masks come from
+`self.rng` unless given, and are recorded in `last_masks` under the canonical mask names so
+other backends can replay them.
 
 BN modes: train-mode BN normalises contiguous groups of `bn_group_size` samples with their
 own statistics (running-statistics rule: ops/batchnorm.py); `frozen_bn` trains with BN in
@@ -25,19 +28,14 @@ from typing import Mapping
 
 import numpy as np
 
-from effv2_spec.resolve import ConvBN, ResolvedModel, as_resolved, resolve
+from effv2_spec.resolve import ResolvedModel, as_resolved, resolve
 from effv2_spec.weights import WeightsError, check_tensors, load_weights, save_weights
 
 from . import ops
+from .units import UNIT_OPS, Conventions, RunMode, unit_tensors
 from effv2_train.init import init_tensor  # noqa: F401 (re-exported: callers import it from here)
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
-# BN + SiLU as one op (ops/bn_silu.py), train mode and tape-less eval; off, the two ops run apart
-# (the tests compare them)
-FUSE_BN_SILU = True
-
-
-
 
 @dataclass(frozen=True)
 class _EvalReplay:
@@ -90,6 +88,10 @@ class ReferenceModel:
         if [p.shape for p in resolved.params] != [p.shape for p in self.resolved.params]:
             raise ValueError("set_resolved: the new table must have the same parameters as the model's")
         self.resolved = resolved
+        # each unit's tensors by local name, the arrays of params and buffers themselves (written in place,
+        # never rebound): collected here once, not per forward (units.py)
+        self._units = unit_tensors(resolved, {**self.params, **self.buffers})
+        self._conventions = Conventions.of(resolved)
         self.mask_names = tuple(
             [f"{b.name}.drop_path" for b in resolved.blocks if b.residual and b.drop_path_rate > 0]
             + (["classifier.dropout"] if resolved.classifier.dropout > 0 else []))
@@ -150,15 +152,15 @@ class ReferenceModel:
         h = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
         n = h.shape[1]
         record = tape is not None
-        bn = (batch_stats, groups, sync)
-        h = self._conv_bn(r.stem, h, tape, bn)
+        mode = RunMode(batch_stats, groups, sync, record)
+        h = self._unit(r.stem, h, tape, mode)
         for block in r.blocks:
             x_in = h
             if record and block.residual:
                 # replayed in reverse: skip_out stacks the gradient, skip_in adds it at the block input
                 tape.append(("skip_in", block.name, None))
             for layer in block.layers:
-                h = self._conv_bn(layer, h, tape, bn) if isinstance(layer, ConvBN) else self._se(layer, h, tape)
+                h = self._unit(layer, h, tape, mode)
             if block.residual:
                 rate = block.drop_path_rate
                 if regularise and rate > 0:
@@ -168,7 +170,7 @@ class ReferenceModel:
                 h = h + x_in
                 if record:
                     tape.append(("skip_out", block.name, None))
-        h = self._conv_bn(r.head, h, tape, bn)
+        h = self._unit(r.head, h, tape, mode)
         f, pool_shape = ops.global_avg_pool_forward(h)
         if record:
             tape.append(("pool", "head", pool_shape))
@@ -176,8 +178,8 @@ class ReferenceModel:
         if regularise and rate > 0:
             f, scale = ops.dropout_forward(f, self._mask("classifier.dropout", f.shape, rate, masks), rate)
             tape.append(("dropout", "classifier", scale))
-        w, b = self.params["classifier.weight"], self.params["classifier.bias"]
-        logits, cache = ops.dense_forward(f, w, b)
+        dense = self._units[r.classifier.name]
+        logits, cache = ops.dense_forward(f, dense["weight"], dense["bias"])
         if record:
             tape.append(("dense", "classifier", cache))
         return logits
@@ -193,49 +195,12 @@ class ReferenceModel:
         self.last_masks[name] = m
         return m
 
-    def _conv_bn(self, unit: ConvBN, h: np.ndarray, tape: list | None, bn: tuple) -> np.ndarray:
-        """conv, BN, activation. bn = (batch_stats, groups, sync): train-mode BN in that many groups
-        (sync: shared with other processes, or None), or (False, _, _) for the running statistics."""
-        r, p = self.resolved, unit.name
-        pads = ops.conv_pads(r.padding, h.shape[2:], unit.kernel, unit.stride)
-        w = self.params[f"{p}.conv.weight"]
-        h, conv_cache = ops.conv2d_forward(h, w, stride=unit.stride, pads=pads, groups=unit.groups)
-        gamma, beta = self.params[f"{p}.bn.weight"], self.params[f"{p}.bn.bias"]
-        rm, rv = self.buffers[f"{p}.bn.running_mean"], self.buffers[f"{p}.bn.running_var"]
-        batch_stats, groups, sync = bn
-        # BN + SiLU, the usual tail, runs fused (ops/bn_silu.py: the same bits, fewer passes); in eval mode only
-        # without a tape, since the fused eval op keeps nothing for a backward
-        fused = FUSE_BN_SILU and unit.activation == "silu" and (batch_stats or tape is None)
-        if batch_stats:
-            train_forward = ops.batch_norm_silu_train_forward if fused else ops.batch_norm_train_forward
-            h, bn_cache, mean, var = train_forward(h, gamma, beta, eps=r.bn_eps, groups=groups, sync=sync)
-            n = h.shape[1] // groups * h.shape[2] * h.shape[3]  # values per channel in one group
-            if sync is not None and sync.group_sum is not None:
-                n *= sync.span
-            ops.update_running_stats(rm, rv, mean, var, n, momentum=r.bn_momentum, running_var_kind=r.bn_running_var,
-                                     replica_mean=sync.replica_mean if sync is not None else None)
-        elif fused:
-            bn_cache = None
-            h = ops.batch_norm_silu_eval_forward(h, gamma, beta, rm, rv, eps=r.bn_eps)
-        else:
-            # an affine map; its backward needs only the input (for dgamma), which the tape keeps
-            bn_cache = h if tape is not None else None
-            h = ops.batch_norm_eval_forward(h, gamma, beta, rm, rv, eps=r.bn_eps)
-        act_cache = None
-        if unit.activation and not fused:
-            h, act_cache = ops.activation_forward(unit.activation, h)
+    def _unit(self, unit, h: np.ndarray, tape: list | None, mode: RunMode) -> np.ndarray:
+        """One unit (stem, head, a block's layer) by its kind's op (units.py), its cache on the tape."""
+        h, cache = UNIT_OPS[unit.kind][0](unit, self._units[unit.name], h, self._conventions, mode)
         if tape is not None:
-            tape.append(("conv_bn", unit, (conv_cache, bn_cache, act_cache)))
+            tape.append(("unit", unit, cache))
         return h
-
-    def _se(self, unit, h: np.ndarray, tape: list | None) -> np.ndarray:
-        p = self.params
-        y, cache = ops.squeeze_excite_forward(
-            h, p[f"{unit.name}.reduce.weight"], p[f"{unit.name}.reduce.bias"], p[f"{unit.name}.expand.weight"],
-            p[f"{unit.name}.expand.bias"], activation=unit.activation, gate=unit.gate)
-        if tape is not None:
-            tape.append(("se", unit, cache))
-        return y
 
     # ---- backward ------------------------------------------------------------------------
     def backward(self, dlogits: np.ndarray, return_input_grad: bool = False):
@@ -262,19 +227,18 @@ class ReferenceModel:
             kind, unit, cache = entry
             if kind == "dense":
                 g, dw, db = ops.dense_backward(g, cache)
-                self._add(grads, "classifier.weight", dw)
-                self._add(grads, "classifier.bias", db)
+                names = self._units[r.classifier.name].names
+                self._add(grads, names["weight"], dw)
+                self._add(grads, names["bias"], db)
             elif kind == "dropout":
                 g = ops.dropout_backward(g, cache)
             elif kind == "pool":
                 g = ops.global_avg_pool_backward(g, cache)
-            elif kind == "conv_bn":
-                g = self._conv_bn_backward(unit, g, cache, grads, need_dx=return_input_grad or entry is not first)
-            elif kind == "se":
-                g, dwr, dbr, dwe, dbe = ops.squeeze_excite_backward(g, cache, activation=unit.activation)
-                for suffix, d in (("reduce.weight", dwr), ("reduce.bias", dbr), ("expand.weight", dwe),
-                                  ("expand.bias", dbe)):
-                    self._add(grads, f"{unit.name}.{suffix}", d)
+            elif kind == "unit":
+                g, unit_grads = UNIT_OPS[unit.kind][1](unit, self._units[unit.name], g, cache, self._conventions,
+                                                       need_dx=return_input_grad or entry is not first)
+                for name, d in unit_grads.items():
+                    self._add(grads, name, d)
             elif kind == "drop_path":
                 g = ops.drop_path_backward(g, cache)
             elif kind == "skip_out":
@@ -295,26 +259,6 @@ class ReferenceModel:
         """grads[name] += d, without a zero-filled array to start from (a step's own fresh arrays are kept)."""
         d = np.asarray(d, dtype=self.dtype).reshape(self.params[name].shape)
         grads[name] = grads[name] + d if name in grads else d
-
-    def _conv_bn_backward(self, unit: ConvBN, g: np.ndarray, cache, grads: dict, need_dx: bool = True):
-        conv_cache, bn_cache, act_cache = cache
-        p = unit.name
-        if isinstance(bn_cache, ops.BatchNormSiluCache):
-            g, dgamma, dbeta = ops.batch_norm_silu_backward(g, bn_cache)
-        else:
-            if unit.activation:
-                g = ops.activation_backward(unit.activation, g, act_cache)
-            if isinstance(bn_cache, np.ndarray):  # running statistics: the cache is BN's input
-                g, dgamma, dbeta = ops.batch_norm_eval_backward(
-                    g, bn_cache, self.params[f"{p}.bn.weight"], self.buffers[f"{p}.bn.running_mean"],
-                    self.buffers[f"{p}.bn.running_var"], eps=self.resolved.bn_eps)
-            else:
-                g, dgamma, dbeta = ops.batch_norm_backward(g, bn_cache)
-        self._add(grads, f"{p}.bn.weight", dgamma)
-        self._add(grads, f"{p}.bn.bias", dbeta)
-        g, dw = ops.conv2d_backward(g, conv_cache, need_dx=need_dx)
-        self._add(grads, f"{p}.conv.weight", dw)
-        return g
 
     # ---- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:

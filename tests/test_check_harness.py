@@ -17,7 +17,7 @@ from effv2_adapters import conformance
 from effv2_adapters import conformance as harness
 from effv2_adapters.conformance import CHECKS, CheckError, gradient_scales, rel_err, run_check, unit_of
 from effv2_spec.architecture import ArchitectureSpec
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.documents import load_architecture, parse_obj
 
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from effv2_spec import presets
-from effv2_spec.cli import COMMANDS, main
+from effv2_cli import COMMANDS, main
 from effv2_spec.resolve import ConvBN, SqueezeExcite, resolve
 
 NANO = json.loads(presets.text("efficientnetv2-nano"))

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from effv2_spec import presets
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.documents import parse_obj
 from effv2_spec.weights import load_weights, save_weights
 
@@ -367,7 +367,7 @@ def test_a_fifo_or_a_device_is_refused_not_read(tmp_path, nano, verb):
     args = {"predict": ["predict", "efficientnetv2-nano", "-w", nano[1], fifo],
             "eval": ["eval", "efficientnetv2-nano", "-w", nano[1], "--data", fifo],
             "train": ["train", "--steps", "1", "--out", tmp_path / "r", "--data", "/dev/zero"]}[verb]
-    done = subprocess.run([sys.executable, "-m", "effv2_spec.cli", *map(str, args)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "effv2_cli", *map(str, args)], capture_output=True, text=True,
                           timeout=60)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 1 and len(lines) == 1 and "not a regular file" in lines[0], done.stderr

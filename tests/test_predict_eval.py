@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from effv2_spec.architecture import ArchitectureSpec, EvalPreprocessing
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.documents import load_architecture, parse_obj
 
 CLASSES = 12

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from effv2_train.lifeline import tied_to_parent
-from effv2_spec.console import printable
+from effv2_spec.text import printable
 
 #: set in the child's environment: it runs the training itself instead of supervising again
 SUPERVISED = "EFFV2_JAX_SUPERVISED"
@@ -31,7 +31,7 @@ SUPERVISED = "EFFV2_JAX_SUPERVISED"
 _CPP_LOG = re.compile(rb"^[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\]")
 _FATAL = re.compile(rb"^F\d{4} ")
 _STACK_TRACE = b"*** Check failure stack trace: ***"
-#: the trainer's own one line about a failed collective (cli_train), completed by the supervisor if the
+#: the trainer's own one line about a failed collective (effv2_cli.train), completed by the supervisor if the
 #: child is then aborted
 _STOP_LINE = re.compile(rb"^\S.*: training stopped at step \d+ ")
 _KEPT_LINES = 5000
@@ -83,9 +83,9 @@ def wanted(coordinator: str | None) -> bool:
     if os.environ.get(SUPERVISED) or not (coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")):
         return False
     program = Path(sys.argv[0])
-    import effv2_spec.cli
+    import importlib.util
 
-    main_module = Path(effv2_spec.cli.__file__).resolve().with_name("__main__.py")  # python -m effv2_spec.cli
+    main_module = Path(importlib.util.find_spec("effv2_cli.__main__").origin).resolve()  # python -m effv2_cli
     return program.stem == "effv2" or program.resolve() == main_module
 
 
@@ -98,7 +98,7 @@ def run(out_dir: str | None, spec_name: str, process_id: int | None, num_process
     out = Path(out_dir) if out_dir else DEFAULT_ROOT / spec_name
     env = dict(os.environ, **{SUPERVISED: "1"})
     # SIGKILL: jax.distributed takes SIGTERM as a preemption notice and trains on
-    cmd = tied_to_parent([sys.executable, "-m", "effv2_spec.cli", *sys.argv[1:]], sig=signal.SIGKILL)
+    cmd = tied_to_parent([sys.executable, "-m", "effv2_cli", *sys.argv[1:]], sig=signal.SIGKILL)
     # its own process group: a Ctrl-C at the terminal reaches the child once, through the handler below
     child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, process_group=0)
     forwarded: list[int] = []

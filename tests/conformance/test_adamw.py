@@ -20,7 +20,7 @@ from effv2_adapters.oracle import ReferenceAdapter
 from effv2_adapters.train_check import check_schedule, check_training, compare_states
 from effv2_train.init import initial_tensors
 from effv2_reference.optim import build_optimizer
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.documents import load_architecture, parse_obj
 from effv2_spec.resolve import resolve
 from effv2_spec.training import AdamW, TrainingConfig, WeightDecay

@@ -128,7 +128,7 @@ def test_cli_check_json(backend):
 
     from click.testing import CliRunner
 
-    from effv2_spec.cli import main
+    from effv2_cli import main
 
     _backend(backend)
     result = CliRunner().invoke(main, ["check", "efficientnetv2-nano", "--framework", backend, "--dtype", "float64",

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from effv2_adapters.train_check import RECIPE_FIELDS, RECIPES, check_training
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.documents import parse_obj
 
 HERE = Path(__file__).resolve().parent

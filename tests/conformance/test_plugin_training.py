@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.weights import load_weights
 
 pytest.importorskip("torch")

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from effv2_adapters.conformance.numerics import rel_err
 from effv2_adapters.oracle import ReferenceAdapter
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.documents import load_architecture
 from effv2_spec.resolve import resolve
 from effv2_spec.training import SGD, TrainingConfig, WeightDecay

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from effv2_adapters.conformance import FIELD_CHECKS
-from effv2_spec.cli import main
+from effv2_cli import main
 
 pytest.importorskip("torch")
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from effv2_adapters.jax.adapter import JaxAdapter
 from effv2_adapters.jax.build import config_from_resolved
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.resolve import resolve
 from effv2_spec.weights import save_weights
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.documents import load_architecture
 from effv2_spec.weights import WeightsError, load_weights
 

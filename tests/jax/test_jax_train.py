@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
 from effv2_train.data import load_digits, split
@@ -191,7 +191,7 @@ def test_devices_and_processes_equal_the_oracle(devices, nproc, group, optimizer
 
 
 def _cli(args, env, timeout=240):
-    return subprocess.run([sys.executable, "-m", "effv2_spec.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "effv2_cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

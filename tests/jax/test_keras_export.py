@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from effv2_adapters.conformance import conformance_tensors
 from effv2_reference.model import ReferenceModel
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.documents import load_architecture, parse_text
 from effv2_spec.resolve import resolve
 from effv2_spec.weights import save_weights

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from effv2_spec.architecture import ArchitectureSpec
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.documents import parse_obj
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from effv2_train.data import pack as pack_module
-from effv2_spec.cli import main
+from effv2_cli import main
 from PIL import Image
 
 OLD_NS = 1_600_000_000 * 10**9
@@ -313,7 +313,7 @@ def test_show_at_an_unaugmented_stage_gives_the_files_pixels(tmp_path):
 
 
 def test_show_matches_the_trainers_batch_with_mixup(tmp_path):
-    from effv2_train.cli_train import DEFAULT_SCHEDULE, DEFAULT_SPEC, DEFAULT_TRAINING
+    from effv2_cli.train import DEFAULT_SCHEDULE, DEFAULT_SPEC, DEFAULT_TRAINING
     from effv2_train.data.contact_sheet import sample_images
     from effv2_train.data.pipeline import StepData
     from effv2_train.data.sources import open_split

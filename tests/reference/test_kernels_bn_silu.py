@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import effv2_reference.model as model_module
+import effv2_reference.units as units_module
 from effv2_reference import ops
 from effv2_reference.model import ReferenceModel
 
@@ -135,12 +135,12 @@ def test_fused_equals_the_two_ops_for_a_group_spanning_processes(dtype, span):
 @pytest.mark.parametrize("dtype,size,group", [("float32", 16, None), ("float32", 13, 2), ("float64", 11, 4)])
 def test_model_step_is_the_same_fused_or_not(monkeypatch, dtype, size, group):
     def step(fused: bool):
-        monkeypatch.setattr(model_module, "FUSE_BN_SILU", fused)
+        monkeypatch.setattr(units_module, "FUSE_BN_SILU", fused)
         m = ReferenceModel("efficientnetv2-nano", dtype=dtype, seed=0)
         rng = np.random.default_rng(1)
         x = rng.standard_normal((8, 3, size, size)).astype(dtype)
         logits = m.forward(x, training=True, bn_group_size=group)
-        kinds = {type(entry[2][1]).__name__ for entry in m._tape if entry[0] == "conv_bn"}
+        kinds = {type(cache.bn).__name__ for kind, unit, cache in m._tape if kind == "unit" and unit.kind == "conv_bn"}
         grads, dx = m.backward(rng.standard_normal(logits.shape).astype(dtype), return_input_grad=True)
         return kinds, logits, dx, grads, m.buffers
 
@@ -192,7 +192,7 @@ def test_fused_eval_values_are_silu_of_the_running_statistics():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_model_eval_forward_is_the_same_fused_or_not(monkeypatch, dtype):
     def forward(fused: bool):
-        monkeypatch.setattr(model_module, "FUSE_BN_SILU", fused)
+        monkeypatch.setattr(units_module, "FUSE_BN_SILU", fused)
         m = ReferenceModel("efficientnetv2-nano", dtype=dtype, seed=0)
         rng = np.random.default_rng(2)
         for k in [k for k in m.buffers if k.endswith("running_mean")]:  # running statistics that do something
@@ -205,7 +205,8 @@ def test_model_eval_forward_is_the_same_fused_or_not(monkeypatch, dtype):
         logits = m.forward(x)
         monkeypatch.setattr(ops, "batch_norm_silu_eval_forward", fused_op)
         m.forward(x[:2], training=True)
-        silu_units = sum(1 for entry in m._tape if entry[0] == "conv_bn" and entry[1].activation == "silu")
+        silu_units = sum(1 for kind, unit, _ in m._tape if kind == "unit" and unit.kind == "conv_bn"
+                         and unit.activation == "silu")
         return len(calls), silu_units, logits
 
     (fused_calls, silu_units, fused), (apart_calls, _, apart) = forward(True), forward(False)

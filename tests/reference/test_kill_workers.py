@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CLI = [sys.executable, "-m", "effv2_spec.cli"]
+CLI = [sys.executable, "-m", "effv2_cli"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 SHM = Path("/dev/shm")
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, strategies as st
 
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_train.data import load_digits, split
 from effv2_reference.train import Trainer
 from record_checks import of_type, read_record
@@ -131,7 +131,7 @@ def test_truncated_records_plot_or_fail_in_one_line(runs, tmp_path_factory, data
 
 
 def test_plot_imports_neither_matplotlib_nor_numba_before_drawing():
-    code = ("import sys, effv2_train.cli_plot, effv2_train.plot; "
+    code = ("import sys, effv2_cli.plot, effv2_train.plot; "
             "print(sorted(m for m in ('matplotlib', 'numba', 'torch', 'jax') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr

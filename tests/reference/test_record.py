@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from scipy.special import logsumexp
 
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_train.data import load_digits, split
 from effv2_reference.train import Trainer, evaluate_with
 from record_checks import assert_same_numbers, check_record, expected_log_steps, of_type, read_record

@@ -23,12 +23,12 @@ from hypothesis import strategies as st
 
 from effv2_adapters.train_check import check_schedule, check_training, compare_states
 from effv2_train.checkpoint import load_checkpoint
-from effv2_train.cli_train import _auto_processes
+from effv2_cli.train import _auto_processes
 from effv2_train.data import load_digits, split
 from effv2_train.plan import PlanError, TrainingPlan
 from effv2_reference.replicas import ReplicaError, SharedGroup, run_replicas
 from effv2_reference.train import Trainer, train
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
 
@@ -248,7 +248,7 @@ def _plan(batch=64, steps=1200, group=None, mix=8):
     (4, 48, 1200, 12, 4, 2),  # 4 leave 12 rows each (< 16); 3 leave 16, which groups of 12 do not divide
 ])
 def test_auto_process_count(monkeypatch, cores, batch, steps, group, mix, want):
-    monkeypatch.setattr("effv2_train.cli_train._cores", lambda: cores)
+    monkeypatch.setattr("effv2_cli.train._cores", lambda: cores)
     assert _auto_processes(_plan(batch, steps, group, mix)) == want
 
 
@@ -276,11 +276,11 @@ def test_cli_two_processes(tmp_path):
 
 def test_cli_refuses_layouts_before_starting_processes(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # the default --out, runs/<spec>, must not depend on the caller's folder
-    monkeypatch.setattr("effv2_train.cli_train._cores", lambda: 8)
+    monkeypatch.setattr("effv2_cli.train._cores", lambda: 8)
     result = CliRunner().invoke(main, ["train", "--nproc", "3", "--steps", "2"])
     assert result.exit_code == 1
     assert "--nproc 3: a batch of 64 cannot be split into 3 equal parts" in result.output
-    monkeypatch.setattr("effv2_train.cli_train._cores", lambda: 2)
+    monkeypatch.setattr("effv2_cli.train._cores", lambda: 2)
     result = CliRunner().invoke(main, ["train", "--nproc", "4", "--steps", "2"])
     assert result.exit_code == 2 and "--nproc 4: this machine has 2 cores" in result.output
     assert not multiprocessing.active_children()

@@ -14,7 +14,7 @@ import pytest
 from effv2_train.checkpoint import CheckpointError, prepare_out_dir
 from effv2_train.run_lock import LOCK_NAME
 
-CLI = [sys.executable, "-m", "effv2_spec.cli"]
+CLI = [sys.executable, "-m", "effv2_cli"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 

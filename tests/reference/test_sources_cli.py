@@ -6,7 +6,7 @@ import json
 import numpy as np
 from click.testing import CliRunner
 
-from effv2_spec.cli import main
+from effv2_cli import main
 from source_trees import write_imagenet_layout, write_shards, write_tree
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
 from effv2_spec.resolve import resolve

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from effv2_spec import presets
-from effv2_spec.cli import main
+from effv2_cli import main
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 
@@ -102,7 +102,7 @@ def test_validate_bad_files_each_reported(tmp_path):
 def test_validate_imports_neither_numba_torch_nor_jax():
     code = (
         "import sys\n"
-        "from effv2_spec.cli import main\n"
+        "from effv2_cli import main\n"
         "try:\n"
         "    main(['validate', '-q', 'efficientnetv2-s', 'progressive-efficientnetv2-s-paper', 'training-official'])\n"
         "except SystemExit as e:\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from effv2_spec.cli import COMMANDS
+from effv2_cli import COMMANDS
 from effv2_spec.lazy import TargetError, load_target, split_target
 
 

@@ -18,7 +18,7 @@ from effv2_adapters.torch import build_model, load_canonical_tensors
 from effv2_adapters.torch.peers import load_state_dict_file
 from effv2_reference.model import ReferenceModel
 from effv2_spec.accounting import count
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.resolve import resolve
 from effv2_spec.weights import load_weights
 

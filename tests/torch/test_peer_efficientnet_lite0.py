@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from effv2_adapters.torch import build_model, load_canonical_tensors
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.weights import load_weights
 
 from asserts import assert_close

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from effv2_adapters.torch import build_model, load_canonical_tensors
 from effv2_reference.model import ReferenceModel
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.presets import load as preset
 from effv2_spec.resolve import resolve
 from effv2_spec.weights import load_weights

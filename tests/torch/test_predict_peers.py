@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.documents import load_architecture
 
 from torch_testlib import randomize_bn

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from effv2_adapters.torch import build_model, emit_source
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.resolve import resolve
 
 from torch_testlib import preset, randomize_bn, rel, tiny_spec

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_train.checkpoint import load_checkpoint
 from effv2_spec.weights import load_weights
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from effv2_adapters.torch import build_model, export_timm, export_torchvision, import_timm, import_torchvision
 from effv2_adapters.torch.peers import load_state_dict_file
 from effv2_adapters.torch.weights import load_canonical_tensors
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.resolve import resolve
 from effv2_spec.weights import WeightsError, load_weights
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from effv2_spec.cli import main
+from effv2_cli import main
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
 from effv2_train.data import load_digits, split
@@ -198,7 +198,7 @@ def test_a_dead_process_stops_the_others_with_one_line(tmp_path):
 
     env = local_process_env()
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
-    args = [sys.executable, "-m", "effv2_spec.cli", "train", "--framework", "torch", "--device", "cpu",
+    args = [sys.executable, "-m", "effv2_cli", "train", "--framework", "torch", "--device", "cpu",
             "--steps", "400", "--checkpoint-every", "1", "--timeout", "20", "--out", str(tmp_path / "o")]
     procs = [subprocess.Popen(args, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for r in (0, 1)]

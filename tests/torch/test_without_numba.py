@@ -25,7 +25,7 @@ ABSENT = ("numba", "llvmlite", "sklearn", "scikit_learn")
 SCRIPT = """
 import site, sys
 site.addsitedir(sys.argv.pop(1))
-from effv2_spec.cli import main
+from effv2_cli import main
 sys.argv = ["effv2", *sys.argv[1:]]
 try:
     main()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..documents import load_schedule
-from ..console import SpecInputError, cannot_write, echo_json, load_or_fail, print_table
+from effv2_spec.documents import load_schedule
+
+from .console import SpecInputError, cannot_write, echo_json, load_or_fail, print_table
 
 
 @click.command()
@@ -43,8 +44,9 @@ def _plot(sched, flat, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SpecInputError("--plot needs matplotlib: pip install 'effv2[plot]'") from None
-    from ..weights import atomic_write_bytes
     import io
+
+    from effv2_spec.weights import atomic_write_bytes
 
     names = list(sched.regularizers)
     fig, axes = plt.subplots(1 + len(names), 1, figsize=(6, 2 + 1.6 * len(names)), sharex=True, squeeze=False)

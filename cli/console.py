@@ -1,6 +1,6 @@
-"""Helpers every effv2 command shares (spec, reference and adapter commands alike): clean one-line
-errors, loading with exit code 1, JSON and table output. Nothing here knows any command, so any
-package can import it without a cycle through the command-line front end (effv2_spec.cli)."""
+"""Helpers every effv2 command shares: clean one-line errors, loading with exit code 1, JSON and table
+output. Nothing here knows any command, so each command module imports it without a cycle through the
+group (effv2_cli)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 
 import click
 
-from .errors import SpecError
+from effv2_spec.errors import SpecError
+from effv2_spec.text import display_name, printable
 
 
 class SpecInputError(click.ClickException):
@@ -21,28 +22,11 @@ class SpecInputError(click.ClickException):
         click.echo(printable(self.format_message()), err=True)  # messages quote files, folder names, labels
 
 
-def printable(text) -> str:
-    """`text` with every control or other unprintable character escaped (\\x1b, \\u202e, ...), line breaks kept.
-
-    For whatever came from a file, a folder listing or an archive before it reaches a terminal: an escape
-    sequence there could clear the screen, retitle the window or hide text (OSC passes even through a pipe)."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "\n".join("".join(c if c.isprintable() else repr(c)[1:-1] for c in line) for line in text.split("\n"))
-
-
-def display_name(source) -> str:
-    """A user-given path or name as a message shows it: quoted and escaped when empty or unprintable."""
-    text = str(source)
-    return text if text and text.isprintable() else repr(text)
-
-
 def load_or_fail(loader, source: str):
     """Run `loader(source)`; turn a SpecError into a one-line-per-problem click error.
 
     A bare preset name wins over a file or folder of the same name here; say so on stderr."""
-    from .documents import shadowed_preset
+    from effv2_spec.documents import shadowed_preset
 
     note = shadowed_preset(source)
     if note:
@@ -56,7 +40,7 @@ def load_or_fail(loader, source: str):
 def resolve_or_fail(arch, image_size, option: str = "--image-size", prefix: str = ""):
     """`resolve(arch, image_size)`, or a one-line SpecInputError naming `option` (the size rule lives in
     resolve alone)."""
-    from .resolve import ImageSizeError, resolve
+    from effv2_spec.resolve import ImageSizeError, resolve
 
     try:
         return resolve(arch, image_size)

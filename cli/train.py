@@ -16,8 +16,8 @@ import time
 
 import click
 
-from effv2_spec.console import SpecInputError
-
+from .console import SpecInputError
+from .frameworks import framework_name
 from .train_request import TrainRequest, report
 from .train_setup import adapter_for, build_trainer, first_line, header, prepare_run
 
@@ -93,7 +93,7 @@ def _stage_line(rec: dict, num_stages: int) -> str:
 @click.option("--stop-at", "stop_at", type=click.IntRange(min=1), default=None,
               help="Stop after this global step with a checkpoint (continue later with --resume, with any "
                    "framework or number of processes).")
-@click.option("--framework", default="reference", show_default=True, metavar="NAME",
+@click.option("--framework", default="reference", show_default=True, metavar="NAME", callback=framework_name,
               help="Who computes the steps: reference (the NumPy oracle), torch (also under torchrun, one process "
                    "per device), jax (every local device; several hosts with --coordinator), or an installed "
                    "adapter that can train (entry point effv2.adapters, or 'module:Class'). Same plan, same result.")
@@ -134,7 +134,7 @@ def train(**options):
     if request.framework == "reference":
         _require_numba()
     elif request.framework not in ("torch", "jax"):
-        adapter_for(request.framework)  # an unknown name is a usage error before any data is read
+        adapter_for(request.framework)  # an adapter that cannot train is one line before any data is read
     request.check_framework(_cores())
     if request.framework == "jax":  # several processes: a dead peer aborts the survivors in C++; a child takes that
         supervise = importlib.import_module("effv2_adapters.jax.supervise")
@@ -204,9 +204,9 @@ def _launch(world: int, run_rank, held: dict, *, spec, dtype: str, framework: st
     """(trainer, result) of this process's rank, all `world` oracle processes started when there are several;
     what stops a run (a diverged loss, a dead peer or loader, an unwritable --out, Ctrl-C / SIGTERM) is one
     line. `held["trainer"]`: rank 0's trainer once built, for the step the run reached."""
-    from .data.errors import DataError
-    from .data.loader import LoaderError
-    from .trainloop import TrainingDiverged
+    from effv2_train.data.errors import DataError
+    from effv2_train.data.loader import LoaderError
+    from effv2_train.trainloop import TrainingDiverged
 
     ReplicaError = _NotRaised
     try:
@@ -293,8 +293,8 @@ def _cores() -> int:
 def _auto_processes(plan) -> int:
     """--nproc auto: the most processes (up to one per core and AUTO_MAX_PROCESSES) whose shards hold
     AUTO_MIN_ROWS+ rows and fit the plan's BN and mix groups; one for short runs."""
-    from .plan import PlanError
-    from .recipe import batch_norm_layout
+    from effv2_train.plan import PlanError
+    from effv2_train.recipe import batch_norm_layout
 
     if plan.total_steps < AUTO_WORKER_STEPS:
         return 1
@@ -350,8 +350,8 @@ def _blas_threads(n: int):
 
 def _run_with_progress(trainer, stream, echo, n_stages, stop_at=None):
     try:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     except ImportError:  # rich is a dependency, but keep training usable without it
         return trainer.run(on_stage=lambda rec: echo(_stage_line(rec, n_stages)), stop_at=stop_at)
     console = Console(file=stream)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from ..accounting import block_rows, count
-from ..architecture import MAX_IMAGE_SIZE
-from ..documents import load_architecture
-from ..console import echo_json, load_or_fail, print_table, resolve_or_fail
-from ..resolve import compound_image_size
+from effv2_spec.accounting import block_rows, count
+from effv2_spec.architecture import MAX_IMAGE_SIZE
+from effv2_spec.documents import load_architecture
+from effv2_spec.resolve import compound_image_size
+
+from .console import echo_json, load_or_fail, print_table, resolve_or_fail
 
 
 @click.command()

@@ -1,31 +1,27 @@
-"""`effv2 generate`, `effv2 check` and `effv2 convert`: framework-agnostic, through the adapter registry.
+"""`effv2 check`: a backend against the oracle (or another backend) tensor by tensor, or with
+`--train-steps` a framework's trainer against the oracle's, end state compared.
 
-Frameworks and peer formats are looked up in `effv2_adapters.registry`, so a new backend or
-importer needs no change here. Bad input (unknown preset or framework, invalid spec, missing
-framework, mismatched weights) is one clear message and exit code 1, never a traceback.
+Frameworks are looked up in `effv2_adapters.registry`, so a new backend needs no change here. Bad input
+(unknown framework, invalid spec, missing framework) is one clear message and exit code 1 or 2, never a
+traceback.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import click
+from effv2_adapters import registry
+from effv2_adapters.train_check import RECIPES
 
 from effv2_spec.accounting import ResourceError, check_training_fits
 from effv2_spec.architecture import MAX_IMAGE_SIZE
-from effv2_spec.console import (SpecInputError, cannot_write, display_name, echo_json, load_or_fail, print_table,
-                                resolve_or_fail)
-from effv2_spec.documents import load_architecture
 from effv2_spec.errors import SpecError
-from effv2_spec.resolve import compound_image_size, resolve
-from effv2_spec.weights import WeightsError, atomic_write_bytes
-
 from effv2_spec.training import OPTIMIZERS
+from effv2_spec.weights import WeightsError
 
-from . import registry
-from .train_check import RECIPES
-
+from .console import SpecInputError, echo_json, print_table
+from .frameworks import framework_name, load_adapter, load_spec
 
 #: How torch, XLA and NumPy say they ran out of memory (only then is the size advice right).
 _MEMORY_MESSAGE = re.compile(r"out of memory|resource_exhausted|unable to allocate|cannot allocate memory|"
@@ -36,72 +32,12 @@ def _is_memory_error(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or _MEMORY_MESSAGE.search(str(exc)) is not None
 
 
-def _known(option: str, value: str, table: dict, what: str) -> str:
-    """A usage error (exit 2) for a name that is not in a registry table."""
-    if value not in table:
-        raise click.BadParameter(f"unknown {what} {value!r}; available: {', '.join(table)}", param_hint=option)
-    return value
-
-
-def _framework_name(ctx, param, value: str) -> str:
-    """A built-in or installed backend name, or a "package.module:Class" (checked when loaded)."""
-    if value is None or ":" in value:
-        return value
-    return _known(f"--{param.name}", value, dict.fromkeys(registry.framework_names()), "framework")
-
-
-def _adapter(framework: str, option: str = "--framework"):
-    from .conformance import CheckError, get_framework
-
-    try:
-        return get_framework(framework, option)
-    except CheckError as exc:
-        raise SpecInputError(str(exc)) from None
-
-
-def _load_spec(spec: str):
-    return load_or_fail(load_architecture, spec)
-
-
-# ---- generate ----------------------------------------------------------------------------------------
 @click.command()
 @click.argument("spec")
-@click.option("--framework", "-f", required=True, callback=_framework_name,
-              help=f"Target framework: {', '.join(registry.framework_names())}, or package.module:Class.")
-@click.option("-o", "--output", default="-", show_default=True, help="Output .py file ('-' for stdout).")
-@click.option("--image-size", type=click.IntRange(min=1, max=MAX_IMAGE_SIZE), default=None,
-              help="Nominal image size recorded in the file (default: the spec's eval size; any size runs).")
-def generate(spec: str, framework: str, output: str, image_size: int | None) -> None:
-    """Emit one standalone source file building SPEC (a file or preset name) in FRAMEWORK.
-
-    The file needs only the framework itself; its parameter names are the canonical effv2
-    names, so canonical safetensors weights load into it directly. Written atomically.
-    """
-    arch = _load_spec(spec)
-    adapter = _adapter(framework)
-    size = image_size if image_size is not None else compound_image_size(arch, arch.input.eval_image_size)
-    resolved = resolve_or_fail(arch, size)
-    if not callable(getattr(adapter, "emit_source", None)):
-        raise SpecInputError(f"--framework {framework}: this backend cannot emit source (no emit_source)")
-    source = adapter.emit_source(resolved, module_name=Path(output).stem if output != "-" else "model")
-    if output == "-":
-        click.echo(source, nl=False)
-        return
-    try:
-        atomic_write_bytes(output, source.encode("utf-8"))
-    except OSError as exc:
-        raise cannot_write(output, exc) from None
-    click.echo(f"wrote {display_name(output)}: {arch.name} for {framework} ({len(source.splitlines())} lines)",
-               err=True)
-
-
-# ---- check ---------------------------------------------------------------------------------------------
-@click.command()
-@click.argument("spec")
-@click.option("--framework", "-f", required=True, callback=_framework_name,
+@click.option("--framework", "-f", required=True, callback=framework_name,
               help=f"Backend to check: {', '.join(registry.framework_names())}, an installed plug-in "
                    "(entry points 'effv2.adapters'), or package.module:Class.")
-@click.option("--against", "against", default="reference", show_default=True, callback=_framework_name,
+@click.option("--against", "against", default="reference", show_default=True, callback=framework_name,
               help="Baseline backend the first is compared with (any name --framework takes).")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="float64 (tolerance 1e-9) or float32 (1e-4 logits, 1e-3 gradients).")
@@ -146,8 +82,8 @@ def check(spec: str, framework: str, against: str, dtype: str, image_size: int |
     capability for (e.g. optimiser steps) is reported "not run", never passed. Exit 0 when every check
     that ran is within tolerance, 1 otherwise.
     """
-    from . import conformance
-    from .conformance import CHECKS, CheckError, format_report, verdict
+    from effv2_adapters import conformance
+    from effv2_adapters.conformance import CHECKS, CheckError, format_report, verdict
 
     if train_steps is not None:
         return _train_check(spec, framework, dtype, image_size, seed, train_steps, nproc, optimizer, as_json,
@@ -159,13 +95,13 @@ def check(spec: str, framework: str, against: str, dtype: str, image_size: int |
     if devices != 1:
         raise click.UsageError("--devices: only with --train-steps")
     selected = conformance.default_checks(dtype) if checks is None else _selected_checks(checks, CHECKS)
-    arch = _load_spec(spec)
+    arch = load_spec(spec)
     try:  # refuse before allocating what cannot fit (one network's training step is a lower bound)
         check_training_fits(arch, image_size or max(64, arch.total_stride), batch, oracle_dtype)
     except ResourceError as exc:
         raise SpecInputError(str(exc)) from None
-    adapter = _adapter(framework)
-    baseline = _adapter(against, "--against")
+    adapter = load_adapter(framework)
+    baseline = load_adapter(against, "--against")
     progress = None if as_json else (lambda msg: click.echo(f"  .. {msg}", err=True))
     try:
         report = conformance.run_check(arch, framework, dtype=dtype, image_size=image_size, batch=batch, seed=seed,
@@ -192,19 +128,19 @@ def check(spec: str, framework: str, against: str, dtype: str, image_size: int |
 def _train_check(spec: str, framework: str, dtype: str, image_size: int | None, seed: int, steps: int, nproc: int,
                  optimizer: str, as_json: bool, devices: int = 1, recipe: str = "default") -> None:
     """`effv2 check --train-steps K`: the framework's trainer against the oracle's, end state compared."""
-    from .train_check import run_train_check
+    from effv2_adapters.train_check import run_train_check
 
     if framework == "reference":
         raise click.UsageError("--train-steps: the oracle is what the trainers are checked against; name a "
                                "framework (torch, jax, or an adapter that can train)")
     if devices != 1 and framework != "jax":
         raise click.UsageError("--devices: simulated devices are for --framework jax")
-    arch = _load_spec(spec)
+    arch = load_spec(spec)
     size = image_size or 24
     if size < 16 or size % 8:
         raise click.BadParameter("must be a multiple of 8, at least 16 (the check trains at size - 8, then size)",
                                  param_hint="--image-size")
-    if not callable(getattr(_adapter(framework), "trainer", None)):  # _adapter: a clear line when torch is missing
+    if not callable(getattr(load_adapter(framework), "trainer", None)):  # a clear line when torch is missing
         raise SpecInputError(f"--train-steps: the {framework!r} adapter has no `trainer` capability (it can be "
                              "checked, not trained)")
     if not as_json:
@@ -242,81 +178,3 @@ def _selected_checks(text: str, known: tuple[str, ...]) -> tuple[str, ...]:
         raise click.BadParameter(f"unknown check(s) {', '.join(unknown)}; choose from {', '.join(known)}",
                                  param_hint="--checks")
     return selected
-
-
-# ---- convert -------------------------------------------------------------------------------------------
-@click.command()
-@click.argument("input_path", metavar="INPUT")
-@click.option("--from", "source", default=None, help=f"Peer format of INPUT: {', '.join(registry.IMPORTERS)}.")
-@click.option("--to", "target", default=None, help=f"Peer format to write: {', '.join(registry.EXPORTERS)}.")
-@click.option("--spec", "spec", default=None,
-              help="Architecture (file or preset). Required with --from; with --to, defaults to the spec in INPUT.")
-@click.option("-o", "--output", required=True, help="Output file (.safetensors with --from; with --to, "
-              "a torch.save file, or safetensors when the name ends in .safetensors).")
-def convert(input_path: str, source: str | None, target: str | None, spec: str | None, output: str) -> None:
-    """Convert peer weights to canonical safetensors (--from) or canonical weights to a peer (--to).
-
-    \b
-    effv2 convert --from torchvision|timm|keras|efficientnet_pytorch|dli14 STATE_DICT --spec SPEC -o OUT.safetensors
-    effv2 convert --to torchvision|timm|efficientnet_pytorch|dli14 CANONICAL.safetensors [--spec SPEC] -o OUT
-    effv2 convert --to keras CANONICAL.safetensors [--spec SPEC] -o OUT.weights.h5
-    """
-    from effv2_spec.weights import check_tensors, load_weights, save_weights
-
-    if (source is None) == (target is None):
-        raise click.UsageError("give exactly one of --from (peer -> canonical) or --to (canonical -> peer)")
-    if source is not None:
-        _known("--from", source, registry.IMPORTERS, "source")
-        if spec is None:
-            raise click.UsageError("--from needs --spec SPEC (the architecture the weights belong to)")
-    else:
-        _known("--to", target, registry.EXPORTERS, "target")
-    _check_input(input_path, output)
-    try:
-        if source is not None:
-            arch = _load_spec(spec)
-            importer = _load_target("--from", source, registry.get_importer)
-            tensors = importer(input_path, arch)
-            check_tensors(resolve(arch), tensors)
-            save_weights(output, arch, tensors, extra_metadata={"converted_from": source})
-            click.echo(f"wrote {display_name(output)}: {len(tensors)} canonical tensors of {arch.name} from {source}",
-                       err=True)
-            return
-        embedded, tensors = load_weights(input_path)
-        arch = _load_spec(spec) if spec is not None else embedded
-        if arch is None:
-            raise SpecInputError(f"{input_path}: the file carries no spec in its metadata; pass --spec SPEC")
-        check_tensors(resolve(arch), tensors)
-        exporter = _load_target("--to", target, registry.get_exporter)
-        written = exporter(tensors, arch, output)  # an exporter may say what it wrote (None: a state dict)
-        click.echo(f"wrote {display_name(output)}: {arch.name} as {written or f'a {target} state dict'}", err=True)
-    except (WeightsError, SpecError) as exc:
-        raise SpecInputError(str(exc)) from None
-    except OSError as exc:
-        if exc.filename is not None and Path(exc.filename) == Path(output):
-            raise cannot_write(output, exc) from None
-        raise SpecInputError(f"{display_name(exc.filename or input_path)}: {exc.strerror or exc}") from None
-
-
-def _check_input(input_path: str, output: str) -> None:
-    """INPUT must be a readable file other than OUTPUT (converting in place would destroy the original)."""
-    p = Path(input_path)
-    if input_path == "":
-        raise SpecInputError("'': an empty path names no file")
-    if p.is_dir():
-        raise SpecInputError(f"{display_name(input_path)}: is a directory, not a weights file")
-    if not p.is_file():
-        raise SpecInputError(f"{display_name(input_path)}: no such file")
-    if Path(output).exists() and Path(output).resolve() == p.resolve():
-        raise SpecInputError(f"{display_name(output)}: -o is the input file; write the converted weights elsewhere")
-
-
-def _load_target(option: str, name: str, getter):
-    try:
-        return getter(name)
-    except (ImportError, AttributeError) as exc:
-        raise SpecInputError(f"{option} {name}: the converter cannot be loaded ({exc}); "
-                             "is the matching extra installed?") from None
-
-
-__all__ = ["generate", "check", "convert"]

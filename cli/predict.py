@@ -15,22 +15,17 @@ import time
 
 import click
 import numpy as np
+from effv2_adapters.predict import Classifier, check_compatible, frameworks, softmax, top_k
 
 from effv2_spec.architecture import MAX_IMAGE_SIZE
-from effv2_spec.console import SpecInputError, echo_json, load_or_fail, printable, resolve_or_fail
 from effv2_spec.documents import load_architecture
 from effv2_spec.errors import SpecError
 from effv2_spec.weights import WeightsError, load_weights
 
-from .predict import Classifier, check_compatible, frameworks, softmax, top_k
+from .console import SpecInputError, echo_json, load_or_fail, printable, resolve_or_fail
+from .frameworks import framework_name, load_adapter
 
-def _framework(ctx, param, value: str) -> str:
-    from .cli import _framework_name  # the check and generate commands' rule: registry names or "module:Class"
-
-    return _framework_name(ctx, param, value)
-
-
-_FRAMEWORK = click.option("--framework", "-f", default="reference", show_default=True, callback=_framework,
+_FRAMEWORK = click.option("--framework", "-f", default="reference", show_default=True, callback=framework_name,
                           help=f"Where the network runs: {', '.join(frameworks())}, an installed adapter "
                                "(entry point effv2.adapters) or package.module:Class.")
 _DTYPE = click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
@@ -46,9 +41,7 @@ def _classifier(arch, weights: str, framework: str, dtype: str, image_size: int 
     resolve_or_fail(arch, size)  # refused before the weights are read
     adapter = None
     if framework != "reference":
-        from .cli import _adapter
-
-        adapter = _adapter(framework)
+        adapter = load_adapter(framework)
     try:
         file_spec, tensors = load_weights(weights)
         check_compatible(file_spec, arch, weights)

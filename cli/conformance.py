@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import click
+from effv2_adapters.conformance.properties import SPEC_FILE
 
-from effv2_spec.console import SpecInputError, echo_json, printable
-
-from .cli import _adapter, _framework_name
-from .conformance.properties import SPEC_FILE
+from .console import SpecInputError, echo_json, printable
+from .frameworks import framework_name, load_adapter
 
 
 @click.command()
-@click.option("--framework", "-f", required=True, callback=_framework_name,
+@click.option("--framework", "-f", required=True, callback=framework_name,
               help="Backend under test: a built-in or installed name, or package.module:Class.")
-@click.option("--against", default="reference", show_default=True, callback=_framework_name,
+@click.option("--against", default="reference", show_default=True, callback=framework_name,
               help="Baseline backend (the oracle by default).")
 @click.option("--examples", type=click.IntRange(min=1, max=100_000), default=20, show_default=True,
               help="Random specs to try.")
@@ -33,12 +32,12 @@ def conformance(framework: str, against: str, examples: int, seed: int, dtype: s
     passes, 1 on a failure.
     """
     try:
-        from .conformance.properties import run_conformance
+        from effv2_adapters.conformance.properties import run_conformance
     except ModuleNotFoundError as exc:
         raise SpecInputError(f"effv2 conformance needs hypothesis ({exc}); pip install 'effv2[conformance]'") from None
     _check_out(out_dir)  # a failure takes minutes to find and shrink: do not lose it to an unwritable --out
-    adapter = _adapter(framework)
-    baseline = _adapter(against, "--against")
+    adapter = load_adapter(framework)
+    baseline = load_adapter(against, "--against")
     progress = None if as_json else (lambda msg: click.echo(f"  .. {msg}", err=True))
     result = run_conformance(framework, examples=examples, seed=seed, dtype=dtype, adapter=adapter, baseline=baseline,
                              out_dir=out_dir, progress=progress)

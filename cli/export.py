@@ -8,13 +8,13 @@ from pathlib import Path
 import click
 
 from effv2_spec.compatibility import check_compatible
-from effv2_spec.console import SpecInputError, cannot_write, display_name, load_or_fail, resolve_or_fail
 from effv2_spec.documents import load_architecture
 from effv2_spec.errors import SpecError
 from effv2_spec.resolve import compound_image_size
 from effv2_spec.weights import WeightsError, check_tensors, load_weights
 
-from .cli_size import ImageSize, ImageSizeOption
+from .console import SpecInputError, cannot_write, display_name, load_or_fail, resolve_or_fail
+from .image_size import ImageSize, ImageSizeOption
 
 #: --format -> what the message calls it
 FORMATS = {"onnx": "ONNX", "torch-export": "a torch.export program"}
@@ -67,11 +67,11 @@ def export(spec: str, weights: str, fmt: str, output: str, image_size: tuple[int
 def _write(fmt: str, resolved, tensors, output: str, opset: int | None) -> str:
     """Write OUTPUT in FMT; returns what was written, for the message."""
     if fmt == "torch-export":
-        from .torch.pt2_export import export_pt2
+        from effv2_adapters.torch.pt2_export import export_pt2
 
         export_pt2(resolved, tensors, output)
         return FORMATS[fmt]
-    from .torch.onnx_export import OPSET, export_onnx
+    from effv2_adapters.torch.onnx_export import OPSET, export_onnx
 
     export_onnx(resolved, tensors, output, opset=opset or OPSET)
     return f"ONNX opset {opset or OPSET}"

@@ -3,7 +3,7 @@
 and checks that come before any training (the `--init-from` weights, the oracle's process count) and
 the run's closing report.
 
-Kept apart from cli_train.py so that the command reads as request -> setup -> launch -> report.
+Kept apart from train.py so that the command reads as request -> setup -> launch -> report.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from dataclasses import dataclass
 
 import click
 
-from effv2_spec.console import SpecInputError, echo_json, load_or_fail
 from effv2_spec.documents import load_architecture, load_schedule, load_training, parse_obj
 from effv2_spec.errors import SpecError
+
+from .console import SpecInputError, echo_json, load_or_fail
 
 
 @dataclass
 class TrainRequest:
-    """Every option of `effv2 train`, as click parses them (names as in cli_train's decorators)."""
+    """Every option of `effv2 train`, as click parses them (names as in train.py's decorators)."""
 
     spec_source: str
     schedule_source: str
@@ -184,8 +185,8 @@ def load_initial(init_from, spec, *, new_classifier: bool):
 def oracle_world(spec, sched, config, num_train: int, seed: int, nproc, *, cores: int, auto_processes) -> int:
     """How many oracle processes share the batch: --nproc, else `auto_processes(plan)`; a count that cannot
     split the batch or its BN groups is one line."""
-    from .plan import PlanError, TrainingPlan
-    from .recipe import batch_norm_layout
+    from effv2_train.plan import PlanError, TrainingPlan
+    from effv2_train.recipe import batch_norm_layout
 
     try:
         plan = TrainingPlan(spec, sched, config, num_train, seed=seed)

@@ -11,25 +11,25 @@ import sys
 
 import click
 
-from ..lazy import load_target
+from effv2_spec.lazy import load_target
 
 #: subcommand name -> "module:attr" of its click command
 COMMANDS: dict[str, str] = {
-    "validate": "effv2_spec.cli.validate_cmd:validate",
-    "schema": "effv2_spec.cli.schema_cmd:schema",
-    "presets": "effv2_spec.cli.presets_cmd:presets",
-    "summary": "effv2_spec.cli.summary_cmd:summary",
-    "schedule": "effv2_spec.cli.schedule_cmd:schedule",
-    "train": "effv2_train.cli_train:train",
-    "plot": "effv2_train.cli_plot:plot",
-    "generate": "effv2_adapters.cli:generate",
-    "check": "effv2_adapters.cli:check",
-    "convert": "effv2_adapters.cli:convert",
-    "conformance": "effv2_adapters.cli_conformance:conformance",
-    "export": "effv2_adapters.cli_export:export",
-    "predict": "effv2_adapters.cli_predict:predict",
-    "eval": "effv2_adapters.cli_predict:evaluate",
-    "data": "effv2_train.cli_data:data",
+    "validate": "effv2_cli.validate:validate",
+    "schema": "effv2_cli.schema:schema",
+    "presets": "effv2_cli.presets:presets",
+    "summary": "effv2_cli.summary:summary",
+    "schedule": "effv2_cli.schedule:schedule",
+    "train": "effv2_cli.train:train",
+    "plot": "effv2_cli.plot:plot",
+    "generate": "effv2_cli.generate:generate",
+    "check": "effv2_cli.check:check",
+    "convert": "effv2_cli.convert:convert",
+    "conformance": "effv2_cli.conformance:conformance",
+    "export": "effv2_cli.export:export",
+    "predict": "effv2_cli.predict:predict",
+    "eval": "effv2_cli.predict:evaluate",
+    "data": "effv2_cli.data:data",
 }
 
 _HELP = {
@@ -52,7 +52,7 @@ _HELP = {
 }
 
 
-_OWN_PACKAGES = ("effv2", "effv2_spec", "effv2_train", "effv2_reference", "effv2_adapters")
+_OWN_PACKAGES = ("effv2", "effv2_cli", "effv2_spec", "effv2_train", "effv2_reference", "effv2_adapters")
 
 
 def _third_party(module: str | None) -> bool:
@@ -106,7 +106,7 @@ def main():
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A Python warning (Pillow's, NumPy's, a framework's) as one line: no source path and line before it."""
-    from ..console import printable
+    from .console import printable
 
     text = str(message).strip().splitlines()
     try:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..documents import KINDS
+from effv2_spec.documents import KINDS
 
 _ALIASES = {"architecture": "architecture", "schedule": "progressive_schedule", "training": "training"}
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from .. import presets as preset_registry
-from ..console import echo_json, print_table
+from effv2_spec import presets as preset_registry
+
+from .console import echo_json, print_table
 
 
 @click.command()

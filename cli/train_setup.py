@@ -11,14 +11,11 @@ processes share memory (replicas.py).
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
-import click
-
-from effv2_spec.console import SpecInputError
-
+from .console import SpecInputError
+from .frameworks import load_adapter
 from .train_request import TrainRequest
 
 
@@ -39,18 +36,8 @@ class RunSetup:
 
 def adapter_for(framework: str):
     """The registry's adapter for a framework name (not 'reference'), found and checked as `effv2 check` finds
-    it (`effv2_adapters.conformance.get_framework`); an unknown name is a usage error, an adapter that cannot
-    run here or cannot train is one line."""
-    registry = importlib.import_module("effv2_adapters.registry")
-    conformance = importlib.import_module("effv2_adapters.conformance")
-    try:
-        registry.adapter_target(framework)
-    except KeyError as exc:
-        raise click.BadParameter(str(exc.args[0]), param_hint="'--framework'") from None
-    try:
-        adapter = conformance.get_framework(framework)
-    except conformance.CheckError as exc:
-        raise SpecInputError(str(exc)) from None
+    it; an adapter that cannot run here or cannot train is one line."""
+    adapter = load_adapter(framework)
     if not callable(getattr(adapter, "trainer", None)):
         raise SpecInputError(f"--framework {framework}: its adapter has no `trainer` capability (it can be "
                              "checked, not trained)")
@@ -82,10 +69,11 @@ def first_line(exc: BaseException) -> str:
 
 def prepare_run(request: TrainRequest, documents: tuple, *, cores: int, auto_processes) -> RunSetup:
     """Data, --init-from, the locked output folder and the oracle's process count, for the documents."""
+    from effv2_train.checkpoint import CheckpointError, prepare_out_dir
+    from effv2_train.data.sources import DataError, open_split
+
     from effv2_spec.accounting import ResourceError, check_training_fits
 
-    from .checkpoint import CheckpointError, prepare_out_dir
-    from .data.sources import DataError, open_split
     from .train_request import load_initial, oracle_world
 
     r = request
@@ -111,8 +99,8 @@ def prepare_run(request: TrainRequest, documents: tuple, *, cores: int, auto_pro
 
 def build_trainer(setup: RunSetup, replica, auto_workers):
     """This process's loop: the oracle's (its shard with a replica) or an adapter's; resumed when asked."""
-    from .checkpoint import CheckpointError
-    from .trainloop import ProgressiveLoop
+    from effv2_train.checkpoint import CheckpointError
+    from effv2_train.trainloop import ProgressiveLoop
 
     r, s = setup.request, setup
     common = dict(seed=r.seed, dtype=r.dtype, out_dir=s.out, checkpoint_every=r.checkpoint_every or None,

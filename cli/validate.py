@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..documents import load_document, shadowed_preset
-from ..errors import SpecError
-from ..console import display_name
+from effv2_spec.documents import load_document, shadowed_preset
+from effv2_spec.errors import SpecError
+
+from .console import display_name
 
 
 @click.command()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from effv2_spec.console import SpecInputError, cannot_write, display_name, echo_json
+from .console import SpecInputError, cannot_write, display_name, echo_json
 
 
 def _parse_size(ctx, param, value: str) -> tuple[int, int]:
@@ -45,7 +45,7 @@ def plot(runs, output, labels, as_json, size, title, overwrite):
     if output is not None and Path(output).exists() and not overwrite:
         raise SpecInputError(f"{display_name(output)}: already exists; pass --overwrite to replace it")
 
-    from .plot import FORMAT, RecordError, draw, load_run
+    from effv2_train.plot import FORMAT, RecordError, draw, load_run
 
     try:
         series = [load_run(run, labels[i] if labels else None) for i, run in enumerate(runs)]

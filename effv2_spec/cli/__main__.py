@@ -1,5 +1,0 @@
-"""`python -m effv2_spec.cli ...` is `effv2 ...` (what torchrun and subprocesses launch)."""
-
-from . import main
-
-main()
