@@ -394,7 +394,7 @@ def as_resolved(source) -> ResolvedModel:
     if isinstance(source, ArchitectureSpec):
         return resolve(source)
     if isinstance(source, (str, os.PathLike)):
-        from .documents import load_architecture  # documents imports this module
+        from .documents import load_architecture  # documents, and what it imports, need not load for a resolve
 
         return resolve(load_architecture(source))
     raise TypeError(f"expected an ArchitectureSpec, ResolvedModel, preset name or path, got {type(source).__name__}")

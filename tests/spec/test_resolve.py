@@ -1,4 +1,5 @@
-"""The resolved block table against the official per-variant tables (facts §1.2, §2.1-2.5)."""
+"""The resolved block table against the official per-variant tables: the block strings of google/automl's
+efficientnetv2/effnetv2_configs.py and the scaling, SE width and skip rules of effnetv2_model.py."""
 
 import pytest
 
