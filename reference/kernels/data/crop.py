@@ -14,7 +14,9 @@ per-sample crop cost at 224-300 px. Here the uint8 region is read in place (any 
 of the decoded image), each source row is lerped horizontally once however many output rows read it
 (a crop smaller than the stage size is the common case at 224-300 px), and the vertical lerp, clip and
 truncation run over contiguous rows straight into the uint8 result. 375 x 500 -> 300 px: NumPy 6.3 ms,
-one pass per output value 0.9 ms, these two passes 0.58 ms; 120 x 150 -> 300 px: 0.89 -> 0.22 ms.
+one pass per output value 0.9 ms, these two passes 0.58 ms; 120 x 150 -> 300 px: 0.89 -> 0.22 ms. RGB's
+horizontal lerp written out per channel: 128-300 px regions to 128 / 224 / 300 px, 156 / 268 / 375 us ->
+113 / 194 / 259 us (the same bits).
 data/crop.py takes this path only where Numba is loaded (kernel_gate.data_kernel).
 """
 
@@ -40,8 +42,8 @@ def resize_uint8(region: np.ndarray, size) -> np.ndarray:
     y0, y1, dy = _lerp_weights(region.shape[0], out_h)
     x0, x1, dx = _lerp_weights(region.shape[1], out_w)
     out = np.empty((out_h, out_w, region.shape[2]), np.uint8)
-    resize_uint8_into(region, y0.astype(np.int64), y1.astype(np.int64), dy,
-                      x0.astype(np.int64), x1.astype(np.int64), dx, out)
+    resize_uint8_into(region, y0.astype(np.int64, copy=False), y1.astype(np.int64, copy=False), dy,
+                      x0.astype(np.int64, copy=False), x1.astype(np.int64, copy=False), dx, out)
     return out
 
 
@@ -62,6 +64,16 @@ def _lerp_row(src, row, x0, x1, dx, buf):
     """buf[j * C + k] = the horizontal lerp of source row `row` at output column j, channel k."""
     c = src.shape[2]
     s = src[row]
+    if c == 3:  # RGB written out: the inner loop of three no longer runs per pixel (30% of the resize)
+        for j in range(x0.shape[0]):
+            left, right, fx, p = x0[j], x1[j], dx[j], 3 * j
+            a = np.float32(s[left, 0])
+            buf[p] = a + (np.float32(s[right, 0]) - a) * fx
+            a = np.float32(s[left, 1])
+            buf[p + 1] = a + (np.float32(s[right, 1]) - a) * fx
+            a = np.float32(s[left, 2])
+            buf[p + 2] = a + (np.float32(s[right, 2]) - a) * fx
+        return
     for j in range(x0.shape[0]):
         left, right, fx = x0[j], x1[j], dx[j]
         for k in range(c):
