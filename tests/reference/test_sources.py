@@ -3,7 +3,9 @@ independent decodes with Pillow and pyarrow; crops of the original, at a reduced
 crop allows; workers that receive a description, not images; bad files named."""
 
 import json
+import os
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from PIL import Image
 
 from effv2_train.data import DataError, open_source, open_split
 from effv2_train.data.decode import decode_region, draft_factor
+from effv2_train.data.folder_index import build_index
 from effv2_train.data.loader import BatchLoader
 from effv2_train.data.pipeline import StepData, eval_input
 from effv2_train.plan import TrainingPlan
@@ -146,6 +149,31 @@ def test_a_file_that_fails_to_decode_mid_run_is_named(layout, tmp_path):
     with pytest.raises(DataError, match=files[5].name):
         for step in range(data.plan.total_steps):
             data.prepare_rows(step, slice(0, 8))
+
+
+def test_a_file_rewritten_in_place_at_another_size_is_named_not_padded(tmp_path):
+    """Its folder's mtime is unchanged, so the cached index stands; the crop box is drawn on the indexed size.
+    Another size stops the read, naming the file; the same size is read as the file now is."""
+    tree = tmp_path / "t"
+    files = write_tree(tree, 4, sizes=((30, 40),))
+    for folder in (tree, *{f.parent for f in files}):  # listed long after its last change: an index to trust
+        os.utime(folder, ns=(time.time_ns() - 10**10,) * 2)
+    source = open_source(str(tree), **OPTIONS)
+    assert source.image_size(0) == (30, 40) and source.location(0) == str(files[0])
+    folder_mtime = files[0].parent.stat().st_mtime_ns
+    rng = np.random.default_rng(0)
+    Image.fromarray(photo(rng, 30, 40)).save(files[0], "JPEG", quality=90)  # the same size, new pixels
+    Image.fromarray(photo(rng, 20, 24)).save(files[1], "JPEG", quality=90)  # smaller
+    assert files[0].parent.stat().st_mtime_ns == folder_mtime
+    source = open_source(str(tree), **OPTIONS)  # the cached index, as the next run would use it
+    assert source.index.cached
+    assert source.crop(0, (0, 0, 30, 40), 16).shape == (30, 40, 3)
+    for read in (lambda: source.crop(1, (5, 10, 25, 30), 16), lambda: source.image(1)):
+        with pytest.raises(DataError, match=rf"{files[1].name}: is 20x24 pixels, 30x40 when it was indexed"):
+            read()
+    build_index(tree, refresh=True)  # effv2 data index --refresh
+    source = open_source(str(tree), **OPTIONS)
+    assert source.image_size(1) == (20, 24) and source.crop(1, (0, 0, 20, 24), 16).shape == (20, 24, 3)
 
 
 def _plan(n: int) -> TrainingPlan:

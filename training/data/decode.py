@@ -106,10 +106,26 @@ def _pixels(im, channels: int, where: str, box: tuple[int, int, int, int] | None
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def decode_image(where: str, channels: int, blob: bytes | None = None) -> np.ndarray:
-    """The whole original, uint8 (H, W, channels)."""
+def decode_image(where: str, channels: int, blob: bytes | None = None,
+                 expected: tuple[int, int] | None = None) -> np.ndarray:
+    """The whole original, uint8 (H, W, channels). `expected`: see `decode_region`."""
     with open_stored(where, blob) as im:
+        _check_size(im, where, expected)
         return _pixels(im, channels, where)
+
+
+def _check_size(im, where: str, expected: tuple[int, int] | None) -> None:
+    """DataError when the image is not (height, width) = `expected`, the size an index recorded: a file rewritten
+    in place after indexing (its folder's mtime unchanged) would otherwise be cropped by a box drawn on the old
+    size, and Pillow pads a box past the edge with black, silently."""
+    if expected is None:
+        return
+    w, h = im.size
+    if _transposes(im):
+        w, h = h, w
+    if (h, w) != tuple(expected):
+        raise DataError(f"{where}: is {h}x{w} pixels, {expected[0]}x{expected[1]} when it was indexed: the file "
+                        "changed since; run effv2 data index --refresh on its folder, then --resume")
 
 
 def draft_factor(box: tuple[int, int, int, int], size: int) -> int:
@@ -122,12 +138,14 @@ def draft_factor(box: tuple[int, int, int, int], size: int) -> int:
 
 
 def decode_region(where: str, box: tuple[int, int, int, int], size: int, channels: int,
-                  blob: bytes | None = None) -> np.ndarray:
+                  blob: bytes | None = None, expected: tuple[int, int] | None = None) -> np.ndarray:
     """uint8 pixels of `box` = (y, x, h, w) of the original (coordinates as displayed), decoded at the largest
     DCT reduction that keeps the box at least `size` pixels high and wide; the box is scaled with the image,
-    widened to whole pixels."""
+    widened to whole pixels. `expected`: the (height, width) the box was drawn on, when it came from an index
+    (DataError if the file is another size now)."""
     y, x, h, w = box
     with open_stored(where, blob) as im:
+        _check_size(im, where, expected)
         factor = draft_factor(box, size)
         if factor > 1 and im.format == "JPEG" and not _transposes(im):
             full_w, full_h = im.size

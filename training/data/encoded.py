@@ -24,6 +24,9 @@ from .sources import Source
 
 class EncodedSource(Source):
     named_classes = True
+    #: True where `_stored_size` comes from a record made earlier (the folder index), not from the bytes
+    #: themselves: a decode then checks the file is still that size
+    sizes_recorded = False
 
     def __init__(self, name: str, classes: list[str], labels: np.ndarray, *, num_classes: int, channels: int):
         if channels not in (1, 3):
@@ -53,14 +56,17 @@ class EncodedSource(Source):
 
     def image(self, i: int) -> np.ndarray:
         r = int(self.rows[i])
-        return decode_image(self._where(r), self.channels, self._blob(r))
+        return decode_image(self._where(r), self.channels, self._blob(r), self._recorded_size(r))
 
     def image_size(self, i: int) -> tuple[int, int]:
         return self._stored_size(int(self.rows[i]))
 
     def crop(self, i: int, box: tuple[int, int, int, int], size: int) -> np.ndarray:
         r = int(self.rows[i])
-        return decode_region(self._where(r), box, size, self.channels, self._blob(r))
+        return decode_region(self._where(r), box, size, self.channels, self._blob(r), self._recorded_size(r))
+
+    def _recorded_size(self, r: int) -> tuple[int, int] | None:
+        return self._stored_size(r) if self.sizes_recorded else None
 
     def eval_pixels(self, i: int, size: int, how: EvalPreprocessing) -> np.ndarray:
         """uint8 (size, size, channels): the spec's evaluation transform, as `effv2 eval` applies it."""

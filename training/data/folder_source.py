@@ -23,6 +23,8 @@ from .folder_index import build_index
 
 
 class FolderSource(EncodedSource):
+    sizes_recorded = True  # by the index
+
     def __init__(self, root: str | Path, *, num_classes: int, channels: int, classes: list[str] | None = None):
         self.root, self._names = str(root), classes
         self.index = build_index(root)
