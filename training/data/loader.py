@@ -32,7 +32,7 @@ from collections import deque
 import numpy as np
 
 from ..kernel_gate import data_kernels_wanted
-from .loader_worker import read_frame, write_frame
+from .loader_worker import read_frame, widen_pipe, write_frame
 
 _WORKER_DATA = None  # the StepData of this worker process
 
@@ -74,6 +74,7 @@ class _Worker:
         self.process = subprocess.Popen([sys.executable, "-m", "effv2_train.data.loader_worker"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         self.pending: deque[int] = deque()
+        widen_pipe(self.process.stdout.fileno())
         write_frame(self.process.stdin.fileno(), (os.getpid(), data, numba_kernels))
 
     def ask(self, step: int, start: int, stop: int) -> None:
