@@ -2,9 +2,9 @@
 
 Started by `loader.BatchLoader` as `python -m effv2_train.data.loader_worker` with two pipes:
 requests arrive on stdin, results leave on the file descriptor that was stdout (stdout itself is
-pointed at stderr, so a library's print cannot corrupt a frame). Each message is one frame: the lengths, a
-pickle (protocol 5), then the raw bytes of its arrays (out of band: no copy into or out of the pickle). Both ends are this project's own processes; nothing read from a
-user's file is unpickled here.
+pointed at stderr, so a library's print cannot corrupt a frame). Each message is one frame: the lengths,
+a pickle (protocol 5), then the raw bytes of its arrays (out of band: no copy into or out of the
+pickle). Both ends are this project's own processes; nothing read from a user's file is unpickled here.
 
 It dies with its parent, whatever kills the parent: the kernel sends SIGKILL when the parent
 thread ends (Linux PR_SET_PDEATHSIG), a watch thread checks the parent id (elsewhere), and a
