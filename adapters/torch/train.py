@@ -74,10 +74,14 @@ class Processes:
         return t.cpu().numpy()
 
     def close(self) -> None:
+        """Tear the process group down together: a rank that destroyed its side while a peer was still finishing
+        (writing the checkpoint, reporting) could end that peer's gloo threads mid-connection, a C++ abort
+        ("terminate called without an active exception") after a run that had succeeded."""
         if self.world > 1:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                dist.barrier()
                 dist.destroy_process_group()
 
 
