@@ -26,3 +26,26 @@ def assert_close(label: str, got, want, rtol: float) -> None:
         i = np.unravel_index(int(np.argmax(np.abs(got_a - want_a))), got_a.shape) if got_a.size else ()
         raise AssertionError(f"{label}: relative error {err:.3e} > {rtol:.0e}; worst at {tuple(int(j) for j in i)}: "
                              f"{got_a[i]!r} vs expected {want_a[i]!r}")
+
+
+def trainer_states(run) -> dict:
+    """{'model', 'optimizer', 'ema'} tensors of a training loop (its backend's state) or of a loaded checkpoint."""
+    if hasattr(run, "backend"):
+        model, optimizer, ema = run.backend.state()
+    else:
+        model, optimizer, ema = run.model, run.optimizer, run.ema
+    return {"model": model, "optimizer": optimizer, "ema": ema}
+
+
+def assert_same_states(ref, got, tol: float = 1e-9, dtype: str = "float64"):
+    """Two runs (loops or checkpoints) end in the same state: every tensor within `tol`, nothing missing or extra,
+    the same step counts (effv2_adapters.train_check.compare_states, what `effv2 check --train-steps` uses).
+    Returns the per-part reports."""
+    __tracebackhide__ = True
+    from effv2_adapters.train_check import compare_states
+
+    parts, problems = compare_states(trainer_states(ref), trainer_states(got), dtype)
+    assert not problems, problems
+    for p in parts:
+        assert p.worst <= tol, (p.part, p.worst_name, p.worst)
+    return parts

@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from effv2_adapters.train_check import (check_schedule, check_training, compare_states, jax_device_env,
-                                        local_process_env, torchrun_command)
+from asserts import assert_same_states
+from effv2_adapters.train_check import (check_schedule, check_training, jax_device_env, local_process_env,
+                                        torchrun_command)
 from effv2_train.checkpoint import load_checkpoint
 from source_trees import write_imagenet_layout, write_shards
 
@@ -45,10 +46,7 @@ def run(cmd: list[str], env: dict | None = None) -> str:
 
 
 def assert_same_end(ref, got) -> None:
-    parts, problems = compare_states(*({"model": c.model, "optimizer": c.optimizer, "ema": c.ema} for c in (ref, got)),
-                                     "float64")
-    assert not problems, problems
-    assert all(p.worst <= 1e-9 for p in parts), [(p.part, p.worst_name, p.worst) for p in parts]
+    assert_same_states(ref, got)
     assert [h["heldout_accuracy"] for h in ref.meta["history"]] == [h["heldout_accuracy"] for h in got.meta["history"]]
 
 

@@ -5,7 +5,8 @@ oracle, and the same record of held-out figures; the folder and the shards give 
 import numpy as np
 import pytest
 
-from effv2_adapters.train_check import check_schedule, check_training, compare_states
+from asserts import assert_same_states, trainer_states
+from effv2_adapters.train_check import check_schedule, check_training
 from effv2_train.data import open_split
 from effv2_reference.train import Trainer
 from effv2_train.trainloop import ProgressiveLoop
@@ -38,15 +39,8 @@ def oracle(sources):
     return run
 
 
-def states(loop):
-    model, opt, ema = loop.backend.state()
-    return {"model": model, "optimizer": opt, "ema": ema}
-
-
 def assert_same(ref, got, tol=1e-9):
-    parts, problems = compare_states(states(ref), states(got), "float64")
-    assert not problems, problems
-    assert all(p.worst <= tol for p in parts), [(p.part, p.worst_name, p.worst) for p in parts]
+    assert_same_states(ref, got, tol)
     assert [h["loss"] for h in ref.history] == pytest.approx([h["loss"] for h in got.history], rel=1e-12)
     assert [h["heldout_accuracy"] for h in ref.history] == [h["heldout_accuracy"] for h in got.history]
 
@@ -57,7 +51,7 @@ def test_the_oracle_runs_the_same_from_a_folder_and_from_shards(sources, oracle)
     shards = Trainer(*docs(), *sources["parquet"], seed=1, dtype="float64", checkpoint_every=None)
     shards.run()
     assert_same(oracle, shards, tol=0.0)
-    assert not np.allclose(states(oracle)["model"]["stem.conv.weight"], 0)
+    assert not np.allclose(trainer_states(oracle)["model"]["stem.conv.weight"], 0)
 
 
 @pytest.mark.torch

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from asserts import assert_same_states, trainer_states
 from effv2_cli import main
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
@@ -23,7 +24,7 @@ from effv2_train.data import load_digits, split
 from effv2_reference.train import Trainer
 from effv2_train.trainloop import ProgressiveLoop
 from effv2_adapters.jax.train import make_jax_backend
-from effv2_adapters.train_check import (check_schedule, check_training, compare_states, free_port, jax_device_env,
+from effv2_adapters.train_check import (check_schedule, check_training, free_port, jax_device_env,
                                         run_train_check)
 
 SIZE = 24
@@ -71,19 +72,6 @@ def jax_loop(docs, data, *, dtype="float64", out=None, precision="float32"):
     return ProgressiveLoop(*docs, *data, make, seed=1, dtype=dtype, out_dir=out, checkpoint_every=None)
 
 
-def states(loop):
-    model, opt, ema = loop.backend.state()
-    return {"model": model, "optimizer": opt, "ema": ema}
-
-
-def assert_same(ref, got, tol=1e-9):
-    parts, problems = compare_states(states(ref), states(got), "float64")
-    assert not problems, problems
-    for p in parts:
-        assert p.worst <= tol, (p.part, p.worst_name, p.worst)
-    return parts
-
-
 @pytest.fixture(scope="module")
 def oracle_rmsprop(data):
     oracle = Trainer(*docs_for("rmsprop", 8), *data, seed=1, dtype="float64", checkpoint_every=None)
@@ -115,9 +103,9 @@ def test_one_device_equals_the_oracle(data, oracle_rmsprop, jax_rmsprop, optimiz
         run = jax_loop(docs, data)
         run.run()
         bn = "stem.bn.weight"
-        assert np.array_equal(states(run)["model"][bn], np.ones_like(states(run)["model"][bn]))
-        assert not any(k.endswith(bn) for k in states(run)["optimizer"])
-    parts = assert_same(oracle, run)
+        assert np.array_equal(trainer_states(run)["model"][bn], np.ones_like(trainer_states(run)["model"][bn]))
+        assert not any(k.endswith(bn) for k in trainer_states(run)["optimizer"])
+    parts = assert_same_states(oracle, run)
     assert {p.part for p in parts} == {"model", "optimizer", "ema"} and all(p.tensors > 25 for p in parts)
     assert [h["loss"] for h in oracle.history] == pytest.approx([h["loss"] for h in run.history], rel=1e-12)
     assert [h["heldout_accuracy"] for h in oracle.history] == [h["heldout_accuracy"] for h in run.history]
@@ -135,14 +123,14 @@ def test_a_run_moves_between_oracle_jax_and_torch_mid_stage(data, oracle_rmsprop
     second.resume()
     assert second.step == 3
     second.run()
-    assert_same(oracle_rmsprop, second)
+    assert_same_states(oracle_rmsprop, second)
 
     back = jax_loop(docs, data, out=tmp_path / "b")
     back.run(stop_at=1)
     oracle = Trainer(*docs, *data, seed=1, dtype="float64", out_dir=tmp_path / "b", checkpoint_every=None)
     oracle.resume()
     oracle.run()
-    assert_same(oracle_rmsprop, oracle)
+    assert_same_states(oracle_rmsprop, oracle)
 
     pytest.importorskip("torch")
     from effv2_adapters.torch.train import make_torch_backend
@@ -157,13 +145,13 @@ def test_a_run_moves_between_oracle_jax_and_torch_mid_stage(data, oracle_rmsprop
     j = jax_loop(docs, data, out=tmp_path / "c")
     j.resume()
     j.run()
-    assert_same(oracle_rmsprop, j)
+    assert_same_states(oracle_rmsprop, j)
     j = jax_loop(docs, data, out=tmp_path / "d")
     j.run(stop_at=3)
     t = torch_loop(tmp_path / "d")
     t.resume()
     t.run()
-    assert_same(oracle_rmsprop, t)
+    assert_same_states(oracle_rmsprop, t)
 
 
 def test_bfloat16_runs_close_to_float32(data):
@@ -174,7 +162,7 @@ def test_bfloat16_runs_close_to_float32(data):
     assert all(np.isfinite(h["loss"]) for h in result.stages)
     f32 = Trainer(*docs, *data, seed=1, dtype="float32", checkpoint_every=None)
     f32.run()
-    w_bf, w_32 = states(bf)["model"]["stem.conv.weight"], states(f32)["model"]["stem.conv.weight"]
+    w_bf, w_32 = trainer_states(bf)["model"]["stem.conv.weight"], trainer_states(f32)["model"]["stem.conv.weight"]
     assert 0 < np.abs(w_bf - w_32).max() < 0.1 * np.abs(w_32).max()
 
 

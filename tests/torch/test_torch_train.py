@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from asserts import assert_same_states, trainer_states
 from effv2_cli import main
 from effv2_spec.documents import parse_obj
 from effv2_spec.presets import load as load_preset
@@ -17,7 +18,7 @@ from effv2_train.data import load_digits, split
 from effv2_reference.train import Trainer
 from effv2_train.trainloop import ProgressiveLoop
 from effv2_adapters.torch.train import make_torch_backend
-from effv2_adapters.train_check import (check_schedule, check_training, compare_states, local_process_env,
+from effv2_adapters.train_check import (check_schedule, check_training, local_process_env,
                                         run_train_check, torchrun_command)
 
 SIZE = 24
@@ -41,19 +42,6 @@ def torch_loop(docs, data, *, dtype="float64", out=None, **options):
     return ProgressiveLoop(*docs, *data, make, seed=1, dtype=dtype, out_dir=out, checkpoint_every=None, **options)
 
 
-def states(loop):
-    model, opt, ema = loop.backend.state()
-    return {"model": model, "optimizer": opt, "ema": ema}
-
-
-def assert_same(ref, got, tol=1e-9):
-    parts, problems = compare_states(states(ref), states(got), "float64")
-    assert not problems, problems
-    for p in parts:
-        assert p.worst <= tol, (p.part, p.worst_name, p.worst)
-    return parts
-
-
 @pytest.mark.parametrize("optimizer,group", [("rmsprop", 8), ("sgd", 4)])
 def test_one_process_equals_the_oracle(data, optimizer, group):
     docs = (spec(), parse_obj(check_schedule(6, SIZE)), parse_obj(check_training(optimizer, 16, group)))
@@ -61,12 +49,13 @@ def test_one_process_equals_the_oracle(data, optimizer, group):
     oracle.run()
     torch_run = torch_loop(docs, data)
     torch_run.run()
-    parts = assert_same(oracle, torch_run)
+    parts = assert_same_states(oracle, torch_run)
     assert {p.part for p in parts} == {"model", "optimizer", "ema"} and all(p.tensors > 50 for p in parts)
     assert [h["loss"] for h in oracle.history] == pytest.approx([h["loss"] for h in torch_run.history], rel=1e-12)
     # and the run was not trivial: the weights moved, two stages at two sizes
     assert [h["image_size"] for h in oracle.history] == [16, 24]
-    assert not np.allclose(oracle.model.params["stem.conv.weight"], states(torch_run)["model"]["stem.conv.weight"] * 0)
+    assert not np.allclose(oracle.model.params["stem.conv.weight"],
+                           trainer_states(torch_run)["model"]["stem.conv.weight"] * 0)
 
 
 def test_a_run_moves_between_frameworks_mid_stage(data, tmp_path):
@@ -80,13 +69,13 @@ def test_a_run_moves_between_frameworks_mid_stage(data, tmp_path):
     second.resume()
     assert second.step == 4
     second.run()
-    assert_same(full, second)
+    assert_same_states(full, second)
     back = torch_loop(docs, data, out=tmp_path / "b")
     back.run(stop_at=3)
     oracle = Trainer(*docs, *data, seed=1, dtype="float64", out_dir=tmp_path / "b", checkpoint_every=None)
     oracle.resume()
     oracle.run()
-    assert_same(full, oracle)
+    assert_same_states(full, oracle)
 
 
 def test_channels_last_and_bfloat16_run(data):
@@ -94,14 +83,14 @@ def test_channels_last_and_bfloat16_run(data):
     plain, cl = torch_loop(docs, data), torch_loop(docs, data, channels_last=True)
     plain.run()
     cl.run()
-    assert_same(plain, cl, tol=1e-12)
+    assert_same_states(plain, cl, tol=1e-12)
     bf = torch_loop(docs, data, dtype="float32", precision="bfloat16")
     result = bf.run()
     assert all(np.isfinite(h["loss"]) for h in result.stages)
     # bfloat16 autocast really ran in lower precision: the float32 run differs, but not by much
     f32 = torch_loop(docs, data, dtype="float32")
     f32.run()
-    w_bf, w_32 = states(bf)["model"]["stem.conv.weight"], states(f32)["model"]["stem.conv.weight"]
+    w_bf, w_32 = trainer_states(bf)["model"]["stem.conv.weight"], trainer_states(f32)["model"]["stem.conv.weight"]
     assert 0 < np.abs(w_bf - w_32).max() < 0.1 * np.abs(w_32).max()
 
 
@@ -159,8 +148,8 @@ def test_torch_resume_is_bit_identical_and_a_two_process_run_resumes_in_one(data
     resumed.resume()
     resumed.run()
     for part in ("model", "optimizer", "ema"):
-        for k, v in states(full)[part].items():
-            assert np.array_equal(v, states(resumed)[part][k]), (part, k)
+        for k, v in trainer_states(full)[part].items():
+            assert np.array_equal(v, trainer_states(resumed)[part][k]), (part, k)
     # two gloo processes train to step 3 and stop; one process finishes the run
     folder = tmp_path / "two"
     for name, doc in (("spec.json", docs[0]), ("schedule.json", docs[1]), ("training.json", docs[2])):
@@ -183,9 +172,7 @@ def test_torch_resume_is_bit_identical_and_a_two_process_run_resumes_in_one(data
 
     a, b = load_checkpoint(oracle_dir / "checkpoint.npz"), load_checkpoint(folder / "checkpoint.npz")
     assert b.meta["processes"] == 1 and b.meta["step"] == 6
-    parts, problems = compare_states({"model": a.model, "optimizer": a.optimizer, "ema": a.ema},
-                                     {"model": b.model, "optimizer": b.optimizer, "ema": b.ema}, "float64")
-    assert not problems and all(p.worst <= 1e-9 for p in parts), (problems, parts)
+    assert_same_states(a, b)
 
 
 def test_a_dead_process_stops_the_others_with_one_line(tmp_path):

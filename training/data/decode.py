@@ -110,18 +110,18 @@ def decode_image(where: str, channels: int, blob: bytes | None = None,
                  expected: tuple[int, int] | None = None) -> np.ndarray:
     """The whole original, uint8 (H, W, channels). `expected`: see `decode_region`."""
     with open_stored(where, blob) as im:
-        _check_size(im, where, expected)
+        _check_size(im, where, expected, _transposes(im) if expected is not None else False)
         return _pixels(im, channels, where)
 
 
-def _check_size(im, where: str, expected: tuple[int, int] | None) -> None:
+def _check_size(im, where: str, expected: tuple[int, int] | None, turned: bool) -> None:
     """DataError when the image is not (height, width) = `expected`, the size an index recorded: a file rewritten
     in place after indexing (its folder's mtime unchanged) would otherwise be cropped by a box drawn on the old
     size, and Pillow pads a box past the edge with black, silently."""
     if expected is None:
         return
     w, h = im.size
-    if _transposes(im):
+    if turned:  # EXIF orientation 5..8: displayed with height and width swapped (_transposes)
         w, h = h, w
     if (h, w) != tuple(expected):
         raise DataError(f"{where}: is {h}x{w} pixels, {expected[0]}x{expected[1]} when it was indexed: the file "
@@ -145,9 +145,10 @@ def decode_region(where: str, box: tuple[int, int, int, int], size: int, channel
     (DataError if the file is another size now)."""
     y, x, h, w = box
     with open_stored(where, blob) as im:
-        _check_size(im, where, expected)
+        turned = _transposes(im)
+        _check_size(im, where, expected, turned)
         factor = draft_factor(box, size)
-        if factor > 1 and im.format == "JPEG" and not _transposes(im):
+        if factor > 1 and im.format == "JPEG" and not turned:
             full_w, full_h = im.size
             # mode kept as stored (asking for "L" would make libjpeg drop chroma: other pixels than a full decode)
             # Pillow's reduction is min(W // w, H // h) for the size asked: W // factor keeps an odd side reducing
